@@ -1,0 +1,383 @@
+"""AlexNet
+
+Three variants of the network that started deep learning for vision, as timm models:
+
+* ``alexnet``: torchvision's layout (64-192-384-256-256, adaptive 6x6 pool, 224x224 input), so that
+  torchvision's published ImageNet weights load unchanged in meaning.
+* ``alexnet_bn``: the "modern" AlexNet of the design card: the 2012 widths (96-256-384-384-256), 227x227
+  input, BatchNorm after every block and after every hidden fully connected layer.
+* ``alexnet_lrn``: the 2012 paper's network, with local response normalization and the two-GPU split
+  expressed as grouped convolutions.
+
+Papers:
+* `ImageNet Classification with Deep Convolutional Neural Networks` - Krizhevsky, Sutskever, Hinton, NIPS 2012
+* `One weird trick for parallelizing convolutional neural networks` - https://arxiv.org/abs/1404.5997
+"""
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+from timm.models._registry import get_pretrained_cfg
+
+__all__ = ['AlexNet']
+
+# One row per conv block: (out_chs, kernel, stride, padding, groups, max_pool_after, norm_after)
+cfgs: Dict[str, Dict[str, Any]] = {
+    'alexnet': dict(
+        blocks=[
+            (64, 11, 4, 2, 1, True, ''),
+            (192, 5, 1, 2, 1, True, ''),
+            (384, 3, 1, 1, 1, False, ''),
+            (256, 3, 1, 1, 1, False, ''),
+            (256, 3, 1, 1, 1, True, ''),
+        ],
+        hidden=(4096, 4096), head_norm=False, global_pool='avg', drop_rate=0.5,
+    ),
+    'alexnet_bn': dict(
+        # the design card's "VALID" padding for conv 2 and 3 contradicts its own output shapes; the shapes win
+        blocks=[
+            (96, 11, 4, 0, 1, True, 'bn'),
+            (256, 5, 1, 2, 1, True, 'bn'),
+            (384, 3, 1, 1, 1, False, 'bn'),
+            (384, 3, 1, 1, 1, False, 'bn'),
+            (256, 3, 1, 1, 1, True, 'bn'),
+        ],
+        hidden=(4096, 4096, 1000), head_norm=True, global_pool='flatten', drop_rate=0.4,
+    ),
+    'alexnet_lrn': dict(
+        # groups=2 is the paper's two-GPU split: conv 2, 4 and 5 see only the kernel maps on their own GPU
+        blocks=[
+            (96, 11, 4, 0, 1, True, 'lrn'),
+            (256, 5, 1, 2, 2, True, 'lrn'),
+            (384, 3, 1, 1, 1, False, ''),
+            (384, 3, 1, 1, 2, False, ''),
+            (256, 3, 1, 1, 2, True, ''),
+        ],
+        hidden=(4096, 4096), head_norm=False, global_pool='flatten', drop_rate=0.5,
+    ),
+}
+
+# The paper's response normalization: b = a / (k + alpha * sum(a^2 over n maps)) ** beta.
+# torch's LocalResponseNorm divides alpha by n, so it is given alpha * n.
+LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
+
+POOL_TYPES = ('', 'flatten', 'avg', 'max')
+
+
+class AlexNetHead(nn.Module):
+    """Pool to the 6x6 grid, the hidden fully connected layers (pre-logits), then the classifier.
+
+    pool_type: 'avg' / 'max' adapt any feature size to the 6x6 grid the first FC layer expects (torchvision's
+    AdaptiveAvgPool2d), 'flatten' takes the features as they are (fixed input size), '' passes the unpooled
+    feature map through untouched, as timm's heads do for ``global_pool=''``.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            hidden: Tuple[int, ...],
+            num_classes: int,
+            pool_type: str = 'avg',
+            drop_rate: float = 0.5,
+            head_norm: bool = False,
+            feat_size: Tuple[int, int] = (6, 6),
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.feat_size = feat_size
+        self.pool_type = ''
+        self.global_pool: nn.Module = nn.Identity()
+        self._set_pool(pool_type)
+        self.flatten = nn.Flatten(1)
+
+        layers: List[Tuple[str, nn.Module]] = []
+        prev = in_chs * feat_size[0] * feat_size[1]
+        for i, width in enumerate(hidden, start=1):
+            if head_norm:
+                # alexnet_bn: fc -> ReLU -> Dropout -> BatchNorm, as the design card's layer table lists it
+                layers += [
+                    (f'fc{i}', nn.Linear(prev, width, **dd)),
+                    (f'act{i}', nn.ReLU(inplace=True)),
+                    (f'drop{i}', nn.Dropout(drop_rate)),
+                    (f'norm{i}', nn.BatchNorm1d(width, **dd)),
+                ]
+            else:
+                # torchvision / paper order: Dropout -> fc -> ReLU
+                layers += [
+                    (f'drop{i}', nn.Dropout(drop_rate)),
+                    (f'fc{i}', nn.Linear(prev, width, **dd)),
+                    (f'act{i}', nn.ReLU(inplace=True)),
+                ]
+            prev = width
+        self.pre_logits = nn.Sequential(OrderedDict(layers))
+        self.num_features = prev
+        self.fc: nn.Module = nn.Linear(prev, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def _set_pool(self, pool_type: str) -> None:
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {pool_type!r}')
+        self.pool_type = pool_type
+        if pool_type == 'avg':
+            self.global_pool = nn.AdaptiveAvgPool2d(self.feat_size)
+        elif pool_type == 'max':
+            self.global_pool = nn.AdaptiveMaxPool2d(self.feat_size)
+        else:
+            self.global_pool = nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, device=None, dtype=None) -> None:
+        if pool_type is not None:
+            self._set_pool(pool_type)
+        self.fc = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
+            if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pool_type == '':
+            return x
+        x = self.flatten(self.global_pool(x))
+        x = self.pre_logits(x)
+        return x if pre_logits else self.fc(x)
+
+
+class AlexNet(nn.Module):
+    """AlexNet family: five conv blocks (``features``), then pooling, hidden FC layers and classifier (``head``).
+
+    ``features`` is one flat ``nn.Sequential`` so that torchvision's ``features.N`` keys map one to one and timm's
+    ``features_only`` can tap the end of any block.
+    """
+
+    def __init__(
+            self,
+            blocks: List[Tuple[int, int, int, int, int, bool, str]],
+            hidden: Tuple[int, ...],
+            head_norm: bool = False,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.5,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """img_size: with global_pool='flatten', the input size the first FC layer is sized for (227 -> 6x6 grid)."""
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.feature_info: List[Dict[str, Any]] = []
+        self.feature_ends: List[int] = []  # index into self.features of each feature_info tap
+
+        layers: List[nn.Module] = []
+        prev_chs, stride = in_chans, 1
+        for out_chs, kernel, conv_stride, padding, groups, pool, norm in blocks:
+            layers += [
+                nn.Conv2d(prev_chs, out_chs, kernel, conv_stride, padding, groups=groups, **dd),
+                nn.ReLU(inplace=True),
+            ]
+            stride *= conv_stride
+            if norm == 'lrn':
+                layers += [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)]
+            if pool:
+                layers += [nn.MaxPool2d(kernel_size=3, stride=2)]
+                stride *= 2
+            if norm == 'bn':
+                layers += [nn.BatchNorm2d(out_chs, **dd)]
+            prev_chs = out_chs
+            self.feature_ends.append(len(layers) - 1)
+            self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f'features.{len(layers) - 1}'))
+        self.features = nn.Sequential(*layers)
+        self.num_features = prev_chs
+
+        feat_size = (6, 6)
+        if img_size is not None and global_pool in ('flatten', ''):
+            feat_size = _feature_grid(blocks, img_size)
+        self.head = AlexNetHead(
+            prev_chs, hidden, num_classes, pool_type=global_pool, drop_rate=drop_rate, head_norm=head_norm,
+            feat_size=feat_size, **dd)
+        self.head_hidden_size = self.head.num_features
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^features\.0', blocks=r'^features\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features and the output of each conv block (indices 0-4; block 4's is the forward_features output).
+
+        norm: unused, AlexNet has no final norm layer.
+        """
+        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        last_idx = len(self.feature_ends) - 1
+        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
+            layers = self.features
+        else:
+            layers = self.features[:self.feature_ends[max_index] + 1]
+        feat_idx = 0
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i == self.feature_ends[feat_idx]:
+                if feat_idx in take_indices:
+                    intermediates.append(x)
+                feat_idx = min(feat_idx + 1, last_idx)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last wanted intermediate, and the head (it is sized for the full network)."""
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        self.features = self.features[:self.feature_ends[max_index] + 1]
+        if max_index < len(self.feature_ends) - 1:
+            self.num_features = self.feature_info[max_index]['num_chs']
+        if prune_head or max_index < len(self.feature_ends) - 1:
+            self.head.reset(0, '')
+            self.head.pre_logits = nn.Sequential()
+            self.head.num_features = self.head_hidden_size = self.num_features
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.features, x)
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
+        return x
+
+
+def _feature_grid(blocks: List[Tuple[int, int, int, int, int, bool, str]], img_size) -> Tuple[int, int]:
+    """Spatial size of the last block's output for an input of img_size."""
+    size = list(img_size[-2:]) if isinstance(img_size, (tuple, list)) else [img_size, img_size]
+    for _, kernel, stride, padding, _, pool, _ in blocks:
+        size = [(s + 2 * padding - kernel) // stride + 1 for s in size]
+        if pool:
+            size = [(s - 3) // 2 + 1 for s in size]
+    if min(size) < 1:
+        raise ValueError(f'input size {img_size} is too small for AlexNet')
+    return size[0], size[1]
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Map torchvision's AlexNet keys (``classifier.{1,4,6}``) to ours; a native checkpoint passes unchanged."""
+    state_dict = state_dict.get('state_dict', state_dict)
+    if not any(k.startswith('classifier.') for k in state_dict):
+        return state_dict
+    rename = {'classifier.1.': 'head.pre_logits.fc1.', 'classifier.4.': 'head.pre_logits.fc2.', 'classifier.6.': 'head.fc.'}
+    out = {}
+    for k, v in state_dict.items():
+        for old, new in rename.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+        out[k] = v
+    return out
+
+
+def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AlexNet:
+    if pretrained and not _has_weights(variant, kwargs):
+        raise RuntimeError(
+            f'{variant} has no published pretrained weights; train it (python -m alexnet_zoo.train), load a '
+            f'checkpoint with pretrained_cfg_overlay=dict(file=...), or use pretrained=False')
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3, 4))
+    return build_model_with_cfg(
+        AlexNet,
+        variant,
+        pretrained,
+        **{**cfgs[variant], **kwargs},
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        pretrained_filter_fn=checkpoint_filter_fn,
+    )
+
+
+def _has_weights(variant: str, kwargs: Dict[str, Any]) -> bool:
+    """True when timm will find weights to load: a source in the pretrained cfg or in an overlay of it."""
+    cfg = kwargs.get('pretrained_cfg')
+    if isinstance(cfg, str):
+        cfg = get_pretrained_cfg(f'{variant}.{cfg}')
+    if cfg is None:
+        cfg = get_pretrained_cfg(variant)
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg or {})
+    cfg.update(kwargs.get('pretrained_cfg_overlay') or {})
+    return any(cfg.get(key) for key in ('file', 'url', 'hf_hub_id', 'state_dict'))
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (6, 6),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'features.0', 'classifier': 'head.fc',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'alexnet.tv_in1k': _cfg(
+        url='https://download.pytorch.org/models/alexnet-owt-7be5be79.pth',
+        license='bsd-3-clause', origin_url='https://github.com/pytorch/vision',
+        paper_ids='NIPS2012:4824', paper_name='ImageNet Classification with Deep Convolutional Neural Networks',
+    ),
+    'alexnet_bn': _cfg(input_size=(3, 227, 227), fixed_input_size=True, license='apache-2.0'),
+    'alexnet_lrn': _cfg(
+        input_size=(3, 227, 227), fixed_input_size=True, license='apache-2.0', paper_ids='NIPS2012:4824'),
+})
+
+
+@register_model
+def alexnet(pretrained: bool = False, **kwargs: Any) -> AlexNet:
+    """AlexNet in torchvision's layout; loads torchvision's ImageNet weights."""
+    return _create_alexnet('alexnet', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def alexnet_bn(pretrained: bool = False, **kwargs: Any) -> AlexNet:
+    """AlexNet with BatchNorm after every block and hidden FC layer (the design card's layer table)."""
+    return _create_alexnet('alexnet_bn', pretrained=pretrained, **kwargs)
+
+
+@register_model
+def alexnet_lrn(pretrained: bool = False, **kwargs: Any) -> AlexNet:
+    """The 2012 paper's AlexNet: local response normalization, two-GPU split as grouped convolutions."""
+    return _create_alexnet('alexnet_lrn', pretrained=pretrained, **kwargs)
