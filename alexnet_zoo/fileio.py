@@ -1,4 +1,5 @@
 """Atomic file writing and the commands' one-line error convention, shared by every CLI."""
+import argparse
 import contextlib
 import os
 import sys
@@ -9,6 +10,14 @@ from typing import Callable, Iterator, Sequence, Union
 
 class UsageError(ValueError):
     """A mistake in how a command was called (exit 2); other user errors exit 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``error: ...`` line and exit 2, like every other user error."""
+
+    def error(self, message: str):
+        print(f'error: {message} (see --help)', file=sys.stderr)
+        sys.exit(2)
 
 
 @contextlib.contextmanager
