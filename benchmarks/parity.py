@@ -30,7 +30,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, float]:
     diff = cand - ref
     noise = float(np.sum(diff ** 2))
     signal = float(np.sum(ref ** 2))
-    sqnr = float('inf') if noise == 0 else 10.0 * np.log10(signal / noise) if signal > 0 else float('-inf')
+    sqnr = float('inf') if noise == 0 else float(10.0 * np.log10(signal / noise)) if signal > 0 else float('-inf')
     row_max = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float64).tiny)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.sum(ref * cand, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
