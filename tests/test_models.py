@@ -1,0 +1,328 @@
+"""The three AlexNets as timm models: layer table, parameter counts, timm's model interface, weights, registration.
+
+The timm interface checks follow timm's own ``tests/test_models.py`` (forward, backward, default cfgs, features,
+forward_intermediates, torchscript), restricted to what applies to these models.
+"""
+import inspect
+import math
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from alexnet_zoo.alexnet import AlexNet, checkpoint_filter_fn
+from alexnet_zoo.checkpoint import CheckpointError, load_model, save_checkpoint_dir
+
+MODELS = ['alexnet', 'alexnet_bn', 'alexnet_lrn']
+
+
+def _input(model, batch=1):
+    return torch.randn(batch, *model.pretrained_cfg['input_size'])
+
+
+# --- the design card's layer table ---------------------------------------------------------------------------
+
+ALEXNET_BN_TABLE = [
+    # (conv out, kernel, stride, padding, output size after the block)
+    (96, 11, 4, 0, 27),
+    (256, 5, 1, 2, 13),
+    (384, 3, 1, 1, 13),
+    (384, 3, 1, 1, 13),
+    (256, 3, 1, 1, 6),
+]
+
+
+def test_alexnet_bn_layer_sequence_and_shapes():
+    model = timm.create_model('alexnet_bn').eval()
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == [
+        'Conv2d', 'ReLU', 'MaxPool2d', 'BatchNorm2d',
+        'Conv2d', 'ReLU', 'MaxPool2d', 'BatchNorm2d',
+        'Conv2d', 'ReLU', 'BatchNorm2d',
+        'Conv2d', 'ReLU', 'BatchNorm2d',
+        'Conv2d', 'ReLU', 'MaxPool2d', 'BatchNorm2d',
+    ]
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    for conv, (out, k, s, p, _) in zip(convs, ALEXNET_BN_TABLE):
+        assert (conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (out, (k, k), (s, s), (p, p))
+    for pool in (m for m in model.features if isinstance(m, nn.MaxPool2d)):
+        assert (pool.kernel_size, pool.stride) == (3, 2)
+
+    x = torch.randn(2, 3, 227, 227)
+    conv1 = model.features[0](x)
+    assert conv1.shape[1:] == (96, 55, 55)
+    blocks = model.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(b.shape[1:]) for b in blocks] == [(c, s, s) for c, _, _, _, s in ALEXNET_BN_TABLE]
+
+    head = [type(m).__name__ for m in model.head.pre_logits]
+    assert head == ['Linear', 'ReLU', 'Dropout', 'BatchNorm1d'] * 3
+    fcs = [m for m in model.head.pre_logits if isinstance(m, nn.Linear)]
+    assert [(f.in_features, f.out_features) for f in fcs] == [(9216, 4096), (4096, 4096), (4096, 1000)]
+    assert all(m.p == 0.4 for m in model.head.pre_logits if isinstance(m, nn.Dropout))
+    assert (model.head.fc.in_features, model.head.fc.out_features) == (1000, 1000)
+    assert model.pretrained_cfg['input_size'] == (3, 227, 227)
+    assert model(x).shape == (2, 1000)
+
+
+@pytest.mark.parametrize('name,kwargs,count', [
+    ('alexnet_bn', {}, 63_400_480),
+    ('alexnet_bn', {'num_classes': 17}, 62_416_497),
+    ('alexnet', {}, 61_100_840),
+    ('alexnet_lrn', {}, 60_965_224),
+])
+def test_parameter_counts(name, kwargs, count):
+    model = timm.create_model(name, **kwargs)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_alexnet_lrn_is_the_paper_network():
+    model = timm.create_model('alexnet_lrn').eval()
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]
+    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
+    lrns = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
+    assert len(lrns) == 2
+    # torch divides alpha by size; the paper's alpha is 1e-4 on the plain sum
+    assert all((m.size, m.alpha / m.size, m.beta, m.k) == (5, pytest.approx(1e-4), 0.75, 2.0) for m in lrns)
+    kinds = [type(m).__name__ for m in model.features][:8]
+    assert kinds == ['Conv2d', 'ReLU', 'LocalResponseNorm', 'MaxPool2d'] * 2
+    assert model.features[0](torch.randn(1, 3, 227, 227)).shape[-2:] == (55, 55)
+
+
+def test_lrn_matches_the_paper_formula():
+    lrn = timm.create_model('alexnet_lrn').features[2]
+    a = torch.rand(1, 9, 2, 2) * 10
+    b = lrn(a)
+    i = 4  # a middle channel: the sum runs over channels i-2 .. i+2
+    expected = a[:, i] / (2.0 + 1e-4 * (a[:, i - 2:i + 3] ** 2).sum(1)) ** 0.75
+    torch.testing.assert_close(b[:, i], expected)
+
+
+# --- timm's model interface ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_backward_and_grad_checkpointing(name):
+    model = timm.create_model(name, num_classes=42)
+    x = _input(model, 2)
+    model.train()
+    out = model(x)
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        model.set_grad_checkpointing()
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_default_cfg_head_and_pooling(name):
+    model = timm.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'pool_size'):
+        assert key in cfg, key
+    state = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in state and cfg['classifier'] + '.weight' in state
+    assert model.in_chans == cfg['input_size'][0]
+    x = _input(model)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1:] == (model.num_features, *cfg['pool_size'])
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (1, model.head_hidden_size)
+        assert model.get_classifier() is model.head.fc
+
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model(x).shape == pre.shape
+        model.reset_classifier(0, '')
+        assert model(x).shape == feats.shape
+        model.reset_classifier(7, model.pretrained_cfg.get('global_pool', 'avg') if name == 'alexnet' else 'flatten')
+        assert model(x).shape == (1, 7)
+
+        unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
+        assert unpooled(x).shape == feats.shape
+    param = inspect.signature(model.reset_classifier).parameters['global_pool']
+    assert param.default is None
+
+
+def test_alexnet_adapts_to_other_input_sizes():
+    model = timm.create_model('alexnet').eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 128, 160)).shape == (1, 1000)
+        model.reset_classifier(3, 'max')
+        assert model(torch.randn(1, 3, 300, 300)).shape == (1, 3)
+
+
+def test_alexnet_bn_img_size_sizes_the_first_fc_layer():
+    model = timm.create_model('alexnet_bn', img_size=259).eval()  # 259 -> 7x7 grid after conv 5
+    assert model.head.pre_logits.fc1.in_features == 256 * 7 * 7
+    assert model(torch.randn(1, 3, 259, 259)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only_and_intermediates(name):
+    model = timm.create_model(name, features_only=True).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) == 5
+    size = timm.get_pretrained_cfg(name).input_size[-1]
+    outs = model(torch.randn(1, 3, size, size))
+    for c, r, o in zip(channels, reductions, outs):
+        assert o.shape[1] == c
+        assert size / (2 * r) < o.shape[-1] <= math.ceil(size / r) + 1
+
+    full = timm.create_model(name).eval()
+    x = _input(full)
+    with torch.no_grad():
+        final, inter = full.forward_intermediates(x)
+        torch.testing.assert_close(final, full.forward_features(x))
+        assert [t.shape[1] for t in inter] == channels
+        last_two = full.forward_intermediates(x, indices=2, intermediates_only=True)
+        torch.testing.assert_close(last_two[-1], inter[-1])
+        kept = full.prune_intermediate_layers(indices=[1], prune_head=True)
+        assert kept == [1]
+        assert full.forward_intermediates(x, indices=[1], intermediates_only=True)[0].shape == inter[1].shape
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_torchscript_in_chans_drop_rate_and_groups(name):
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, in_chans=1, drop_rate=0.1).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 1, *model.pretrained_cfg['input_size'][1:])
+    torch.testing.assert_close(scripted(x), model(x))
+    assert all(m.p == 0.1 for m in model.modules() if isinstance(m, nn.Dropout))
+    from timm.models._manipulate import group_parameters
+    groups = group_parameters(model, model.group_matcher())
+    assert len(groups) > 1
+
+
+def test_unknown_constructor_argument_is_an_error():
+    with pytest.raises(TypeError):
+        timm.create_model('alexnet_bn', not_a_model_arg=1)
+
+
+# --- weights -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def torchvision_checkpoint(tmp_path_factory):
+    """A torchvision AlexNet state dict made here (no download), saved as torchvision publishes it."""
+    import torchvision
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(weights=None).eval()
+    path = tmp_path_factory.mktemp('tv') / 'alexnet-owt-test.pth'
+    torch.save(tv.state_dict(), path)
+    return tv, path
+
+
+def test_alexnet_tv_in1k_cfg():
+    cfg = timm.get_pretrained_cfg('alexnet.tv_in1k')
+    assert cfg.url.startswith('https://download.pytorch.org/models/alexnet-owt-') and cfg.url.endswith('.pth')
+    assert cfg.license == 'bsd-3-clause' and 'pytorch/vision' in cfg.origin_url
+    assert (cfg.input_size, cfg.crop_pct, cfg.interpolation) == ((3, 224, 224), 0.875, 'bilinear')
+
+
+def test_torchvision_weights_give_torchvision_outputs(torchvision_checkpoint):
+    tv, path = torchvision_checkpoint
+    model = timm.create_model('alexnet', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert (model(x) - tv(x)).abs().max().item() <= 1e-5
+
+
+def test_torchvision_weights_adapt_to_in_chans_and_num_classes(torchvision_checkpoint):
+    tv, path = torchvision_checkpoint
+    model = timm.create_model(
+        'alexnet', pretrained=True, in_chans=1, num_classes=5, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert model.features[0].weight.shape == (64, 1, 11, 11)
+    torch.testing.assert_close(model.features[0].weight, tv.features[0].weight.sum(1, keepdim=True))
+    torch.testing.assert_close(model.head.pre_logits.fc2.weight, tv.classifier[4].weight)
+    assert model(torch.randn(2, 1, 224, 224)).shape == (2, 5)
+
+
+def test_filter_passes_a_native_checkpoint_unchanged():
+    state = timm.create_model('alexnet').state_dict()
+    assert checkpoint_filter_fn(state, None) is state
+
+
+def test_local_dir_and_safetensors_file_loads(tmp_path):
+    model = timm.create_model('alexnet_bn', num_classes=3).eval()
+    run = save_checkpoint_dir(model, tmp_path / 'run', ['a', 'b', 'c'])
+    x = torch.randn(2, 3, 227, 227)
+    again = timm.create_model(f'local-dir:{run}', pretrained=True).eval()
+    assert again.num_classes == 3 and again.pretrained_cfg['label_names'] == ['a', 'b', 'c']
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+        by_file = timm.create_model('alexnet_bn', pretrained=True, num_classes=3,
+                                    pretrained_cfg_overlay=dict(file=str(run / 'model.safetensors'), num_classes=3)).eval()
+        torch.testing.assert_close(by_file(x), model(x), rtol=0, atol=0)
+    loaded = load_model(checkpoint=run)
+    assert (loaded.name, loaded.num_classes, loaded.label_names, loaded.trained) == ('alexnet_bn', 3, ['a', 'b', 'c'], True)
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ('pwned',))
+    path = tmp_path / 'evil.pth'
+    torch.save({'features.0.weight': Evil()}, path)
+    with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+        load_model('alexnet_bn', checkpoint=path)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['alexnet_bn', 'alexnet_lrn'])
+def test_pretrained_without_weights_names_the_model(name):
+    with pytest.raises(RuntimeError, match=f'{name} has no published pretrained weights'):
+        timm.create_model(name, pretrained=True)
+
+
+def test_unknown_model_name():
+    with pytest.raises(RuntimeError, match='Unknown model'):
+        timm.create_model('alexnet_xl')
+    with pytest.raises(CheckpointError, match="unknown model: 'alexnet_xl'"):
+        load_model('alexnet_xl')
+
+
+def test_checkpoint_with_wrong_number_of_classes(tmp_path):
+    path = tmp_path / 'seventeen.pth'
+    torch.save(timm.create_model('alexnet_bn', num_classes=17).state_dict(), path)
+    with pytest.raises(CheckpointError, match='has 17 classes, the model has 5'):
+        load_model('alexnet_bn', checkpoint=path, num_classes=5)
+    with pytest.raises(CheckpointError, match='checkpoint not found'):
+        load_model('alexnet_bn', checkpoint=tmp_path / 'missing.pth')
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = timm.create_model('alexnet_bn').eval()
+    with pytest.raises(RuntimeError, match='shapes cannot be multiplied'):
+        model(torch.randn(1, 3, 200, 200))
+
+
+# --- registration without an import --------------------------------------------------------------------------
+
+def _fresh(code: str) -> str:
+    return subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout
+
+
+def test_registration_in_a_clean_interpreter():
+    out = _fresh(
+        'import sys; assert "alexnet_zoo" not in sys.modules\n'
+        'import timm\n'
+        'm = timm.create_model("alexnet_bn", num_classes=17)\n'
+        'print(type(m).__module__, m.num_classes, timm.list_models("alexnet*"))')
+    assert out.strip() == "alexnet_zoo.alexnet 17 ['alexnet', 'alexnet_bn', 'alexnet_lrn']"
+
+
+def test_start_up_imports_nothing_heavy_and_is_cheap():
+    heavy = _fresh('import sys; print(sorted(m for m in ("torch", "numpy", "timm", "alexnet_zoo") if m in sys.modules))')
+    assert heavy.strip() == '[]'
+    times = subprocess.run([sys.executable, '-X', 'importtime', '-c', 'pass'], capture_output=True, text=True).stderr
+    hook = [line for line in times.splitlines() if line.rstrip().endswith('_alexnet_zoo_hook')]
+    assert len(hook) == 1, 'the start-up hook is not installed (alexnet_zoo.pth missing from site-packages)'
+    micros = int(hook[0].split('|')[1])
+    print(f'start-up hook import: {micros / 1000:.2f} ms')  # reported, not asserted: timing is not a unit test
