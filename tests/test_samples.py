@@ -1,0 +1,57 @@
+"""Sample photographs: real images, timm preprocessing, deterministic crops, clear errors for bad folders."""
+import pytest
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN
+
+from alexnet_zoo import samples
+
+
+def test_photographs_are_real_rgb_images():
+    photos = samples.photographs()
+    assert len(photos) == len(samples.PHOTOGRAPHS) >= 16
+    for name, image in photos:
+        assert image.mode == 'RGB' and min(image.size) >= 160, name
+
+
+@pytest.mark.parametrize('name,size', [('alexnet_bn', 227), ('alexnet', 224)])
+def test_sample_batch_uses_the_models_data_config(name, size):
+    names, batch = samples.sample_batch(name)
+    assert names == list(samples.PHOTOGRAPHS)
+    assert batch.shape == (len(names), 3, size, size) and batch.dtype == torch.float32
+    # normalised with ImageNet mean/std: per-channel means sit near 0, not near the raw 0.4-0.5
+    assert batch.mean(dim=(0, 2, 3)).abs().max() < 1.0
+    assert abs(batch.mean().item() - sum(IMAGENET_DEFAULT_MEAN) / 3) > 0.2
+    transform = samples.eval_transform(name)
+    torch.testing.assert_close(batch[0], transform(samples.photographs(['astronaut'])[0][1]))
+
+
+def test_random_crops_are_deterministic_and_leave_the_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a, labels = samples.random_crops('alexnet_bn', 6, seed=1)
+    assert torch.equal(torch.rand(1), expected_next)
+    b, _ = samples.random_crops('alexnet_bn', 6, seed=1)
+    c, _ = samples.random_crops('alexnet_bn', 6, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert labels.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_folder_images_reads_a_users_folder(tmp_path):
+    for name, image in samples.photographs(['coffee', 'rocket']):
+        (tmp_path / 'sub').mkdir(exist_ok=True)
+        image.save(tmp_path / 'sub' / f'{name}.jpg')
+    (tmp_path / 'notes.txt').write_text('not an image')
+    (tmp_path / 'broken.png').write_bytes(b'\x89PNG garbage')
+    found = samples.folder_images(tmp_path)
+    assert [n for n, _ in found] == ['sub/coffee.jpg', 'sub/rocket.jpg']
+
+
+def test_folder_images_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='image folder not found'):
+        samples.folder_images(tmp_path / 'missing')
+    (tmp_path / 'a.txt').write_text('x')
+    with pytest.raises(ValueError, match='no readable images'):
+        samples.folder_images(tmp_path)
+    with pytest.raises(ValueError, match='unknown sample photograph'):
+        samples.photographs(['nope'])
