@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup report test clean
+.PHONY: setup report test timm-suite clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# timm's own model test suite (from the sdist of the installed timm) on the three AlexNets; needs the package index.
+# GITHUB_ACTIONS=1 skips timm's tests that download pretrained weights.
+timm-suite: $(VENV)/.installed
+	rm -rf $(OUT)/timm-src && mkdir -p $(OUT)/timm-src
+	$(PY) -m pip download --no-deps --no-binary :all: -d $(OUT)/timm-src "timm==$$($(PY) -c 'import timm; print(timm.__version__)')"
+	tar -xzf $(OUT)/timm-src/timm-*.tar.gz -C $(OUT)/timm-src
+	cd $(OUT)/timm-src/timm-*/ && GITHUB_ACTIONS=1 $(abspath $(PY)) -m pytest tests/test_models.py -k alexnet -q -p no:cacheprovider
 
 clean:
 	rm -rf $(OUT)
