@@ -1,0 +1,371 @@
+"""export.trt: the CPU preflight on real and deliberately broken graphs, the no-GPU build path, build records,
+and (on a machine with an NVIDIA GPU and TensorRT) real engine builds run through the TensorRT runner."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import export.trt as trt_export
+from alexnet_zoo.fileio import run_cli
+from benchmarks.runner import BackendUnavailable
+from export.trt import (BatchProfile, EngineRecordError, TensorRTUnavailable, check_onnx, check_record,
+                        load_engine, read_record, record_path)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tensorrt_installed() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_GPU_TRT = torch.cuda.is_available() and _tensorrt_installed()
+
+
+# ---------------------------------------------------------------------------------------------------- graphs
+
+
+@pytest.fixture(scope='module')
+def real_graphs(tmp_path_factory):
+    """alexnet_bn (random weights, 5 classes) exported with a dynamic batch: {precision: path}."""
+    out = tmp_path_factory.mktemp('onnx')
+    torch.manual_seed(0)
+    import timm
+    model = timm.create_model('alexnet_bn', num_classes=5).eval()
+    path = out / 'model.onnx'
+    torch.onnx.export(model, (torch.randn(2, 3, 227, 227),), path, dynamo=True, input_names=['input'],
+                      output_names=['logits'], dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=1024)},))
+    return {'fp32': path}
+
+
+def _save(tmp_path: Path, name: str, nodes, inputs, outputs, initializers=(), opset=17, extra_opsets=()) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', opset), *extra_opsets])
+    path = tmp_path / f'{name}.onnx'
+    onnx.save(model, path)
+    return path
+
+
+def _float_input(shape, name='input', elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def tiny_convnet(tmp_path: Path, batch='batch') -> Path:
+    """A small valid classifier with a dynamic (or static) batch: Conv, Relu, GlobalAveragePool, Flatten, Gemm."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), 'w'),
+             numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), 'fc')]
+    nodes = [helper.make_node('Conv', ['input', 'w'], ['c'], name='conv', pads=[1, 1, 1, 1]),
+             helper.make_node('Relu', ['c'], ['r'], name='relu'),
+             helper.make_node('GlobalAveragePool', ['r'], ['p'], name='pool'),
+             helper.make_node('Flatten', ['p'], ['f'], name='flatten'),
+             helper.make_node('Gemm', ['f', 'fc'], ['logits'], name='fc', transB=1)]
+    return _save(tmp_path, 'tiny', nodes, [_float_input([batch, 3, 8, 8])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [batch, 5])], inits)
+
+
+def qdq_graph(tmp_path: Path, zero_point: int) -> Path:
+    """input -> QuantizeLinear 'quant_in' -> DequantizeLinear 'dequant_in' -> Relu, int8 with the given zero point."""
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), 'scale'),
+             numpy_helper.from_array(np.array(zero_point, np.int8), 'zp')]
+    nodes = [helper.make_node('QuantizeLinear', ['input', 'scale', 'zp'], ['q'], name='quant_in'),
+             helper.make_node('DequantizeLinear', ['q', 'scale', 'zp'], ['dq'], name='dequant_in'),
+             helper.make_node('Relu', ['dq'], ['logits'], name='relu')]
+    return _save(tmp_path, f'qdq_zp{zero_point}', nodes, [_float_input(['batch', 4])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 4])], inits)
+
+
+# ------------------------------------------------------------------------------------------------- the CLI
+
+
+def cli(argv, capsys):
+    """Run ``python -m export.trt`` in-process: (exit code, stdout, stderr lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(trt_export.main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err.splitlines()
+
+
+# ------------------------------------------------------------------------------------------- the preflight
+
+
+def test_preflight_passes_the_exported_graphs(real_graphs, capsys):
+    for precision, path in real_graphs.items():
+        assert check_onnx(path) == [], precision
+        code, out, err = cli(['--onnx', path, '--check-only'], capsys)
+        assert (code, err) == (0, []) and 'passes the TensorRT preflight' in out
+
+
+def test_preflight_passes_a_symmetric_qdq_graph(tmp_path):
+    assert check_onnx(qdq_graph(tmp_path, 0)) == []
+
+
+def test_preflight_names_the_node_with_an_asymmetric_zero_point(tmp_path, capsys):
+    path = qdq_graph(tmp_path, 3)
+    problems = check_onnx(path)
+    assert len(problems) == 2, problems  # the Q and the DQ node
+    assert "'quant_in'" in problems[0] and 'zero point' in problems[0] and 'not 0' in problems[0]
+    assert "'dequant_in'" in problems[1]
+    code, out, err = cli(['--onnx', path, '--check-only'], capsys)
+    assert code == 1 and out == '' and len(err) == 2 and all(line.startswith('error: ') for line in err)
+
+
+def test_preflight_rejects_uint8_quantization(tmp_path):
+    path = qdq_graph(tmp_path, 0)
+    model = onnx.load(path)
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.array(0, np.uint8), 'zp'))
+    onnx.save(model, path)
+    problems = check_onnx(path)
+    assert any('uint8' in p and "'quant_in'" in p for p in problems), problems
+
+
+def test_preflight_rejects_an_unsupported_op(tmp_path):
+    nodes = [helper.make_node('Det', ['input'], ['logits'], name='determinant')]
+    path = _save(tmp_path, 'det', nodes, [_float_input(['batch', 3, 3])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch'])])
+    problems = check_onnx(path)
+    assert len(problems) == 1 and 'op Det' in problems[0] and "'determinant'" in problems[0], problems
+
+
+def test_preflight_rejects_ops_from_other_domains(tmp_path):
+    nodes = [helper.make_node('FastGelu', ['input'], ['logits'], name='gelu', domain='com.microsoft')]
+    path = _save(tmp_path, 'msft', nodes, [_float_input(['batch', 4])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 4])],
+                 extra_opsets=[helper.make_opsetid('com.microsoft', 1)])
+    problems = check_onnx(path)
+    assert any('com.microsoft::FastGelu' in p and "'gelu'" in p for p in problems), problems
+
+
+def test_preflight_rejects_a_static_batch(tmp_path):
+    problems = check_onnx(tiny_convnet(tmp_path, batch=1))
+    assert len(problems) == 1 and 'static batch dimension (1)' in problems[0], problems
+
+
+def test_preflight_rejects_float64(tmp_path):
+    nodes = [helper.make_node('Relu', ['input'], ['r'], name='relu'),
+             helper.make_node('Cast', ['r'], ['logits'], name='to_float', to=TensorProto.FLOAT)]
+    path = _save(tmp_path, 'double', nodes, [_float_input(['batch', 4], elem=TensorProto.DOUBLE)],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 4])])
+    problems = check_onnx(path)
+    assert len(problems) == 1 and 'double' in problems[0] and "'input'" in problems[0], problems
+
+
+def test_preflight_rejects_an_opset_outside_tensorrts_range(tmp_path):
+    nodes = [helper.make_node('Relu', ['input'], ['logits'], name='relu')]
+    path = _save(tmp_path, 'old', nodes, [_float_input(['batch', 4])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 4])], opset=7)
+    problems = check_onnx(path)
+    assert problems == ['opset 7: TensorRT 10/11 parse opsets 9 to 24'], problems
+
+
+def test_preflight_reports_checker_errors(tmp_path):
+    nodes = [helper.make_node('Relu', ['missing'], ['logits'], name='relu')]  # input of no one
+    path = _save(tmp_path, 'broken', nodes, [_float_input(['batch', 4])],
+                 [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 4])])
+    problems = check_onnx(path)
+    assert problems and problems[0].startswith('ONNX checker: '), problems
+
+
+def test_supported_op_list_covers_what_export_writes():
+    assert {'Conv', 'Relu', 'MaxPool', 'BatchNormalization', 'Gemm', 'Reshape', 'Flatten', 'Cast',
+            'QuantizeLinear', 'DequantizeLinear', 'LRN', 'AveragePool', 'Softmax'} <= trt_export.SUPPORTED_OPS
+    assert not {'Det', 'Unique', 'ConvInteger', 'QLinearConv', 'DynamicQuantizeLinear'} & trt_export.SUPPORTED_OPS
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys):
+    garbage = tmp_path / 'garbage.onnx'
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    tiny = tiny_convnet(tmp_path)
+    (tmp_path / 'static').mkdir()
+    static = tiny_convnet(tmp_path / 'static', batch=1)
+    out_dir = tmp_path / 'out'
+    cases = [
+        (['--onnx', tmp_path / 'missing.onnx', '--output', out_dir / 'm.plan'], 1, 'ONNX file not found'),
+        (['--onnx', tmp_path / 'missing.onnx', '--check-only'], 1, 'ONNX file not found'),
+        (['--onnx', garbage, '--output', out_dir / 'm.plan'], 1, 'not an ONNX model'),
+        (['--onnx', garbage, '--check-only'], 1, 'not an ONNX model'),
+        (['--onnx', tiny, '--min-batch', '8', '--opt-batch', '4', '--output', out_dir / 'm.plan'], 2, 'out of order'),
+        (['--onnx', tiny, '--opt-batch', '128', '--max-batch', '64', '--output', out_dir / 'm.plan'], 2, 'out of order'),
+        (['--onnx', tiny, '--min-batch', '0', '--output', out_dir / 'm.plan'], 2, 'at least 1'),
+        (['--onnx', static, '--output', out_dir / 'm.plan'], 1, 'static batch dimension'),
+        (['--onnx', tiny, '--output', tiny], 2, 'must be an engine path'),
+    ]
+    before = sorted(p.name for p in tmp_path.rglob('*'))
+    for argv, expected_code, message in cases:
+        code, out, err = cli(argv, capsys)
+        assert code == expected_code, (argv, err)
+        assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], (argv, err)
+    assert sorted(p.name for p in tmp_path.rglob('*')) == before
+    assert not out_dir.exists()
+
+
+def test_build_without_a_gpu_fails_before_tensorrt_and_writes_nothing(tmp_path):
+    """A real build where there is no GPU: one error line, exit 1, no engine, record, or partial file."""
+    onnx_path = tiny_convnet(tmp_path)
+    out_dir = tmp_path / 'engines'
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': ''}  # no GPU for the child even on a GPU machine
+    proc = subprocess.run([sys.executable, '-m', 'export.trt', '--onnx', str(onnx_path), '--output',
+                           str(out_dir / 'model.fp32.plan'), '--timing-cache', str(tmp_path / 'timing.cache')],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        'error: TensorRT needs an NVIDIA GPU; none found (use --check-only to lint the graph on CPU)']
+    assert proc.stdout == ''
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['tiny.onnx']
+
+
+def test_missing_tensorrt_is_reported_as_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'tensorrt', None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT is not installed \(pip install 'alexnet-zoo\[trt\]'\)"):
+        trt_export.import_tensorrt()
+    assert issubclass(TensorRTUnavailable, BackendUnavailable)
+
+
+def test_batch_profile_shapes():
+    assert BatchProfile(1, 8, 64).shapes([3, 227, 227]) == {
+        'min': [1, 3, 227, 227], 'opt': [8, 3, 227, 227], 'max': [64, 3, 227, 227]}
+    BatchProfile(4, 4, 4)  # a fixed batch is fine
+
+
+# ------------------------------------------------------------------------------------------- build records
+
+
+def fake_engine(tmp_path: Path, **overrides) -> Path:
+    """An engine file (arbitrary bytes) with a build record as build_engine writes it."""
+    plan = tmp_path / 'model.fp32.plan'
+    plan.write_bytes(b'not really an engine')
+    record = {'tensorrt_version': '10.7.0', 'gpu': {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'},
+              'precision': 'fp32', 'strongly_typed': True,
+              'input': {'name': 'input', **BatchProfile(1, 8, 64).shapes([3, 227, 227])}, 'outputs': ['logits'],
+              'onnx': {'file': 'model.onnx', 'sha256': '0' * 64, 'model_name': 'alexnet_bn'},
+              'engine': {'file': plan.name, 'sha256': hashlib.sha256(plan.read_bytes()).hexdigest(),
+                         'bytes': plan.stat().st_size},
+              'workspace_bytes': None, 'build_seconds': 1.0, 'built_at': '2025-01-01T00:00:00+00:00', **overrides}
+    record_path(plan).write_text(json.dumps(record))
+    return plan
+
+
+def test_record_path_sits_beside_the_engine():
+    assert record_path('out/model.int8.plan') == Path('out/model.int8.plan.json')
+
+
+def test_read_record_checks_presence_and_the_engine_hash(tmp_path):
+    plan = fake_engine(tmp_path)
+    assert read_record(plan)['precision'] == 'fp32'
+    plan.write_bytes(b'another engine')
+    with pytest.raises(EngineRecordError, match='does not match its build record'):
+        read_record(plan)
+    record_path(plan).write_text('{not json')
+    with pytest.raises(EngineRecordError, match='unreadable'):
+        read_record(plan)
+    record_path(plan).unlink()
+    with pytest.raises(EngineRecordError, match='no build record'):
+        read_record(plan)
+
+
+def test_check_record_names_both_builds_on_a_mismatch(tmp_path):
+    record = read_record(fake_engine(tmp_path))
+    check_record(record, '10.7.0', 'NVIDIA H100 80GB HBM3', '9.0')  # the same machine: fine
+    with pytest.raises(EngineRecordError) as error:
+        check_record(record, '10.8.0', 'NVIDIA H100 80GB HBM3', '9.0')
+    assert 'built with TensorRT 10.7.0' in str(error.value) and 'this machine has TensorRT 10.8.0' in str(error.value)
+    with pytest.raises(EngineRecordError, match=r'NVIDIA A100.*\(compute 8\.0\)'):
+        check_record(record, '10.7.0', 'NVIDIA A100-SXM4-80GB', '8.0')
+
+
+def _fake_tensorrt(version='10.7.0', engine=None):
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity):
+            pass
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return engine
+
+    return SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime)
+
+
+def test_load_engine_turns_a_refused_engine_into_one_clear_error(tmp_path, monkeypatch):
+    """TensorRT's deserializer returns None on a mismatch; that must not surface as an AttributeError later."""
+    plan = fake_engine(tmp_path)
+    monkeypatch.setattr(trt_export, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
+    monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': _fake_tensorrt())
+    with pytest.raises(EngineRecordError, match='could not deserialize model.fp32.plan'):
+        load_engine(plan)
+    monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': _fake_tensorrt(version='11.0.0'))
+    with pytest.raises(EngineRecordError, match='built with TensorRT 10.7.0'):
+        load_engine(plan)
+
+
+def test_verify_cli_reports_a_record_mismatch_in_one_line(tmp_path, capsys):
+    plan = fake_engine(tmp_path)
+    plan.write_bytes(b'tampered')
+    code, out, err = cli(['--verify', plan], capsys)
+    assert code == 1 and len(err) == 1 and 'does not match its build record' in err[0]
+
+
+def test_runner_without_gpu_is_unavailable_with_the_reason(tmp_path):
+    from benchmarks.tensorrt_runner import TensorRTRunner
+    with pytest.raises(BackendUnavailable, match='CUDA devices only'):
+        TensorRTRunner(fake_engine(tmp_path), device='cpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match='needs an NVIDIA GPU'):
+            TensorRTRunner(fake_engine(tmp_path))
+
+
+# ------------------------------------------------------------------------------ on an NVIDIA GPU with TensorRT
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAVE_GPU_TRT, reason='needs an NVIDIA GPU and TensorRT (pip install .[trt])')
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])
+def test_engine_build_record_and_runner(real_graphs, tmp_path, precision, capsys):
+    if precision not in real_graphs:
+        pytest.skip(f'no {precision} graph from export.onnx')
+    import onnxruntime as ort
+    from benchmarks.parity import compare
+    from benchmarks.tensorrt_runner import TensorRTRunner
+
+    onnx_path, plan, cache = real_graphs[precision], tmp_path / f'model.{precision}.plan', tmp_path / 'timing.cache'
+    code, out, err = cli(['--onnx', onnx_path, '--output', plan, '--min-batch', 1, '--opt-batch', 4,
+                          '--max-batch', 8, '--timing-cache', cache], capsys)
+    assert code == 0, err
+    assert plan.is_file() and cache.is_file() and cache.stat().st_size > 0
+    record = json.loads(record_path(plan).read_text())
+    import tensorrt
+    assert record['tensorrt_version'] == tensorrt.__version__ and record['precision'] == precision
+    assert record['input']['min'] == [1, 3, 227, 227] and record['input']['max'] == [8, 3, 227, 227]
+    assert record['onnx']['sha256'] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert cli(['--verify', plan], capsys)[0] == 0
+
+    x = np.random.default_rng(0).standard_normal((3, 3, 227, 227)).astype(np.float32)
+    reference = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider']).run(None, {'input': x})[0]
+    with TensorRTRunner(plan) as runner:
+        assert runner.precision == precision
+        logits = runner.infer(x)
+        again = runner.fetch(runner.run(runner.prepare(x)))
+    assert logits.shape == reference.shape and logits.dtype == np.float32
+    np.testing.assert_array_equal(logits, again)
+    figures = compare(reference, logits)
+    assert figures['cosine_min'] > {'fp32': 0.9999, 'fp16': 0.999, 'int8': 0.99}[precision], figures
