@@ -306,6 +306,16 @@ def import_tensorrt(hint: str = ''):
     return tensorrt
 
 
+_LOGGERS = {}
+
+
+def trt_logger(trt):
+    """One logger for every builder and runtime: TensorRT treats the logger as a process-wide singleton."""
+    if trt not in _LOGGERS:
+        _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt]
+
+
 def record_path(plan: PathLike) -> Path:
     """``model.int8.plan`` -> ``model.int8.plan.json``."""
     plan = Path(plan)
@@ -352,7 +362,7 @@ def load_engine(plan: PathLike):
     gpu_name, capability = require_gpu()
     trt = import_tensorrt()
     check_record(record, trt.__version__, gpu_name, capability)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime = trt.Runtime(trt_logger(trt))
     engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
     if engine is None:  # TensorRT returns None rather than raising; its logger printed the reason
         raise EngineRecordError(f'TensorRT could not deserialize {Path(plan).name} although its record matches '
@@ -386,7 +396,7 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     trt = import_tensorrt(CPU_HINT)
     ensure_writable_dir(plan.parent)
 
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     # Strongly typed: precision comes from the graph. TensorRT 11 keeps this flag for compatibility and ignores it.
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))

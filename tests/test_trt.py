@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -302,7 +302,9 @@ def _fake_tensorrt(version='10.7.0', engine=None):
         def deserialize_cuda_engine(self, data):
             return engine
 
-    return SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime)
+    fake = ModuleType('tensorrt')
+    fake.__version__, fake.Logger, fake.Runtime = version, Logger, Runtime
+    return fake
 
 
 def test_load_engine_turns_a_refused_engine_into_one_clear_error(tmp_path, monkeypatch):
