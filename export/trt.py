@@ -395,6 +395,8 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     gpu_name, capability = require_gpu(CPU_HINT)
     trt = import_tensorrt(CPU_HINT)
     ensure_writable_dir(plan.parent)
+    if timing_cache is not None:
+        ensure_writable_dir(Path(timing_cache).parent)
 
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
@@ -419,9 +421,9 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     if timing_cache is not None:
         timing_cache = Path(timing_cache)
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b'')
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
-            raise ValueError(f'timing cache {timing_cache} was written for another GPU or TensorRT version; '
-                             f'delete it or name another --timing-cache')
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise ValueError(f'timing cache {timing_cache} is unreadable or was written for another GPU or '
+                             f'TensorRT version; delete it or name another --timing-cache')
 
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)

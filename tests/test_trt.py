@@ -335,6 +335,141 @@ def test_runner_without_gpu_is_unavailable_with_the_reason(tmp_path):
             TensorRTRunner(fake_engine(tmp_path))
 
 
+class _ParserError:
+    def __init__(self, node, desc):
+        self._node, self._desc = node, desc
+
+    def node(self):
+        return self._node
+
+    def code(self):
+        return 'UNSUPPORTED_NODE'
+
+    def desc(self):
+        return self._desc
+
+
+def _recording_tensorrt(parse_errors=(), engine=b'serialized engine'):
+    """A stand-in for the tensorrt module that records the build calls (the real one needs a GPU)."""
+    calls = {}
+
+    class Profile:
+        def set_shape(self, name, min, opt, max):
+            calls['profile'] = (name, min, opt, max)
+
+    class Cache:
+        def serialize(self):
+            return b'timing cache'
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls['workspace'] = (pool, size)
+
+        def add_optimization_profile(self, profile):
+            return 0
+
+        def create_timing_cache(self, data):
+            calls['cache_in'] = data
+            return Cache()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls['ignore_mismatch'] = ignore_mismatch
+            return True
+
+        def get_timing_cache(self):
+            return Cache()
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls['network_flags'] = flags
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return engine
+
+    class OnnxParser:
+        num_errors = len(parse_errors)
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, data, path):
+            calls['parsed'] = (len(data), path)
+            return not parse_errors
+
+        def get_error(self, i):
+            return _ParserError(*parse_errors[i])
+
+    trt = _fake_tensorrt()
+    trt.Builder, trt.OnnxParser, trt.__version__ = Builder, OnnxParser, '10.7.0'
+    trt.NetworkDefinitionCreationFlag = ModuleType('flags')
+    trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED = 0
+    trt.MemoryPoolType = ModuleType('pools')
+    trt.MemoryPoolType.WORKSPACE = 'WORKSPACE'
+    return trt, calls
+
+
+@pytest.fixture
+def recording_build(monkeypatch):
+    def use(**kwargs):
+        trt, calls = _recording_tensorrt(**kwargs)
+        monkeypatch.setattr(trt_export, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
+        monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': trt)
+        return calls
+    return use
+
+
+def test_build_sequence_writes_engine_record_and_timing_cache(tmp_path, recording_build):
+    """The build's bookkeeping, with TensorRT's calls recorded rather than run (the GPU test runs them)."""
+    calls = recording_build()
+    onnx_path = tiny_convnet(tmp_path)
+    (tmp_path / 'caches').mkdir()
+    cache = tmp_path / 'caches' / 'timing.cache'
+    cache.write_bytes(b'earlier cache')
+    result = trt_export.build_engine(onnx_path, tmp_path / 'out' / 'model.fp32.plan', BatchProfile(2, 4, 16),
+                                     timing_cache=cache, workspace_gb=0.5)
+    assert calls['network_flags'] == 1  # 1 << STRONGLY_TYPED
+    assert calls['parsed'] == (onnx_path.stat().st_size, str(onnx_path.resolve()))
+    assert calls['profile'] == ('input', [2, 3, 8, 8], [4, 3, 8, 8], [16, 3, 8, 8])
+    assert calls['workspace'] == ('WORKSPACE', 1 << 29)
+    assert calls['cache_in'] == b'earlier cache' and calls['ignore_mismatch'] is False
+    assert cache.read_bytes() == b'timing cache'
+    assert result.plan.read_bytes() == b'serialized engine'
+    record = read_record(result.plan)
+    assert record == result.record
+    assert record['precision'] == 'fp32' and record['gpu'] == {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'}
+    assert record['input'] == {'name': 'input', 'min': [2, 3, 8, 8], 'opt': [4, 3, 8, 8], 'max': [16, 3, 8, 8]}
+    assert record['onnx']['sha256'] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert sorted(p.name for p in result.plan.parent.iterdir()) == ['model.fp32.plan', 'model.fp32.plan.json']
+
+
+def test_build_reports_every_parser_error_in_one_line_and_writes_nothing(tmp_path, recording_build, capsys):
+    recording_build(parse_errors=[(0, 'Conv: unsupported padding'), (4, 'Gemm: bad transpose')])
+    onnx_path = tiny_convnet(tmp_path)
+    code, out, err = cli(['--onnx', onnx_path, '--output', tmp_path / 'out' / 'm.plan'], capsys)
+    assert code == 1 and len(err) == 1
+    assert 'node 0: UNSUPPORTED_NODE: Conv: unsupported padding; node 4: UNSUPPORTED_NODE: Gemm: bad transpose' in err[0]
+    assert list((tmp_path / 'out').iterdir()) == []  # checked writable before the build; no file in it
+
+
+def test_failed_build_writes_nothing(tmp_path, recording_build, capsys):
+    recording_build(engine=None)  # build_serialized_network returns None when TensorRT cannot build
+    onnx_path = tiny_convnet(tmp_path)
+    code, out, err = cli(['--onnx', onnx_path, '--output', tmp_path / 'out' / 'm.plan',
+                          '--timing-cache', tmp_path / 'timing.cache'], capsys)
+    assert code == 1 and len(err) == 1 and 'could not build an engine' in err[0]
+    assert list((tmp_path / 'out').iterdir()) == [] and not (tmp_path / 'timing.cache').exists()
+
+
 # ------------------------------------------------------------------------------ on an NVIDIA GPU with TensorRT
 
 
