@@ -1,0 +1,67 @@
+"""``python -m benchmarks``: parity and latency of every backend and precision, in one report.
+
+A thin layer over ``benchmarks.run_benchmark``. Exit 0 when every judged parity gate passes, 1 when one fails
+(or on a bad input file), 2 for usage errors.
+"""
+import shlex
+import sys
+from typing import Sequence
+
+from alexnet_zoo.checkpoint import load_model
+from alexnet_zoo.fileio import ArgumentParser, UsageError, run_cli
+from alexnet_zoo.samples import folder_images
+
+from .harness import BACKENDS, PRECISIONS, exit_code, parse_batch_sizes, parse_list, run_benchmark
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog='python -m benchmarks', description=__doc__.splitlines()[0])
+    parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
+    parser.add_argument('--num-classes', type=int, help='classes of the model / checkpoint')
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument('--checkpoint', help='.safetensors, .pth, or a timm checkpoint directory (brings its own '
+                                              'model name, classes and label names)')
+    weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights (local cache)")
+    parser.add_argument('--backends', help=f'comma list from {",".join(BACKENDS)} (default: all)')
+    parser.add_argument('--precisions', help=f'comma list from {",".join(PRECISIONS)} (default: fp32,bf16,int8)')
+    parser.add_argument('--batch-sizes', help='comma list of batch sizes (default: 1,32)')
+    parser.add_argument('--images', help='folder of photographs for parity and timing (default: the sample '
+                                         'photographs)')
+    parser.add_argument('--data', help='ImageFolder (class/image.jpg) of labelled photographs: accuracy per row')
+    parser.add_argument('--onnx-dir', help='graphs written by python -m export.onnx for this model: benchmark '
+                                           'those instead of exporting again')
+    parser.add_argument('--threads', type=int, help='compute threads for every backend (default: usable cores)')
+    parser.add_argument('--quick', action='store_true', help='under a minute: torch, onnxruntime, openvino, '
+                                                              'tensorrt; fp32, int8; batch 1; short timing')
+    parser.add_argument('--compare', help='an earlier report.json to put beside this one, with ratios')
+    parser.add_argument('--output-dir', required=True, help='where report.json/.md/.csv and the plots go')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def main(argv: Sequence[str] = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Usage first (exit 2, no work done), then the inputs that need reading.
+    for text, known, what in ((args.backends, BACKENDS, 'backend'), (args.precisions, PRECISIONS, 'precision')):
+        if text is not None:
+            parse_list(text, known, what)
+    if args.batch_sizes is not None:
+        parse_batch_sizes(args.batch_sizes)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f'--threads must be at least 1, got {args.threads}')
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UsageError(f'--num-classes must be at least 1, got {args.num_classes}')
+    images = folder_images(args.images) if args.images else None
+    loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
+    report = run_benchmark(
+        loaded, args.output_dir, backends=args.backends, precisions=args.precisions, batch_sizes=args.batch_sizes,
+        images=images, **({'images_source': f'images from {args.images}'} if args.images else {}), data=args.data,
+        calibration_images=args.images, onnx_dir=args.onnx_dir, threads=args.threads,
+        quick=args.quick, compare=args.compare, progress=not args.no_progress,
+        command=' '.join(['python -m benchmarks'] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))
+    print(f'wrote {args.output_dir}/report.md ({len(report["results"])} rows, {len(report["skipped"])} skipped)')
+    return exit_code(report)
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,84 @@
+"""What a reader needs to trust (or discount) a report's numbers: the machine and the software that ran it."""
+import os
+import platform
+from importlib import metadata
+from typing import Any, Dict, Optional
+
+PACKAGES = ('torch', 'torchvision', 'timm', 'numpy', 'onnx', 'onnxruntime', 'onnxruntime-gpu', 'openvino',
+            'tensorrt', 'onnxconverter-common', 'matplotlib')
+
+
+def environment(threads: int) -> Dict[str, Any]:
+    import torch
+    return {
+        'cpu': {'model': cpu_model(), 'logical_cores': os.cpu_count(), 'usable_cores': threads,
+                'features': cpu_features(), 'torch_capability': torch.backends.cpu.get_cpu_capability()},
+        'memory_gb': memory_gb(),
+        'os': platform.platform(),
+        'python': platform.python_version(),
+        'packages': {name: version for name in PACKAGES if (version := package_version(name))},
+        'gpu': gpu(),
+        'threads': threads,
+        'onnxruntime_providers': _ort_providers(),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_features() -> Dict[str, bool]:
+    """The instruction sets that decide int8 and bf16 speed on a CPU."""
+    import torch
+    flags = set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    flags = set(line.split(':', 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {'avx2': bool(torch.cpu._is_avx2_supported()), 'avx512': bool(torch.cpu._is_avx512_supported()),
+            'avx512_vnni': bool(torch.cpu._is_vnni_supported()) or 'avx512_vnni' in flags,
+            'avx512_bf16': bool(torch.cpu._is_avx512_bf16_supported()),
+            'amx': bool(torch.cpu._is_amx_tile_supported())}
+
+
+def memory_gb() -> Optional[float]:
+    try:
+        return round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def package_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def gpu() -> Optional[Dict[str, Any]]:
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return {'name': props.name, 'memory_gb': round(props.total_memory / 2 ** 30, 1),
+            'compute_capability': f'{props.major}.{props.minor}', 'cuda': torch.version.cuda}
+
+
+def _ort_providers():
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())

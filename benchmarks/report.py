@@ -1,0 +1,337 @@
+"""The report's files: report.json (the schema), report.md (the table a person reads), report.csv, PNG plots.
+
+Everything is rendered in memory first and each file is written atomically (temporary file beside, then
+rename), so an interrupted run leaves the previous report or none, never half of one.
+"""
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from alexnet_zoo.fileio import atomic_path
+
+SCHEMA_VERSION = 1
+PLOTS = ('latency.png', 'latency_vs_batch.png', 'parity.png')
+LATENCY_KEYS = ('mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max')
+PARITY_KEYS = ('max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement', 'top5_agreement',
+               'judged', 'passed')
+
+PathLike = Union[str, Path]
+
+
+def row_key(row: dict):
+    return row['backend'], row['precision'], row.get('device', 'cpu'), row['batch_size']
+
+
+def label(row: dict) -> str:
+    return f'{row["backend"]} {row["precision"]}' + ('' if row.get('device', 'cpu') == 'cpu' else f' ({row["device"]})')
+
+
+# ------------------------------------------------------------------------------------------------ json, compare
+
+
+def finite(value: Any) -> Any:
+    """JSON without NaN/Infinity (which strict parsers reject): a non-finite float becomes null. An SQNR of
+    null means the logits were identical (no noise at all)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def read_report(path: PathLike) -> dict:
+    """An earlier report.json, checked enough to compare against; one clear line if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'--compare file not found: {path}')
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f'--compare {path} is not a benchmark report (not JSON: {e})') from None
+    if not isinstance(report, dict) or report.get('schema_version') != SCHEMA_VERSION:
+        raise ValueError(f'--compare {path} is not a benchmark report (no schema_version {SCHEMA_VERSION})')
+    rows = report.get('results')
+    try:
+        if not isinstance(rows, list):
+            raise TypeError('no results list')
+        for row in rows:
+            row_key(row)
+            float(row['latency_ms']['p50'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'--compare {path} is not a benchmark report (bad results: {e})') from None
+    return report
+
+
+def compare_reports(old: dict, new: dict, name: str) -> dict:
+    """Rows of both reports side by side, matched by backend, precision, device and batch size.
+
+    ``speedup`` = old p50 / new p50 (above 1: faster now); ``throughput_ratio`` = new / old images per second.
+    """
+    old_rows = {row_key(r): r for r in old['results']}
+    new_rows = {row_key(r): r for r in new['results']}
+    rows = []
+    for key in list(new_rows) + [k for k in old_rows if k not in new_rows]:
+        o, n = old_rows.get(key), new_rows.get(key)
+        old_p50 = o['latency_ms']['p50'] if o else None
+        new_p50 = n['latency_ms']['p50'] if n else None
+        rows.append({
+            'backend': key[0], 'precision': key[1], 'device': key[2], 'batch_size': key[3],
+            'old_p50_ms': old_p50, 'new_p50_ms': new_p50,
+            'speedup': old_p50 / new_p50 if o and n and new_p50 else None,
+            'throughput_ratio': (n['throughput_ips'] / o['throughput_ips']
+                                 if o and n and o.get('throughput_ips') else None),
+            'old_sqnr_db': o['parity'].get('sqnr_db') if o and o.get('parity') else None,
+            'new_sqnr_db': n['parity'].get('sqnr_db') if n else None,
+        })
+    return {'file': name, 'old_created_at': old.get('created_at'),
+            'old_cpu': (old.get('environment') or {}).get('cpu', {}).get('model'), 'rows': rows}
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
+    """Render every file in memory, then write each atomically; returns name -> path."""
+    output_dir = Path(output_dir)
+    report = finite(report)
+    files = {'report.json': (json.dumps(report, indent=2, allow_nan=False) + '\n').encode(),
+             'report.md': render_markdown(report).encode(),
+             'report.csv': render_csv(report).encode()}
+    files.update(render_plots(report))
+    paths = {}
+    for name, data in files.items():
+        with atomic_path(output_dir / name) as tmp:
+            tmp.write_bytes(data)
+            tmp.chmod(0o644)  # the temporary file is created private; a report is for reading
+        paths[name] = output_dir / name
+    return paths
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return '–' if value is None else f'{value:.{digits}f}'
+
+
+def _sqnr(value: Optional[float]) -> str:
+    return 'exact' if value is None else f'{value:.1f}'
+
+
+def _gate(row: dict) -> str:
+    verdicts = [row['parity']['passed'], row['parity_fp64']['passed']]
+    if any(v is None for v in verdicts):
+        return 'not judged'
+    return 'pass' if all(verdicts) else '**FAIL**'
+
+
+def render_markdown(report: dict) -> str:
+    env, model, images = report['environment'], report['model'], report['images']
+    settings, timing = report['settings'], report['settings']['timing']
+    cpu = env['cpu']
+    features = ', '.join(k for k, v in cpu['features'].items() if v) or 'none of AVX2/AVX-512/VNNI/AMX'
+    gpu = env['gpu']['name'] if env.get('gpu') else 'none'
+    weights = ('trained weights: parity gates judged' if model['trained']
+               else 'random weights: parity gates not judged (near-tied logits)')
+    lines = [
+        f'# Benchmark report: {model["name"]}',
+        '',
+        f'- model: `{model["name"]}`, {model["num_classes"]} classes, weights from {model["source"]} ({weights}); '
+        f'median top-1/top-2 logit margin {model["margin_std"]:.2f} std',
+        f'- parity images: {images["count"]} {images["source"]}',
+        f'- machine: {cpu["model"]}, {cpu["usable_cores"]} cores ({features}), {env["memory_gb"]} GB, GPU: {gpu}; '
+        f'{env["os"]}, Python {env["python"]}',
+        f'- {report["created_at"]}, {report.get("duration_s", "?")} s' + (' (`--quick`)' if settings['quick'] else ''),
+    ]
+    if report.get('command'):
+        lines.append(f'- command: `{report["command"]}`')
+    data = report.get('data')
+    if data:
+        lines.append(f'- accuracy on `{data["path"]}`: {data["count"]} labelled images, {len(data["classes"])} classes')
+    lines += ['', '## Results', '',
+              'Latency in ms per batch (p50 = median); speed-up = PyTorch eager fp32 p50 / this p50 at the same batch '
+              'size. Parity against PyTorch fp32 (SQNR, top-1 agreement, max error relative to the largest logit) '
+              'and against an fp64 PyTorch reference (SQNR).', '']
+    header = ['backend', 'precision', 'device', 'batch', 'p50 ms', 'mean ± std ms', 'p99 ms', 'images/s',
+              'speed-up', 'SQNR dB', 'top-1', 'max rel err', 'SQNR fp64 dB']
+    if data:
+        header += ['acc top-1', 'acc top-5']
+    header.append('gate')
+    lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+    for r in sorted(report['results'], key=lambda r: r['batch_size']):
+        lat, p = r['latency_ms'], r['parity']
+        speedup = r.get('speedup_vs_torch_fp32')
+        cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']), _fmt(lat['p50']),
+                 f'{lat["mean"]:.2f} ± {lat["std"]:.2f}', _fmt(lat['p99']), _fmt(r['throughput_ips'], 1),
+                 '–' if speedup is None else f'{speedup:.1f}×', _sqnr(p['sqnr_db']), f'{p["top1_agreement"]:.0%}',
+                 f'{p["max_rel_err"]:.1e}', _sqnr(r['parity_fp64']['sqnr_db'])]
+        if data:
+            acc = r.get('accuracy') or {}
+            cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
+        cells.append(_gate(r))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+
+    summary = report['summary']
+    lines += ['', '## Fastest row that passes its gates' if summary['gates_judged']
+              else '## Fastest row (gates not judged)', '']
+    for f in summary['fastest_passing']:
+        speed = f['speedup_vs_torch_fp32']
+        against = (f'{speed:.1f}× PyTorch eager fp32 ({f["baseline_p50_ms"]:.2f} ms)' if speed
+                   else 'no PyTorch eager fp32 row to compare with')
+        lines.append(f'- batch {f["batch_size"]}: {f["backend"]} {f["precision"]} ({f["device"]}), '
+                     f'{f["p50_ms"]:.2f} ms, {against}')
+    if summary['gates_judged']:
+        lines.append(f'- gates: {"all judged rows pass" if summary["passed"] else str(summary["rows_failed"]) + " row(s) FAIL"}')
+
+    lines += ['', '## Skipped', '']
+    if report['skipped']:
+        lines += ['| backend | precision | device | reason |', '| --- | --- | --- | --- |']
+        lines += [f'| {s["backend"]} | {s["precision"]} | {s["device"]} | {s["reason"]} |' for s in report['skipped']]
+    else:
+        lines.append('Nothing: every requested combination ran.')
+
+    comparison = report.get('comparison')
+    if comparison:
+        lines += ['', f'## Compared with `{comparison["file"]}` ({comparison.get("old_created_at")}, '
+                      f'{comparison.get("old_cpu")})', '',
+                  'speed-up = old p50 / new p50 (above 1: faster now).', '',
+                  '| backend | precision | device | batch | old p50 ms | new p50 ms | speed-up | old SQNR | new SQNR |',
+                  '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+        for c in comparison['rows']:
+            lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
+                         f'{_fmt(c["old_p50_ms"])} | {_fmt(c["new_p50_ms"])} | '
+                         f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
+                         f'{_sqnr(c["old_sqnr_db"]) if c["old_p50_ms"] is not None else "–"} | '
+                         f'{_sqnr(c["new_sqnr_db"]) if c["new_p50_ms"] is not None else "–"} |')
+
+    lines += ['', '## What is timed', '',
+              f'- timed region: {timing["timed_region"]}.',
+              f'- warm-up: at least {timing["warmup_iters"]} runs and {timing["warmup_s"]} s; then timed runs until '
+              f'at least {timing["min_iters"]} runs and {timing["min_time_s"]} s; one perf_counter pair per run, '
+              f'garbage collector paused.',
+              f'- {env["threads"]} compute threads for every backend, one stream: PyTorch set_num_threads, ONNX '
+              f'Runtime intra-op threads (sequential), OpenVINO INFERENCE_NUM_THREADS with the LATENCY hint.',
+              '- throughput = images per second over the summed timed runs.',
+              '', '## Plots', '',
+              '![latency per backend and precision](latency.png)', '',
+              '![latency vs batch size](latency_vs_batch.png)', '',
+              '![parity](parity.png)', '',
+              '## Software', '',
+              ', '.join(f'{k} {v}' for k, v in env['packages'].items()), '']
+    return '\n'.join(lines)
+
+
+def render_csv(report: dict) -> str:
+    fields = (['backend', 'precision', 'device', 'batch_size'] + [f'{k}_ms' for k in LATENCY_KEYS]
+              + ['throughput_ips', 'iterations', 'speedup_vs_torch_fp32']
+              + [f'parity_{k}' for k in PARITY_KEYS] + [f'parity_fp64_{k}' for k in PARITY_KEYS]
+              + ['accuracy_top1', 'accuracy_top5'])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fields, lineterminator='\n')
+    writer.writeheader()
+    for r in report['results']:
+        row = {k: r[k] for k in ('backend', 'precision', 'device', 'batch_size', 'throughput_ips', 'iterations',
+                                 'speedup_vs_torch_fp32')}
+        row.update({f'{k}_ms': r['latency_ms'][k] for k in LATENCY_KEYS})
+        row.update({f'parity_{k}': r['parity'][k] for k in PARITY_KEYS})
+        row.update({f'parity_fp64_{k}': r['parity_fp64'][k] for k in PARITY_KEYS})
+        if r.get('accuracy'):
+            row.update({'accuracy_top1': r['accuracy']['top1'], 'accuracy_top5': r['accuracy']['top5']})
+        writer.writerow(row)
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------- plots
+
+
+def render_plots(report: dict) -> Dict[str, bytes]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    plots = {}
+    for name, draw in zip(PLOTS, (_plot_latency, _plot_latency_vs_batch, _plot_parity)):
+        fig = draw(plt, report)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png', dpi=90)
+        plt.close(fig)
+        plots[name] = buffer.getvalue()
+    return plots
+
+
+def _title(report: dict) -> str:
+    return f'{report["model"]["name"]} on {report["environment"]["cpu"]["model"]}'
+
+
+def _plot_latency(plt, report: dict):
+    """Median latency per backend and precision, one panel per batch size; whiskers from min to p99."""
+    rows = report['results']
+    sizes = sorted({r['batch_size'] for r in rows}) or [1]
+    height = max(2.5, 0.35 * max((sum(r['batch_size'] == b for r in rows) for b in sizes), default=1) + 1.5)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), height), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        chosen = [r for r in rows if r['batch_size'] == size]
+        p50 = [r['latency_ms']['p50'] for r in chosen]
+        low = [r['latency_ms']['p50'] - r['latency_ms']['min'] for r in chosen]
+        high = [r['latency_ms']['p99'] - r['latency_ms']['p50'] for r in chosen]
+        colors = ['tab:green' if r['parity']['passed'] else 'tab:red' if r['parity']['passed'] is False
+                  else 'tab:blue' for r in chosen]
+        ax.barh(range(len(chosen)), p50, xerr=[low, high], color=colors, capsize=3)
+        ax.set_yticks(range(len(chosen)), [label(r) for r in chosen])
+        ax.invert_yaxis()
+        for i, value in enumerate(p50):
+            ax.text(value, i, f' {value:.1f}', va='bottom', fontsize=8)
+        ax.set_xlabel('median latency, ms (whiskers: min to p99)')
+        ax.set_title(f'batch {size}')
+    fig.suptitle(f'{_title(report)}\ngreen: passes its parity gates, red: fails them, blue: not judged', fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_latency_vs_batch(plt, report: dict):
+    """Median latency per image against batch size, one line per backend and precision."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: Dict[str, List] = {}
+    for r in sorted(report['results'], key=lambda r: r['batch_size']):
+        lines.setdefault(label(r), []).append((r['batch_size'], r['latency_ms']['p50'] / r['batch_size']))
+    for name, points in lines.items():
+        ax.plot(*zip(*points), marker='o', label=name)
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_xlabel('batch size')
+    ax.set_ylabel('median latency per image, ms')
+    ax.grid(True, which='both', alpha=0.3)
+    if lines:
+        ax.legend(fontsize=8)
+    ax.set_title(_title(report), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_parity(plt, report: dict):
+    """SQNR against PyTorch fp32 and against fp64 per backend and precision (identical logits drawn as 'exact')."""
+    seen: Dict[str, dict] = {}
+    for r in report['results']:
+        seen.setdefault(label(r), r)
+    names = list(seen)
+    values = [(r['parity']['sqnr_db'], r['parity_fp64']['sqnr_db']) for r in seen.values()]
+    finite_values = [v for pair in values for v in pair if v is not None]
+    cap = (max(finite_values) if finite_values else 100.0) + 10
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(names) + 1.5)))
+    y = range(len(names))
+    for offset, index, name, color in ((-0.2, 0, 'vs PyTorch fp32', 'tab:blue'), (0.2, 1, 'vs fp64', 'tab:orange')):
+        ax.barh([i + offset for i in y], [cap if v[index] is None else v[index] for v in values], height=0.4,
+                label=name, color=color)
+    for i, (r, (v32, _)) in enumerate(zip(seen.values(), values)):
+        ax.text(cap if v32 is None else v32, i - 0.2, ' exact' if v32 is None else
+                f' top-1 {r["parity"]["top1_agreement"]:.0%}', va='center', fontsize=8)
+    for gate, style in ((20, ':'), (30, '--')):
+        ax.axvline(gate, color='grey', linestyle=style, linewidth=1)
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set_xlabel('SQNR of the logits, dB (gates: int8 20 dB dotted, fp16/bf16 30 dB dashed)')
+    ax.legend(fontsize=8, loc='lower right')
+    ax.set_title(f'parity on {report["images"]["count"]} images', fontsize=10)
+    fig.tight_layout()
+    return fig
