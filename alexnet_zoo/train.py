@@ -1,0 +1,389 @@
+"""Fine-tune a model on a folder of images: ``python -m alexnet_zoo.train --data DIR --output RUN``.
+
+DIR holds ``train/<class>/*.jpg`` and ``val/<class>/*.jpg``; the classes come from the folder names. Every piece
+is timm's: the model, its data config and transforms (random resized crop + flip for training), the optimizer and
+scheduler factories, the label smoothing loss, the accuracy metric. RUN ends up in timm's Hugging Face layout
+(``config.json`` with ``label_names`` + ``model.safetensors``: ``timm.create_model("local-dir:RUN",
+pretrained=True)``, ``load_model(checkpoint=RUN)``), with ``train_state.pt`` (optimizer, scheduler, epoch,
+settings; tensors and plain types only, so it loads with ``weights_only=True``) to resume from, and
+``metrics.json`` / ``metrics.csv`` of the epochs. Every file is replaced atomically after each epoch.
+
+Data-parallel under ``torchrun --nproc-per-node N``: gloo on CPU, NCCL on GPUs, each process reads its share of
+the images (``--batch-size`` is per process) and only rank 0 writes.
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.distributed as dist
+from PIL import Image
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.models import is_model
+from timm.optim import create_optimizer_v2, list_optimizers
+from timm.scheduler import create_scheduler_v2
+from timm.utils import accuracy, random_seed
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
+
+from .alexnet import checkpoint_filter_fn
+from .checkpoint import load_into, load_model, read_state_dict, save_checkpoint_dir
+from .fileio import ArgumentParser, UsageError, atomic_path, ensure_writable_dir, run_cli, write_text_atomic
+from .samples import IMAGE_SUFFIXES, eval_transform, train_transform
+
+STATE_FILE = 'train_state.pt'
+CHECKPOINT_FILES = ('config.json', 'model.safetensors')
+SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'constant', 'wsd')  # timm's, stepped per epoch
+METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5', 'seconds')
+
+
+@dataclass
+class Settings:
+    """What defines a run; saved in its state, so that ``--resume`` goes on with the same ones."""
+    model: Optional[str] = None  # None: the --init directory's architecture, else alexnet_bn
+    epochs: int = 3
+    batch_size: int = 16  # per process
+    lr: float = 1e-4  # AdamW fine-tuning rate; from scratch or with frozen features 1e-3 learns faster
+    weight_decay: float = 0.05
+    opt: str = 'adamw'
+    sched: str = 'cosine'
+    warmup_epochs: int = 0
+    smoothing: float = 0.1
+    seed: int = 0
+    init: Optional[str] = None  # checkpoint to start from (any form load_model reads), with a new classifier
+    pretrained: bool = False  # start from the model's pretrained cfg, with a new classifier
+    freeze_features: bool = False  # train only the head
+
+
+def train(
+        data: Union[str, Path],
+        output: Union[str, Path],
+        settings: Optional[Settings] = None,
+        resume: Union[str, Path, None] = None,
+        workers: int = 2,
+        progress: bool = True,
+) -> dict:
+    """Fine-tune on ``data`` into ``output``; returns the metrics written to ``output/metrics.json``.
+
+    With ``resume`` (a run directory), training goes on from its last epoch with its settings and optimizer state;
+    ``settings`` (None: the run's) may then differ from the run's only in ``epochs``. Bad input raises one-line ValueError/OSError
+    before anything is written.
+    """
+    train_set, val_set = image_folders(data)
+    classes = train_set.classes
+    state = None
+    if resume is not None:
+        state = read_run_state(resume)
+        settings = _check_resume(state, settings, classes, resume)
+    settings = settings or Settings()
+    if settings.init and settings.pretrained:
+        raise UsageError('--init and --pretrained both choose the starting weights; give one')
+
+    rank, world, device = _start_distributed()
+    try:
+        model = build_model(settings, classes, resume)
+        settings = replace(settings, model=model.pretrained_cfg['architecture'])
+        if rank == 0:
+            ensure_writable_dir(output)
+        return _fit(model, settings, train_set, val_set, Path(output), state, rank, world, device, workers, progress)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def image_folders(data: Union[str, Path]) -> Tuple[ImageFolder, ImageFolder]:
+    """The train and val ImageFolders of ``data`` (readable images only), with timm's transforms set later."""
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f'data directory not found: {data}')
+    splits = []
+    for split in ('train', 'val'):
+        root = data / split
+        if not root.is_dir():
+            raise FileNotFoundError(f'no {split}/ split in {data} (expected {data}/{split}/<class>/*.jpg)')
+        if not any(p.is_dir() for p in root.iterdir()):
+            raise ValueError(f'{root} has no class folders (expected {root}/<class>/*.jpg)')
+        folder = ImageFolder(str(root), is_valid_file=_readable_image, allow_empty=True)
+        found = set(folder.targets)
+        empty = [c for i, c in enumerate(folder.classes) if i not in found]
+        if empty:
+            raise ValueError(f'no readable images in {root}/{empty[0]}' + (f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''))
+        splits.append(folder)
+    train_set, val_set = splits
+    if len(train_set.classes) < 2:
+        raise ValueError(f'{data}/train has {len(train_set.classes)} class folder; a classifier needs at least 2')
+    if val_set.classes != train_set.classes:
+        raise ValueError(f'{data}/val has classes {val_set.classes}, {data}/train has {train_set.classes}; they must match')
+    return train_set, val_set
+
+
+def build_model(settings: Settings, classes: Sequence[str], resume: Union[str, Path, None] = None) -> torch.nn.Module:
+    """The model to train: the resumed run's weights, ``init``'s or pretrained ones with a new classifier, or random."""
+    torch.manual_seed(settings.seed)
+    if resume is not None:
+        model = load_model(checkpoint=resume).model
+    elif settings.init:
+        model = _from_checkpoint(settings.init, settings.model, len(classes))
+    else:
+        name = settings.model or 'alexnet_bn'
+        try:
+            model = timm.create_model(name, pretrained=settings.pretrained, num_classes=len(classes))
+        except RuntimeError as e:  # "alexnet_bn has no published pretrained weights"
+            raise ValueError(f'--pretrained: {str(e).splitlines()[0]}' if settings.pretrained else str(e)) from None
+        except OSError as e:  # no network, no cached copy
+            raise OSError(f'--pretrained: cannot fetch the weights of {name}: {e}') from None
+    model.pretrained_cfg = {**model.pretrained_cfg, 'num_classes': len(classes), 'label_names': list(classes)}
+    if settings.freeze_features:
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith(_head_prefixes(model))
+    return model
+
+
+def read_run_state(run: Union[str, Path]) -> dict:
+    """A run's training state (loaded with ``weights_only=True``); one clear line when ``run`` is not a run."""
+    run = Path(run)
+    missing = [f for f in (STATE_FILE, *CHECKPOINT_FILES) if not (run / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f'{run} is not a training run (no {missing[0]}); --resume takes an --output of this command')
+    try:
+        state = torch.load(run / STATE_FILE, map_location='cpu', weights_only=True, mmap=True)
+        Settings(**state['settings'])
+        int(state['epoch'])
+    except Exception as e:  # any corrupt or foreign file
+        raise ValueError(f'{run / STATE_FILE} is not a training state: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+    return state
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = ArgumentParser(prog='python -m alexnet_zoo.train', description=__doc__.split('\n')[0])
+    parser.add_argument('--data', required=True, help='folder with train/<class>/* and val/<class>/*')
+    parser.add_argument('--output', help='run directory to write (default: the --resume directory)')
+    parser.add_argument('--model', help='timm model name (default alexnet_bn, or the --init directory\'s model)')
+    parser.add_argument('--epochs', type=_positive(int), help=f'total epochs (default {Settings.epochs})')
+    parser.add_argument('--batch-size', type=_positive(int), help=f'per process (default {Settings.batch_size})')
+    parser.add_argument('--lr', type=_positive(float), help=f'base learning rate (default {Settings.lr})')
+    parser.add_argument('--weight-decay', type=float, help=f'(default {Settings.weight_decay})')
+    parser.add_argument('--opt', help=f'timm optimizer name (default {Settings.opt})')
+    parser.add_argument('--sched', choices=SCHEDULERS, help=f'timm scheduler (default {Settings.sched})')
+    parser.add_argument('--warmup-epochs', type=int, help=f'(default {Settings.warmup_epochs})')
+    parser.add_argument('--smoothing', type=float, help=f'label smoothing (default {Settings.smoothing})')
+    parser.add_argument('--seed', type=int, help=f'(default {Settings.seed})')
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument('--init', help='start from this checkpoint (.safetensors, .pth or run directory), new classifier')
+    start.add_argument('--pretrained', action='store_true', default=None, help='start from the model\'s pretrained weights')
+    parser.add_argument('--freeze-features', action='store_true', default=None, help='train only the head')
+    parser.add_argument('--resume', help='run directory to go on from (its settings are kept; --epochs may raise the total)')
+    parser.add_argument('--workers', type=int, default=2, help='data loading processes per training process (default 2)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None}
+    if args.resume:
+        changed = [f'--{k.replace("_", "-")}' for k in given if k != 'epochs']
+        if changed:
+            raise UsageError(f'{changed[0]} cannot change when resuming: a run keeps its settings (only --epochs may)')
+        settings = replace(Settings(**read_run_state(args.resume)['settings']), **given)
+    else:
+        if not args.output:
+            raise UsageError('--output is required (or --resume RUN)')
+        settings = Settings(**given)
+    if settings.model is not None and not is_model(settings.model):
+        raise UsageError(f'unknown model: {settings.model} (AlexNet models: {", ".join(timm.list_models("alexnet*"))})')
+    if settings.opt not in list_optimizers():
+        raise UsageError(f'unknown optimizer: {settings.opt} (timm.optim.list_optimizers() names them)')
+    train(args.data, args.output or args.resume, settings, args.resume, args.workers, not args.no_progress)
+    return 0
+
+
+def _fit(model, settings, train_set, val_set, output, state, rank, world, device, workers, progress) -> dict:
+    train_set.transform = train_transform(model)
+    val_set.transform = eval_transform(model)
+    model.to(device)
+    optimizer = create_optimizer_v2(model, settings.opt, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, settings.sched, num_epochs=settings.epochs,
+                                       warmup_epochs=settings.warmup_epochs)
+    history, start = [], 0
+    if state is not None:
+        optimizer.load_state_dict(state['optimizer'])
+        if state['settings']['epochs'] == settings.epochs:
+            scheduler.load_state_dict(state['scheduler'])  # else: the schedule is rebuilt for the new total
+        history, start = list(state['metrics']), int(state['epoch'])
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
+        if world > 1 else model
+
+    share = len(range(rank, len(train_set), world))
+    batch_size = min(settings.batch_size, share)  # BatchNorm needs more than one image per batch
+    if batch_size < 2:
+        raise ValueError(f'{len(train_set)} training images are too few for {world} process(es)')
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
+    loader_args = dict(num_workers=workers, pin_memory=device.type == 'cuda')
+    train_loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **loader_args)
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), settings.batch_size, **loader_args)
+    loss_fn = LabelSmoothingCrossEntropy(settings.smoothing) if settings.smoothing > 0 else torch.nn.CrossEntropyLoss()
+    head = _head_prefixes(model)
+
+    run = dict(model=settings.model, classes=train_set.classes, settings=asdict(settings), world_size=world,
+               batch_size=batch_size * world, device=device.type, train_images=len(train_set), val_images=len(val_set))
+    for epoch in range(start, settings.epochs):
+        began = time.perf_counter()
+        random_seed(settings.seed + 1000 * epoch, rank)  # augmentation and dropout: the same again on --resume
+        sampler.set_epoch(epoch)
+        scheduler.step(epoch)
+        lr = optimizer.param_groups[0]['lr']
+        net.train()
+        if settings.freeze_features:  # frozen BatchNorm layers keep their running statistics
+            for name, module in model.named_modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+                    module.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct top-1, n
+        bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{settings.epochs}', unit='batch',
+                   disable=not (progress and rank == 0), leave=False)
+        for images, targets in bar:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            logits = net(images)
+            loss = loss_fn(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(targets)
+            sums += torch.tensor([loss.item() * n, accuracy(logits.detach(), targets)[0].item() * n / 100, n],
+                                 dtype=torch.float64, device=device)
+            bar.set_postfix(loss=f'{sums[0] / sums[2]:.3f}', acc=f'{100 * sums[1] / sums[2]:.1f}%')
+        if world > 1:  # every process validates rank 0's model, the one that is saved
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+        val = evaluate(model, val_loader, device)
+        if world > 1:
+            dist.all_reduce(sums)
+            dist.all_reduce(val)
+        row = dict(epoch=epoch + 1, lr=lr, train_loss=(sums[0] / sums[2]).item(),
+                   train_top1=(100 * sums[1] / sums[2]).item(), val_loss=(val[0] / val[3]).item(),
+                   val_top1=(100 * val[1] / val[3]).item(), val_top5=(100 * val[2] / val[3]).item(),
+                   seconds=time.perf_counter() - began)
+        history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+        metrics = dict(run, epochs=history, best_val_top1=max(h['val_top1'] for h in history))
+        if rank == 0:
+            _save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics)
+            print(f'epoch {epoch + 1}/{settings.epochs}: train loss {row["train_loss"]:.3f} '
+                  f'top-1 {row["train_top1"]:.1f}%, val loss {row["val_loss"]:.3f} top-1 {row["val_top1"]:.1f}% '
+                  f'top-5 {row["val_top5"]:.1f}%, lr {lr:.2e}, {row["seconds"]:.1f} s', flush=True)
+    return dict(run, epochs=history, best_val_top1=max(h['val_top1'] for h in history))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    """Sums over ``loader``: (cross-entropy * n, correct top-1, correct top-5, n), to all-reduce across processes."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        logits = model(images)
+        n = len(targets)
+        top1, top5 = accuracy(logits, targets, topk=(1, 5))
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        sums += torch.tensor([loss.item() * n, top1.item() * n / 100, top5.item() * n / 100, n],
+                             dtype=torch.float64, device=device)
+    return sums
+
+
+def _save_run(output: Path, model, optimizer, scheduler, settings, classes, history, metrics) -> None:
+    """Checkpoint, then training state, then metrics; each file replaced atomically."""
+    with tempfile.TemporaryDirectory(dir=output, prefix='.checkpoint-') as tmp:
+        save_checkpoint_dir(model, tmp, classes)
+        for name in CHECKPOINT_FILES:
+            os.replace(Path(tmp) / name, output / name)
+    state = dict(epoch=len(history), settings=asdict(settings), label_names=list(classes),
+                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history)
+    with atomic_path(output / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+    write_text_atomic(output / 'metrics.json', json.dumps(metrics, indent=2) + '\n')
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(output / 'metrics.csv', text.getvalue())
+
+
+def _check_resume(state: dict, settings: Optional[Settings], classes: List[str], run) -> Settings:
+    saved = Settings(**state['settings'])
+    settings = settings or saved
+    if replace(settings, epochs=saved.epochs, model=settings.model or saved.model) != saved:
+        raise UsageError(f'{run} was trained with other settings; resuming keeps them (only the epochs may change)')
+    if list(state['label_names']) != list(classes):
+        raise ValueError(f'{run} was trained on classes {state["label_names"]}, the data has {classes}')
+    if settings.epochs <= int(state['epoch']):
+        raise UsageError(f'{run} has already trained {state["epoch"]} epochs; ask for more with --epochs')
+    return settings
+
+
+def _from_checkpoint(checkpoint: str, name: Optional[str], num_classes: int) -> torch.nn.Module:
+    """A model with ``checkpoint``'s weights (a run directory brings its own architecture) and a new classifier."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        loaded = load_model(checkpoint=path)
+        if name and name != loaded.name:
+            raise UsageError(f'--init {path} holds a {loaded.name}, not a {name}')
+        loaded.model.reset_classifier(num_classes)
+        return loaded.model
+    name = name or 'alexnet_bn'
+    model = timm.create_model(name, num_classes=num_classes)
+    classifier = model.pretrained_cfg.get('classifier', 'head.fc') + '.'
+    weights = {k: v for k, v in checkpoint_filter_fn(read_state_dict(path), model).items() if not k.startswith(classifier)}
+    weights.update({k: v for k, v in model.state_dict().items() if k.startswith(classifier)})  # the new classifier
+    load_into(model, weights, path)
+    return model
+
+
+def _head_prefixes(model: torch.nn.Module) -> Tuple[str, ...]:
+    return 'head.', model.pretrained_cfg.get('classifier', 'head.fc') + '.'
+
+
+def _readable_image(path: str) -> bool:
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for files that are not images
+        return False
+
+
+def _start_distributed() -> Tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the process group when started by torchrun with more than one process."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    device = torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')
+    if world == 1:
+        return 0, 1, device
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return dist.get_rank(), world, device
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,239 @@
+"""python -m alexnet_zoo.train: a real fine-tune on crops of the sample photographs, reload, resume, torchrun, bad input."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from alexnet_zoo import train as trainer
+from alexnet_zoo.checkpoint import load_model
+from alexnet_zoo.fileio import run_cli
+from alexnet_zoo.samples import folder_images, sample_batch, write_image_folder
+
+CLASSES = ['astronaut', 'chelsea', 'coffee', 'rocket']
+CLI = [sys.executable, '-m', 'alexnet_zoo.train']
+
+
+@pytest.fixture(scope='module')
+def photo_folder(tmp_path_factory):
+    """The 4-class fine-tuning set: 16 training and 8 validation crops per class (96 images)."""
+    return write_image_folder(tmp_path_factory.mktemp('data') / 'photos', CLASSES, train_per_class=16, val_per_class=8)
+
+
+@pytest.fixture(scope='module')
+def small_folder(tmp_path_factory):
+    """2 classes, 8 training and 2 validation crops each: enough to exercise resume and torchrun."""
+    return write_image_folder(tmp_path_factory.mktemp('data') / 'small', ['astronaut', 'coffee'], 8, 2)
+
+
+def run(args, **kwargs):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=900, **kwargs)
+
+
+def files_below(path: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in sorted(path.rglob('*'))}
+
+
+def test_write_image_folder_layout_and_determinism(tmp_path):
+    a = write_image_folder(tmp_path / 'a', ['coins', 'moon'], train_per_class=3, val_per_class=2, size=64, seed=1)
+    b = write_image_folder(tmp_path / 'b', ['coins', 'moon'], train_per_class=3, val_per_class=2, size=64, seed=1)
+    files = sorted(p.relative_to(a) for p in a.rglob('*.jpg'))
+    assert [str(p) for p in files] == [f'{split}/{name}/{name}_{i:03d}.jpg' for split, n in (('train', 3), ('val', 2))
+                                       for name in ('coins', 'moon') for i in range(n)]
+    assert all((a / p).read_bytes() == (b / p).read_bytes() for p in files)
+    assert folder_images(a / 'val')[0][1].size == (64, 64)
+
+
+def test_fine_tune_reaches_accuracy_and_reloads(photo_folder, trained_checkpoint, tmp_path):
+    """From a locally saved checkpoint (new 4-class classifier), 2 epochs reach far above chance (25 %)."""
+    out = tmp_path / 'run'
+    result = run(['--data', photo_folder, '--output', out, '--init', trained_checkpoint, '--epochs', 2,
+                  '--batch-size', 16, '--seed', 0, '--workers', 0])
+    assert result.returncode == 0, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert 'epoch 2/2' in result.stdout and 'val loss' in result.stdout
+
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['classes'] == CLASSES and metrics['world_size'] == 1
+    assert (metrics['train_images'], metrics['val_images']) == (64, 32)
+    assert [e['epoch'] for e in metrics['epochs']] == [1, 2]
+    final = metrics['epochs'][-1]
+    assert final['val_top1'] >= 60, metrics['epochs']
+    assert final['val_top5'] == 100  # 4 classes: the top 5 hold them all
+    with open(out / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r['val_top1']) for r in rows] == [e['val_top1'] for e in metrics['epochs']]
+
+    # timm's own loader and the project's give the same 4-class model, labels included
+    config = json.loads((out / 'config.json').read_text())
+    assert config['label_names'] == CLASSES and config['num_classes'] == 4
+    model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    loaded = load_model(checkpoint=out)
+    assert model.num_classes == loaded.num_classes == 4
+    assert loaded.label_names == CLASSES and loaded.name == 'alexnet_bn'
+
+    # the reported validation accuracy is what the saved model scores on val/
+    images = folder_images(photo_folder / 'val')
+    _, batch = sample_batch(model, images)
+    with torch.no_grad():
+        logits = model(batch)
+        torch.testing.assert_close(loaded.model(batch), logits)
+    labels = torch.tensor([CLASSES.index(Path(name).parts[0]) for name, _ in images])
+    correct = (logits.argmax(1) == labels).sum().item()
+    assert abs(100 * correct / len(images) - final['val_top1']) <= 100 / len(images) + 1e-6
+
+    state = torch.load(out / 'train_state.pt', weights_only=True)
+    assert state['epoch'] == 2 and state['label_names'] == CLASSES
+    assert state['settings']['init'] == str(trained_checkpoint) and state['settings']['model'] == 'alexnet_bn'
+    assert state['optimizer']['state'] and state['scheduler']['t_initial'] == 2
+
+
+def test_resume_continues_exactly_with_frozen_features(small_folder, trained_model, tmp_path, monkeypatch, capsys):
+    """An interrupted run, resumed, ends with the very weights of an uninterrupted one (so --seed is deterministic)."""
+    init = tmp_path / 'init.safetensors'
+    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(init))
+    settings = trainer.Settings(epochs=2, batch_size=8, lr=1e-3, init=str(init), freeze_features=True)
+    full = trainer.train(small_folder, tmp_path / 'full', settings, workers=0, progress=False)
+
+    calls = []
+    real_evaluate = trainer.evaluate
+
+    def crash_in_second_epoch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(trainer, 'evaluate', crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(small_folder, tmp_path / 'cut', settings, workers=0, progress=False)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / 'cut' / 'train_state.pt', weights_only=True)['epoch'] == 1
+
+    assert trainer.main(['--data', str(small_folder), '--resume', str(tmp_path / 'cut'), '--workers', '0',
+                         '--no-progress']) == 0
+    resumed = json.loads((tmp_path / 'cut' / 'metrics.json').read_text())
+    strip = [{k: v for k, v in e.items() if k != 'seconds'} for e in full['epochs']]
+    assert [{k: v for k, v in e.items() if k != 'seconds'} for e in resumed['epochs']] == strip
+
+    for argv, message in ((['--resume', str(tmp_path / 'full')], 'has already trained 2 epochs'),
+                          (['--resume', str(tmp_path / 'full'), '--lr', '0.1'], '--lr cannot change when resuming')):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(trainer.main, ['--data', str(small_folder), '--workers', '0', *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith('error: ') and message in err, err
+
+    a, b = load_file(tmp_path / 'full' / 'model.safetensors'), load_file(tmp_path / 'cut' / 'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --freeze-features: the convolutional blocks (BatchNorm statistics included) are the init's, the head learned
+    start = trained_model.state_dict()
+    assert all(torch.equal(a[k], start[k]) for k in a if k.startswith('features.'))
+    assert not torch.equal(a['head.pre_logits.fc1.weight'], start['head.pre_logits.fc1.weight'])
+    assert a['head.fc.weight'].shape == (2, start['head.fc.weight'].shape[1])
+
+
+def test_pretrained_alexnet_from_torch_hub_cache(small_folder, tmp_path, monkeypatch):
+    """--pretrained alexnet loads torchvision's checkpoint (keys mapped) and a new classifier; the cache is primed
+    with a locally made torchvision state dict, so nothing is downloaded."""
+    import torchvision
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    url = timm.models.get_pretrained_cfg('alexnet').url
+    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / url.rsplit('/', 1)[1]
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    torchvision_weights = torchvision.models.alexnet().state_dict()
+    torch.save(torchvision_weights, cached)
+    settings = trainer.Settings(model='alexnet', pretrained=True, freeze_features=True, epochs=1, batch_size=8)
+    metrics = trainer.train(small_folder, tmp_path / 'run', settings, workers=0, progress=False)
+    assert metrics['model'] == 'alexnet' and metrics['settings']['pretrained']
+    weights = load_file(tmp_path / 'run' / 'model.safetensors')
+    assert torch.equal(weights['features.3.weight'], torchvision_weights['features.3.weight'])
+    assert weights['head.fc.weight'].shape == (2, 4096)
+
+
+def test_torchrun_two_processes(small_folder, tmp_path):
+    out = tmp_path / 'ddp'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m',
+         'alexnet_zoo.train', '--data', str(small_folder), '--output', str(out), '--epochs', '1', '--batch-size', '4',
+         '--freeze-features', '--lr', '1e-3', '--workers', '0', '--no-progress'],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('epoch 1/1') == 1  # only rank 0 reports and writes
+    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'metrics.csv', 'metrics.json',
+                                                      'model.safetensors', 'train_state.pt']
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert (metrics['world_size'], metrics['batch_size'], metrics['device']) == (2, 8, 'cpu')
+    assert (metrics['train_images'], metrics['val_images']) == (16, 4)
+    assert 0 <= metrics['epochs'][0]['val_top1'] <= 100
+    assert load_model(checkpoint=out).label_names == ['astronaut', 'coffee']
+
+
+def _bad_folders(root: Path) -> dict:
+    no_train = write_image_folder(root / 'no_train', ['coins', 'moon'], 1, 1)
+    shutil.rmtree(no_train / 'train')
+    one_class = write_image_folder(root / 'one_class', ['coins'], 2, 1)
+    unreadable = write_image_folder(root / 'unreadable', ['coins', 'moon'], 2, 1)
+    for f in (unreadable / 'train' / 'moon').iterdir():
+        f.unlink()
+    (unreadable / 'train' / 'moon' / 'notes.txt').write_text('not an image')
+    (unreadable / 'train' / 'moon' / 'broken.jpg').write_bytes(b'not a jpeg either')
+    (root / 'a_file').write_text('x')
+    (root / 'not_a_run').mkdir()
+    (root / 'not_a_run' / 'config.json').write_text('{}')
+    return dict(no_train=no_train, one_class=one_class, unreadable=unreadable)
+
+
+BAD = {
+    'missing data': (['--data', '{root}/nowhere'], 1, 'data directory not found'),
+    'no train split': (['--data', '{no_train}'], 1, 'no train/ split'),
+    'one class': (['--data', '{one_class}'], 1, 'at least 2'),
+    'unreadable class': (['--data', '{unreadable}'], 1, 'no readable images in'),
+    'unwritable output': (['--data', '{small}', '--output', '{root}/a_file/run'], 1, 'not writable'),
+    'resume not a run': (['--data', '{small}', '--resume', '{root}/not_a_run'], 1, 'is not a training run'),
+    'no published weights': (['--data', '{small}', '--pretrained'], 1, 'no published pretrained weights'),
+    'zero epochs': (['--data', '{small}', '--epochs', '0'], 2, 'must be positive'),
+    'unknown model': (['--data', '{small}', '--model', 'alexnet_xl'], 2, 'unknown model'),
+}
+
+
+@pytest.mark.parametrize('case', BAD)
+def test_bad_input_is_one_line_and_writes_nothing(case, small_folder, tmp_path, capsys):
+    root = tmp_path / 'bad'
+    root.mkdir()
+    paths = dict(root=root, small=small_folder, **_bad_folders(root))
+    argv, code, message = BAD[case]
+    argv = [a.format(**paths) for a in argv]
+    if '--output' not in argv and '--resume' not in argv:
+        argv += ['--output', str(root / 'run')]
+    before = files_below(root), files_below(small_folder)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(trainer.main, argv + ['--workers', '0', '--no-progress'])
+    err = capsys.readouterr().err
+    assert exit_.value.code == code
+    assert err.startswith('error: ') and err.count('\n') == 1 and message in err, err
+    assert (files_below(root), files_below(small_folder)) == before
+
+
+def test_init_of_another_architecture(trained_checkpoint, small_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(trainer.main, ['--data', str(small_folder), '--output', str(tmp_path / 'run'), '--init',
+                               str(trained_checkpoint), '--model', 'alexnet'])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err == 'error: --init %s holds a alexnet_bn, not a alexnet\n' % trained_checkpoint
+    assert not (tmp_path / 'run').exists()
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    result = run(['--data', tmp_path / 'nowhere', '--output', tmp_path / 'run'])
+    assert result.returncode == 1
+    assert result.stderr == f'error: data directory not found: {tmp_path / "nowhere"}\n'
+    assert not (tmp_path / 'run').exists()
