@@ -407,7 +407,7 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     if not parser.parse(data, str(Path(onnx_path).resolve())):  # the path locates weights stored beside the graph
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise ValueError(f'TensorRT could not parse {Path(onnx_path).name}: ' + '; '.join(
-            f'node {e.node()}: {e.code()}: {e.desc()}' for e in errors))
+            f'node {e.node()}: {e.code()}: {" ".join(str(e.desc()).split())}' for e in errors))
 
     config = builder.create_builder_config()
     if workspace_gb is not None:
