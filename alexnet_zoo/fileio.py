@@ -74,6 +74,9 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] = None,
     """
     try:
         code = main(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
         code = 130

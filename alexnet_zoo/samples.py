@@ -203,3 +203,30 @@ class _seeded:
     def __exit__(self, *exc):
         random.setstate(self._py_state)
         return self._fork.__exit__(*exc)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .fileio import ArgumentParser, ensure_writable_dir
+    parser = ArgumentParser(prog='python -m alexnet_zoo.samples',
+                            description='List the sample photographs, or write an ImageFolder of crops of them.')
+    parser.add_argument('--write-folder', metavar='DIR', help='write DIR/train/<photo>/*.jpg and DIR/val/<photo>/*.jpg')
+    parser.add_argument('--train-per-class', type=int, default=20)
+    parser.add_argument('--val-per-class', type=int, default=5)
+    parser.add_argument('--size', type=int, default=128, help='side of the square crops in pixels')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if not args.write_folder:
+        for name, image in photographs():
+            print(f'{name}\t{image.size[0]}x{image.size[1]}')
+        return 0
+    if min(args.train_per_class, args.val_per_class, args.size) < 1:
+        parser.error('--train-per-class, --val-per-class and --size must be positive')
+    root = write_image_folder(ensure_writable_dir(args.write_folder), train_per_class=args.train_per_class,
+                              val_per_class=args.val_per_class, size=args.size, seed=args.seed)
+    print(f'wrote {len(PHOTOGRAPHS)} classes x ({args.train_per_class} train + {args.val_per_class} val) crops to {root}')
+    return 0
+
+
+if __name__ == '__main__':
+    from .fileio import run_cli
+    run_cli(main)

@@ -55,3 +55,18 @@ def test_folder_images_errors(tmp_path):
         samples.folder_images(tmp_path)
     with pytest.raises(ValueError, match='unknown sample photograph'):
         samples.photographs(['nope'])
+
+
+def test_write_folder_command(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / 'photos'
+    cmd = [sys.executable, '-m', 'alexnet_zoo.samples', '--write-folder', str(out), '--train-per-class', '2',
+           '--val-per-class', '1', '--size', '64']
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out / 'train').iterdir()) == sorted(samples.PHOTOGRAPHS)
+    assert len(list((out / 'train').rglob('*.jpg'))) == 2 * len(samples.PHOTOGRAPHS)
+    assert len(list((out / 'val').rglob('*.jpg'))) == len(samples.PHOTOGRAPHS)
+    bad = subprocess.run(cmd[:-1] + ['0'], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith('error: ') and len(bad.stderr.splitlines()) == 1
