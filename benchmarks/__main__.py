@@ -28,8 +28,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--images', help='folder of photographs for parity and timing (default: the sample '
                                          'photographs)')
     parser.add_argument('--data', help='ImageFolder (class/image.jpg) of labelled photographs: accuracy per row')
-    parser.add_argument('--onnx-dir', help='graphs written by python -m export.onnx for this model: benchmark '
-                                           'those instead of exporting again')
+    parser.add_argument('--onnx-dir', help='keep the ONNX graphs here: graphs export.onnx already wrote here for '
+                                           'this model are reused, missing ones are exported here (default: a '
+                                           'temporary folder)')
     parser.add_argument('--threads', type=int, help='compute threads for every backend (default: usable cores)')
     parser.add_argument('--quick', action='store_true', help='under a minute: torch, onnxruntime, openvino, '
                                                               'tensorrt; fp32, int8; batch 1; short timing')

@@ -231,16 +231,14 @@ def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],
     return {p: Path(path) for p, path in result.paths.items()}, failed
 
 
-def existing_graphs(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
-    """Graphs that ``python -m export.onnx`` already wrote in ``onnx_dir``, checked (from their metadata) to come
-    from the same model and classes; a precision whose file is absent is left out."""
+def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
+    """Graphs that export.onnx already wrote in ``onnx_dir``, checked (from their metadata) to come from the same
+    model and classes; a precision whose file is absent is left out (to be exported there)."""
     from export.onnx import FILENAMES, read_metadata
     onnx_dir = Path(onnx_dir)
-    if not onnx_dir.is_dir():
-        raise FileNotFoundError(f'--onnx-dir not found: {onnx_dir}')
+    if onnx_dir.exists() and not onnx_dir.is_dir():
+        raise NotADirectoryError(f'--onnx-dir is not a folder: {onnx_dir}')
     graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
-    if precisions and not graphs:
-        raise ValueError(f'--onnx-dir {onnx_dir} holds none of {", ".join(FILENAMES[p] for p in precisions)}')
     for path in graphs.values():
         meta = read_metadata(path)
         found = (meta.get('model_name'), meta.get('num_classes'))
@@ -273,8 +271,9 @@ def run_benchmark(
 
     ``images`` (default: the sample photographs) are the parity images and, repeated, the timed batches;
     ``calibration_images`` a folder for int8 calibration (default: export.onnx's, the sample photographs);
-    ``data`` an ImageFolder for accuracy; ``onnx_dir`` graphs already exported by export.onnx, used instead of
-    exporting (a precision without its file is skipped); ``threads`` compute threads for every backend
+    ``data`` an ImageFolder for accuracy; ``onnx_dir`` where the graphs are kept: those export.onnx already
+    wrote there for this model are reused, missing ones are exported there (default: a temporary folder, so
+    every run exports afresh); ``threads`` compute threads for every backend
     (default: the usable cores). A graph that fails its parity gate at export is not written: its rows
     go to ``skipped`` with ``failed: true`` and count as failed gates.
     """
@@ -298,7 +297,9 @@ def run_benchmark(
     reasons = {spec: unavailable(spec) for spec in specs}
     graphs_needed = sorted({graph_precision(s) for s in specs if not reasons[s] and graph_precision(s)},
                            key=PRECISIONS.index)
-    graphs = existing_graphs(onnx_dir, loaded, graphs_needed) if onnx_dir else None
+    graphs = graphs_in(onnx_dir, loaded, graphs_needed) if onnx_dir else {}
+    if onnx_dir:
+        ensure_writable_dir(onnx_dir)
     torch.set_num_threads(threads)
     steps = 1 + bool(graphs_needed) + sum(1 + len(batch_sizes) for _ in specs)
     bar = tqdm(total=steps, desc='references', unit='step', file=sys.stderr, disable=not progress,
@@ -310,12 +311,15 @@ def run_benchmark(
     results, skipped = [], []
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir:
         workdir = Path(workdir)
+        missing = [p for p in graphs_needed if p not in graphs]
+        reused = sorted(graphs, key=PRECISIONS.index)
         export_failures = {}
-        if graphs is None and graphs_needed:
-            bar.set_description(f'export {",".join(graphs_needed)}')
-            graphs, export_failures = export_graphs(loaded, workdir, graphs_needed, calibration_images,
-                                                    lambda message: bar.set_description(message.split(' (')[0]))
-        graphs = graphs or {}
+        if missing:
+            bar.set_description(f'export {",".join(missing)}')
+            exported, export_failures = export_graphs(
+                loaded, Path(onnx_dir) if onnx_dir else workdir, missing, calibration_images,
+                lambda message: bar.set_description(message.split(' (')[0]))
+            graphs.update(exported)
         bar.update(bool(graphs_needed))
         for spec in specs:
             backend, precision, device = spec
@@ -330,8 +334,6 @@ def run_benchmark(
                                                        f'at export ({failure}); not written', 'failed': True})
                     bar.update(1 + len(batch_sizes))
                     continue
-                if graph_precision(spec) and graph_precision(spec) not in graphs:
-                    raise BackendUnavailable(f'no {graph_precision(spec)} graph in --onnx-dir {onnx_dir}')
                 runner = make_runner(spec, model, graphs, workdir, batch_sizes, threads)
             except BackendUnavailable as e:
                 skipped.append({**entry, 'reason': str(e)})
@@ -351,7 +353,7 @@ def run_benchmark(
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
                   'margin_std': parity.margin_std(ref32)},
         'images': {'source': images_source, 'count': len(names), 'names': names},
-        'graphs': {'source': f'--onnx-dir {onnx_dir}' if onnx_dir else 'exported by export.onnx for this run',
+        'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,
                    'calibration_images': str(calibration_images) if calibration_images else None},
         'data': None if labelled is None else {'path': str(data), 'count': int(len(labelled[1])),
                                                 'classes': labelled[2]},

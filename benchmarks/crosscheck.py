@@ -1,0 +1,99 @@
+"""Cross-check the harness's timing against OpenVINO's own ``benchmark_app`` on the same graph.
+
+    python -m benchmarks.crosscheck --onnx OUT/model.int8.onnx [--batch-size 1] [--rounds 3] [--seconds 10]
+
+Runs benchmark_app (latency hint, static shape, sync API, inference only) and the harness's OpenVINORunner in
+alternating rounds, so that a busy machine slows both alike, and prints each round's medians and their ratio.
+The harness's overhead is small when its median is within 10 % of benchmark_app's.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from alexnet_zoo.fileio import ArgumentParser, UsageError, run_cli
+
+from .latency import TimingConfig, summarize, time_runner
+from .runners import OpenVINORunner, cpu_threads
+
+
+def benchmark_app_path() -> str:
+    """benchmark_app from the openvino wheel: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).with_name('benchmark_app')
+    found = str(beside) if beside.is_file() else shutil.which('benchmark_app')
+    if not found:
+        raise FileNotFoundError('benchmark_app not found (it ships in the openvino wheel)')
+    return found
+
+
+def graph_model(onnx_path: Path):
+    """The model name and input size (C, H, W) export.onnx wrote into the graph's metadata."""
+    from export.onnx import read_metadata
+    meta = read_metadata(onnx_path)
+    return meta.get('model_name', 'alexnet_bn'), meta.get('input_size', [3, 227, 227])
+
+
+def run_benchmark_app(onnx_path: Path, batch_size: int, seconds: float) -> float:
+    """benchmark_app's median latency (ms) for ``onnx_path`` at ``batch_size`` (latency hint: one stream, a
+    thread per core, as the harness's runner)."""
+    shape = ','.join(str(d) for d in [batch_size, *graph_model(onnx_path)[1]])
+    cmd = [benchmark_app_path(), '-m', str(onnx_path), '-d', 'CPU', '-shape', f'[{shape}]',
+           '-hint', 'latency', '-api', 'sync', '-t', str(max(1, round(seconds)))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    match = re.search(r'Median:\s+([\d.]+) ms', proc.stdout)
+    if proc.returncode != 0 or not match:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ['no output']
+        raise RuntimeError(f'benchmark_app failed: {tail[0]}')
+    return float(match.group(1))
+
+
+def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) -> float:
+    """The harness's median latency (ms) for the int8 graph, timed exactly as ``python -m benchmarks`` does."""
+    from alexnet_zoo.samples import sample_batch
+    from .harness import tile
+    with OpenVINORunner(onnx_path, 'int8', threads=threads) as runner:
+        x = tile(sample_batch(graph_model(onnx_path)[0])[1].numpy(), batch_size)
+        prepared = runner.prepare(x)
+        times = time_runner(runner, prepared, TimingConfig(warmup_iters=3, warmup_s=1.0, min_iters=10,
+                                                           min_time_s=seconds))
+    return summarize(times, batch_size)['latency_ms']['p50']
+
+
+def crosscheck(onnx_path: Path, batch_size: int = 1, rounds: int = 3, seconds: float = 10.0) -> List[Dict[str, float]]:
+    threads = cpu_threads()
+    out = []
+    for _ in range(rounds):
+        app = run_benchmark_app(onnx_path, batch_size, seconds)
+        ours = run_harness(onnx_path, batch_size, seconds, threads)
+        out.append({'benchmark_app_ms': app, 'harness_ms': ours, 'ratio': ours / app})
+    return out
+
+
+def main(argv: Sequence[str] = None) -> int:
+    parser = ArgumentParser(prog='python -m benchmarks.crosscheck', description=__doc__.splitlines()[0])
+    parser.add_argument('--onnx', required=True, help='an exported graph, e.g. model.int8.onnx')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--seconds', type=float, default=10.0, help='timed seconds per tool and round')
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.rounds < 1 or args.seconds <= 0:
+        raise UsageError('--batch-size and --rounds must be at least 1, --seconds positive')
+    if not Path(args.onnx).is_file():
+        raise FileNotFoundError(f'ONNX file not found: {args.onnx}')
+    rows = crosscheck(Path(args.onnx), args.batch_size, args.rounds, args.seconds)
+    for i, r in enumerate(rows, 1):
+        print(f'round {i}: benchmark_app {r["benchmark_app_ms"]:.2f} ms, harness {r["harness_ms"]:.2f} ms, '
+              f'harness / benchmark_app {r["ratio"]:.3f}')
+    app = float(np.median([r['benchmark_app_ms'] for r in rows]))
+    ours = float(np.median([r['harness_ms'] for r in rows]))
+    print(f'median of rounds: benchmark_app {app:.2f} ms, harness {ours:.2f} ms, ratio {ours / app:.3f} '
+          f'({"within" if abs(ours / app - 1) <= 0.10 else "NOT within"} 10 %)')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)

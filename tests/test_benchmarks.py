@@ -1,0 +1,468 @@
+"""The benchmark harness: parity figures on known arrays, latency bookkeeping, every CPU runner against PyTorch,
+a real ``python -m benchmarks --quick`` run checked against the report schema, ``--compare``, and bad input."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_zoo.checkpoint import LoadedModel, load_model
+from alexnet_zoo.fileio import UsageError, run_cli
+from alexnet_zoo.samples import PHOTOGRAPHS, photographs, sample_batch
+from benchmarks import parity
+from benchmarks.__main__ import main
+from benchmarks.harness import (infer_in_batches, parse_batch_sizes, parse_list, plan, tile, unavailable)
+from benchmarks.latency import TimingConfig, summarize, time_runner
+from benchmarks.report import PLOTS, SCHEMA_VERSION, read_report
+from benchmarks.runner import BackendUnavailable, Runner
+from benchmarks.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner, cpu_has_amx
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_GPU = torch.cuda.is_available()
+LATENCY_KEYS = {'mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max'}
+PARITY_KEYS = {'reference', 'max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement',
+               'top5_agreement', 'judged', 'passed'}
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope='module')
+def photos_data(tmp_path_factory):
+    """An ImageFolder of the sample photographs, one class folder per photograph (the checkpoint's labels)."""
+    root = tmp_path_factory.mktemp('data')
+    for name, image in photographs():
+        (root / name).mkdir()
+        image.save(root / name / f'{name}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def quick_run(trained_checkpoint, photos_data, tmp_path_factory):
+    """``python -m benchmarks --quick`` as a user runs it (a subprocess), exporting its graphs into --onnx-dir."""
+    out = tmp_path_factory.mktemp('quick')
+    cmd = [sys.executable, '-m', 'benchmarks', '--checkpoint', str(trained_checkpoint), '--quick',
+           '--data', str(photos_data), '--onnx-dir', str(out / 'graphs'), '--output-dir', str(out / 'report')]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return proc, out / 'report', out / 'graphs'
+
+
+@pytest.fixture(scope='module')
+def graphs(quick_run):
+    """fp32 and int8 graphs of the trained model, written by export.onnx during the quick run."""
+    proc, _, folder = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {'fp32': folder / 'model.onnx', 'int8': folder / 'model.int8.onnx'}
+
+
+@pytest.fixture(scope='module')
+def photo_batch(trained_model):
+    return sample_batch(trained_model)[1].numpy()
+
+
+@pytest.fixture(scope='module')
+def reference(trained_model, photo_batch):
+    with torch.inference_mode():
+        return trained_model(torch.from_numpy(photo_batch)).numpy()
+
+
+# ------------------------------------------------------------------------------------ parity on known arrays
+
+
+def test_compare_identical_logits():
+    ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    figures = parity.compare(ref, ref.copy())
+    assert figures['max_abs_err'] == 0 and figures['max_rel_err'] == 0
+    assert figures['sqnr_db'] == math.inf
+    assert figures['cosine_min'] == pytest.approx(1.0)
+    assert figures['top1_agreement'] == 1.0 and figures['top5_agreement'] == 1.0
+
+
+def test_compare_known_noise():
+    ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    figures = parity.compare(ref, ref + 0.1)
+    assert figures['max_abs_err'] == pytest.approx(0.1)
+    assert figures['max_rel_err'] == pytest.approx(0.05)  # 0.1 / max|logit| of the second row (2)
+    assert figures['sqnr_db'] == pytest.approx(10 * math.log10(15 / 0.06))  # sum ref^2 = 15, sum d^2 = 6 x 0.01
+    assert figures['top1_agreement'] == 1.0
+
+
+def test_compare_top1_and_top5_agreement():
+    ref = np.array([[3.0, 1.0, 0.0, 0, 0, 0], [0.0, 2.0, 1.0, 0, 0, 0]])
+    swapped = np.array([[1.0, 3.0, 0.0, 0, 0, 0], [0.0, 2.0, 1.0, 0, 0, 0]])
+    figures = parity.compare(ref, swapped)
+    assert figures['top1_agreement'] == 0.5
+    assert figures['top5_agreement'] == 1.0
+    assert figures['cosine_min'] == pytest.approx(0.6)  # (3 + 3) / (sqrt(10) sqrt(10))
+
+
+def test_compare_rejects_shape_mismatch():
+    with pytest.raises(ValueError):
+        parity.compare(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_judge_gates():
+    good_int8 = {'top1_agreement': 1.0, 'sqnr_db': 25.0, 'max_rel_err': 0.05}
+    assert parity.judge('int8', good_int8, trained=False) == {'judged': False, 'passed': None}
+    assert parity.judge('int8', good_int8, trained=True) == {'judged': True, 'passed': True}
+    assert parity.judge('int8', {**good_int8, 'sqnr_db': 15.0}, trained=True)['passed'] is False
+    assert parity.judge('fp32', {'top1_agreement': 1.0, 'sqnr_db': 90.0, 'max_rel_err': 2e-4}, True)['passed'] is False
+
+
+def test_margin_std():
+    logits = np.array([[2.0, 0.0, 0.0, 0.0]])  # margin 2, std sqrt(0.75)
+    assert parity.margin_std(logits) == pytest.approx(2 / math.sqrt(0.75))
+
+
+# ---------------------------------------------------------------------------------------- harness helpers
+
+
+class RecordingRunner(Runner):
+    """Logits = per-image sums; records every batch size it is given and every run."""
+    backend = 'recording'
+
+    def __init__(self):
+        self.batches, self.runs = [], 0
+
+    def prepare(self, x):
+        self.batches.append(len(x))
+        return x
+
+    def run(self, prepared):
+        self.runs += 1
+        return np.stack([prepared.sum(axis=(1, 2, 3)), prepared.mean(axis=(1, 2, 3))], axis=1)
+
+
+@pytest.mark.parametrize('count, sizes, expected', [
+    (19, (1, 32), [32]),
+    (19, (1,), [1] * 19),
+    (19, (8,), [8, 8, 8]),
+    (40, (1, 32), [32, 32]),
+])
+def test_infer_in_batches_uses_only_benchmarked_sizes(count, sizes, expected):
+    x = np.random.default_rng(0).normal(size=(count, 3, 4, 4)).astype(np.float32)
+    runner = RecordingRunner()
+    logits = infer_in_batches(runner, x, sizes)
+    assert runner.batches == expected
+    np.testing.assert_allclose(logits, runner.run(x), rtol=1e-6)
+
+
+def test_tile_repeats_real_images():
+    x = np.arange(3)[:, None, None, None] * np.ones((3, 1, 2, 2))
+    assert tile(x, 7)[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_time_runner_counts_warmup_and_timed_runs():
+    runner = RecordingRunner()
+    times = time_runner(runner, np.zeros((1, 1, 1, 1)), TimingConfig(warmup_iters=2, warmup_s=0, min_iters=7,
+                                                                      min_time_s=0))
+    assert len(times) == 7 and runner.runs == 9
+    assert all(t >= 0 for t in times)
+
+
+def test_summarize_known_times():
+    s = summarize([1.0, 2.0, 3.0, 4.0], batch_size=2)
+    assert s['latency_ms']['mean'] == 2.5 and s['latency_ms']['min'] == 1 and s['latency_ms']['max'] == 4
+    assert s['latency_ms']['p50'] == 2.5 and set(s['latency_ms']) == LATENCY_KEYS
+    assert s['throughput_ips'] == pytest.approx(2 * 4 / 0.010)
+    assert s['iterations'] == 4
+
+
+def test_parse_lists_and_batch_sizes():
+    assert parse_list('openvino, torch', ('torch', 'openvino'), 'backend') == ('openvino', 'torch')
+    assert parse_batch_sizes('32,1,32') == (1, 32)
+    for bad in ('0', '-4', 'x', ''):
+        with pytest.raises(UsageError):
+            parse_batch_sizes(bad)
+    with pytest.raises(UsageError, match='unknown backend'):
+        parse_list('torch,nope', ('torch',), 'backend')
+
+
+def test_plan_covers_every_combination():
+    specs = plan(('torch', 'openvino', 'tensorrt'), ('fp32', 'bf16', 'int8'), gpu=False)
+    assert ('torch', 'int8', 'cpu') in specs and ('tensorrt', 'fp32', 'cuda') in specs
+    assert len(specs) == 9
+    assert 'not supported' in unavailable(('torch', 'int8', 'cpu'))
+    assert 'no bf16 graph' in unavailable(('onnxruntime', 'bf16', 'cpu'))
+    assert unavailable(('openvino', 'fp32', 'cpu')) is None
+
+
+@pytest.mark.skipif(HAS_GPU, reason='checks the reason given on a machine without a GPU')
+def test_tensorrt_unavailable_without_gpu():
+    assert 'GPU' in unavailable(('tensorrt', 'int8', 'cuda'))
+
+
+# ------------------------------------------------------------------------------------------------- runners
+
+
+def _check_runner(runner, x, reference, precision):
+    """The interface: float32 (N, classes) logits; prepare/run/fetch is infer; agreement with PyTorch fp32."""
+    logits = runner.infer(x)
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    prepared = runner.prepare(x[:3])
+    first, second = runner.fetch(runner.run(prepared)), runner.fetch(runner.run(prepared))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, logits[:3], rtol=1e-3, atol=1e-3 * np.abs(logits).max())
+    figures = parity.compare(reference, logits)
+    assert parity.judge(precision, figures, trained=True)['passed'], figures
+    return figures
+
+
+def test_torch_runner(trained_model, photo_batch, reference):
+    with TorchRunner(trained_model) as runner:
+        figures = _check_runner(runner, photo_batch, reference, 'fp32')
+    assert figures['max_abs_err'] < 1e-4
+
+
+def test_torch_runner_unsupported_precisions(trained_model):
+    with pytest.raises(BackendUnavailable, match='not supported'):
+        TorchRunner(trained_model, 'int8')
+    if not HAS_GPU:
+        with pytest.raises(BackendUnavailable, match='CUDA'):
+            TorchRunner(trained_model, 'fp16')
+    if not cpu_has_amx():
+        with pytest.raises(BackendUnavailable, match='AMX'):
+            TorchRunner(trained_model, 'bf16')
+
+
+@pytest.mark.skipif(not cpu_has_amx(), reason='PyTorch bf16 rows need a CPU with AMX; this one has none')
+def test_torch_runner_bf16(trained_model, photo_batch, reference):
+    with TorchRunner(trained_model, 'bf16') as runner:
+        _check_runner(runner, photo_batch, reference, 'bf16')
+
+
+def test_torch_compile_runner_matches_eager():
+    """torch.compile (Inductor, frozen weights) on a small network: same logits as eager at two batch sizes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(32, 5)).eval()
+    x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    with TorchRunner(model, compile=True) as runner:
+        assert runner.backend == 'torch-compile'
+        for size in (1, 4):
+            logits = runner.infer(x[:size])
+            assert logits.dtype == np.float32 and logits.shape == (size, 5)
+            np.testing.assert_allclose(logits, expected[:size], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'int8'])
+def test_onnxruntime_runner(graphs, photo_batch, reference, precision):
+    with OnnxRuntimeRunner(graphs[precision], precision, threads=2) as runner:
+        _check_runner(runner, photo_batch, reference, precision)
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'int8'])
+def test_openvino_runner(graphs, photo_batch, reference, precision):
+    with OpenVINORunner(graphs[precision], precision, threads=2) as runner:
+        _check_runner(runner, photo_batch, reference, precision)
+        assert len(runner.compiled) == 2  # one static compilation per batch size seen (all images, then 3)
+
+
+def test_openvino_bf16_needs_native_bf16(graphs):
+    import openvino as ov
+    if 'BF16' in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
+        pytest.skip('this CPU has native bf16: the OpenVINO bf16 row runs here')
+    with pytest.raises(BackendUnavailable, match='bf16'):
+        OpenVINORunner(graphs['fp32'], 'bf16')
+
+
+def test_onnxruntime_cuda_unavailable_without_gpu(graphs):
+    import onnxruntime
+    if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+        pytest.skip('this onnxruntime has the CUDA EP')
+    with pytest.raises(BackendUnavailable, match='CUDAExecutionProvider'):
+        OnnxRuntimeRunner(graphs['fp32'], 'fp32', device='cuda')
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_GPU, reason='TensorRT needs an NVIDIA GPU; none here')
+def test_tensorrt_runner(graphs, photo_batch, reference, tmp_path):
+    pytest.importorskip('tensorrt', reason='TensorRT is not installed')
+    from export.trt import BatchProfile, build_engine
+    from benchmarks.tensorrt_runner import TensorRTRunner
+    built = build_engine(graphs['fp32'], tmp_path / 'model.fp32.plan', BatchProfile(1, 32, 32))
+    with TensorRTRunner(built.plan) as runner:
+        _check_runner(runner, photo_batch, reference, 'fp32')
+
+
+# ------------------------------------------------------------------------------------------ the whole command
+
+
+def check_schema(report: dict):
+    assert report['schema_version'] == SCHEMA_VERSION
+    env = report['environment']
+    for key in ('cpu', 'memory_gb', 'os', 'python', 'packages', 'gpu'):
+        assert key in env
+    assert env['cpu']['model'] and env['cpu']['logical_cores'] >= 1
+    assert {'torch', 'onnxruntime', 'openvino'} <= set(env['packages'])
+    assert report['results'], 'no result rows'
+    for row in report['results']:
+        for key in ('backend', 'precision', 'device', 'batch_size', 'latency_ms', 'throughput_ips', 'iterations',
+                    'parity', 'parity_fp64'):
+            assert key in row, key
+        assert set(row['latency_ms']) == LATENCY_KEYS
+        lat = row['latency_ms']
+        assert 0 < lat['min'] <= lat['p50'] <= lat['p90'] <= lat['p95'] <= lat['p99'] <= lat['max']
+        assert row['throughput_ips'] > 0 and row['iterations'] >= 1
+        assert set(row['parity']) == PARITY_KEYS and row['parity']['reference'] == 'torch fp32'
+        assert set(row['parity_fp64']) == PARITY_KEYS and row['parity_fp64']['reference'] == 'torch fp64'
+    for entry in report['skipped']:
+        assert entry['backend'] and entry['precision'] and entry['reason']
+
+
+def test_quick_run_report(quick_run, reference):
+    proc, out, _ = quick_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / 'report.json').read_text())
+    check_schema(report)
+    rows = {(r['backend'], r['precision'], r['batch_size']) for r in report['results']}
+    assert {('torch', 'fp32', 1), ('onnxruntime', 'fp32', 1), ('onnxruntime', 'int8', 1), ('openvino', 'fp32', 1),
+            ('openvino', 'int8', 1)} <= rows
+    assert report['model']['trained'] and report['summary']['passed'] is True
+    # --data holds the photographs under their label names, so PyTorch's accuracy is its reference's
+    expected_top1 = float(np.mean(reference.argmax(axis=1) == np.arange(len(reference))))
+    for row in report['results']:
+        assert row['parity']['judged'] and row['parity']['passed'], row
+        assert 0 <= row['accuracy']['top1'] <= row['accuracy']['top5'] <= 1
+        if row['precision'] == 'fp32':
+            assert row['accuracy']['top1'] == pytest.approx(expected_top1)
+    baseline = next(r for r in report['results'] if (r['backend'], r['precision']) == ('torch', 'fp32'))
+    assert baseline['speedup_vs_torch_fp32'] == pytest.approx(1.0)
+    assert report['data']['count'] == len(PHOTOGRAPHS)
+    assert 'report.md' in proc.stdout
+
+
+def test_quick_run_skips_with_reasons(quick_run):
+    proc, out, _ = quick_run
+    skipped = {(s['backend'], s['precision']): s['reason'] for s in json.loads((out / 'report.json').read_text())['skipped']}
+    assert 'not supported' in skipped[('torch', 'int8')]
+    if not HAS_GPU:
+        assert 'GPU' in skipped[('tensorrt', 'fp32')] and 'GPU' in skipped[('tensorrt', 'int8')]
+    markdown = (out / 'report.md').read_text()
+    assert '## Skipped' in markdown and skipped[('torch', 'int8')] in markdown
+
+
+def test_quick_run_files(quick_run):
+    proc, out, _ = quick_run
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 5000, name
+    markdown = (out / 'report.md').read_text()
+    assert '| backend | precision | device | batch | p50 ms' in markdown and 'speed-up' in markdown
+    csv_lines = (out / 'report.csv').read_text().splitlines()
+    assert csv_lines[0].startswith('backend,precision,device,batch_size,mean_ms')
+    assert len(csv_lines) == 1 + len(json.loads((out / 'report.json').read_text())['results'])
+    assert not list(out.glob('.*.tmp')), 'temporary files left behind'
+    assert 'Traceback' not in proc.stderr
+
+
+def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path):
+    """A second run (own photographs, graphs reused from --onnx-dir) put beside the first with ratios."""
+    _, first, graph_dir = quick_run
+    images = tmp_path / 'photos'
+    images.mkdir()
+    for name, image in photographs(['chelsea', 'coffee', 'rocket']):
+        image.save(images / f'{name}.jpg')
+    out = tmp_path / 'second'
+    code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'torch,openvino',
+                 '--images', str(images), '--onnx-dir', str(graph_dir), '--compare', str(first / 'report.json'),
+                 '--output-dir', str(out), '--no-progress'])
+    assert code == 0
+    report = read_report(out / 'report.json')
+    check_schema(report)
+    assert report['images']['count'] == 3 and report['graphs']['exported'] == []
+    rows = {(c['backend'], c['precision']): c for c in report['comparison']['rows']}
+    both = rows[('openvino', 'int8')]
+    assert both['speedup'] == pytest.approx(both['old_p50_ms'] / both['new_p50_ms'])
+    assert rows[('onnxruntime', 'fp32')]['new_p50_ms'] is None  # only in the earlier report
+    assert 'Compared with' in (out / 'report.md').read_text()
+
+
+def test_failed_gate_exits_1(trained_checkpoint, tmp_path):
+    """Graphs of other (random) weights in --onnx-dir: the trained model's fp32 gate fails, exit code 1."""
+    from export.onnx import export_onnx
+    other = load_model('alexnet_bn', num_classes=len(PHOTOGRAPHS))
+    export_onnx(other, tmp_path / 'graphs', precisions=('fp32',))
+    code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
+                 'fp32', '--onnx-dir', str(tmp_path / 'graphs'), '--output-dir', str(tmp_path / 'out'),
+                 '--no-progress'])
+    assert code == 1
+    report = json.loads((tmp_path / 'out' / 'report.json').read_text())
+    assert report['summary']['rows_failed'] == 1 and report['results'][0]['parity']['passed'] is False
+    assert '**FAIL**' in (tmp_path / 'out' / 'report.md').read_text()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _run_bad(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: '), err
+    return exc.value.code, err[0]
+
+
+@pytest.fixture
+def not_a_report(tmp_path):
+    path = tmp_path / 'other.json'
+    path.write_text('{"results": []}')
+    return path
+
+
+@pytest.mark.parametrize('args, code, message', [
+    (['--backends', 'torch,caffe'], 2, 'unknown backend: caffe'),
+    (['--precisions', 'fp8'], 2, 'unknown precision: fp8'),
+    (['--batch-sizes', '0'], 2, 'at least 1'),
+    (['--batch-sizes=-2'], 2, 'at least 1'),
+    (['--batch-sizes', 'one'], 2, 'whole number'),
+    (['--checkpoint', 'missing.safetensors'], 1, 'checkpoint not found'),
+    (['--checkpoint', 'x.pth', '--pretrained'], 2, 'not allowed with'),
+])
+def test_bad_arguments(args, code, message, tmp_path, capsys):
+    out = tmp_path / 'out'
+    got, line = _run_bad(args + ['--output-dir', str(out)], capsys)
+    assert got == code and message in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_folders_and_files(tmp_path, capsys, not_a_report):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    no_images = tmp_path / 'no_images'
+    (no_images / 'cat').mkdir(parents=True)
+    (no_images / 'cat' / 'notes.txt').write_text('not an image')
+    other_model = tmp_path / 'ten_classes.safetensors'
+    from safetensors.torch import save_file
+    import timm
+    save_file(timm.create_model('alexnet_bn', num_classes=10).state_dict(), str(other_model))
+    out = tmp_path / 'out'
+    cases = [
+        (['--images', str(empty)], 'no readable images'),
+        (['--images', str(tmp_path / 'nowhere')], 'not found'),
+        (['--data', str(empty)], '--data'),
+        (['--data', str(no_images)], '--data'),
+        (['--checkpoint', str(other_model), '--num-classes', '18'], 'has 10 classes'),
+        (['--compare', str(not_a_report)], 'not a benchmark report'),
+        (['--compare', str(no_images / 'cat' / 'notes.txt')], 'not a benchmark report'),
+        (['--compare', str(tmp_path / 'old.json')], 'not found'),
+    ]
+    for args, message in cases:
+        code, line = _run_bad(args + ['--output-dir', str(out), '--no-progress'], capsys)
+        assert code == 1 and message in line, (args, line)
+        assert not out.exists() or not any(out.iterdir()), args
+
+
+def test_bad_input_subprocess_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'benchmarks', '--backends', 'nope', '--output-dir',
+                           str(tmp_path / 'out')], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith('error: ')
+    assert not (tmp_path / 'out').exists()
