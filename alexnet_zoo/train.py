@@ -76,8 +76,8 @@ def train(
     """Fine-tune on ``data`` into ``output``; returns the metrics written to ``output/metrics.json``.
 
     With ``resume`` (a run directory), training goes on from its last epoch with its settings and optimizer state;
-    ``settings`` (None: the run's) may then differ from the run's only in ``epochs``. Bad input raises one-line ValueError/OSError
-    before anything is written.
+    ``settings`` (None: the run's) may then differ from the run's only in ``epochs``. Bad input raises a one-line
+    ValueError/OSError before anything is written.
     """
     train_set, val_set = image_folders(data)
     classes = train_set.classes
@@ -117,13 +117,15 @@ def image_folders(data: Union[str, Path]) -> Tuple[ImageFolder, ImageFolder]:
         found = set(folder.targets)
         empty = [c for i, c in enumerate(folder.classes) if i not in found]
         if empty:
-            raise ValueError(f'no readable images in {root}/{empty[0]}' + (f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''))
+            more = f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''
+            raise ValueError(f'no readable images in {root}/{empty[0]}{more}')
         splits.append(folder)
     train_set, val_set = splits
     if len(train_set.classes) < 2:
         raise ValueError(f'{data}/train has {len(train_set.classes)} class folder; a classifier needs at least 2')
     if val_set.classes != train_set.classes:
-        raise ValueError(f'{data}/val has classes {val_set.classes}, {data}/train has {train_set.classes}; they must match')
+        raise ValueError(f'{data}/val has classes {val_set.classes}, {data}/train has {train_set.classes}; '
+                         f'they must match')
     return train_set, val_set
 
 
@@ -154,13 +156,15 @@ def read_run_state(run: Union[str, Path]) -> dict:
     run = Path(run)
     missing = [f for f in (STATE_FILE, *CHECKPOINT_FILES) if not (run / f).is_file()]
     if missing:
-        raise FileNotFoundError(f'{run} is not a training run (no {missing[0]}); --resume takes an --output of this command')
+        raise FileNotFoundError(f'{run} is not a training run (no {missing[0]}); '
+                                f'--resume takes an --output of this command')
     try:
         state = torch.load(run / STATE_FILE, map_location='cpu', weights_only=True, mmap=True)
         Settings(**state['settings'])
         int(state['epoch'])
     except Exception as e:  # any corrupt or foreign file
-        raise ValueError(f'{run / STATE_FILE} is not a training state: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f'{run / STATE_FILE} is not a training state: {reason}') from None
     return state
 
 
@@ -179,11 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--smoothing', type=float, help=f'label smoothing (default {Settings.smoothing})')
     parser.add_argument('--seed', type=int, help=f'(default {Settings.seed})')
     start = parser.add_mutually_exclusive_group()
-    start.add_argument('--init', help='start from this checkpoint (.safetensors, .pth or run directory), new classifier')
-    start.add_argument('--pretrained', action='store_true', default=None, help='start from the model\'s pretrained weights')
+    start.add_argument('--init', help='start from this checkpoint (.safetensors, .pth, run directory); new classifier')
+    start.add_argument('--pretrained', action='store_true', default=None, help='start from the pretrained weights')
     parser.add_argument('--freeze-features', action='store_true', default=None, help='train only the head')
-    parser.add_argument('--resume', help='run directory to go on from (its settings are kept; --epochs may raise the total)')
-    parser.add_argument('--workers', type=int, default=2, help='data loading processes per training process (default 2)')
+    parser.add_argument('--resume', help='run directory to go on from (keeps its settings; --epochs may raise them)')
+    parser.add_argument('--workers', type=int, default=2, help='data loading processes per process (default 2)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
 
@@ -338,7 +342,8 @@ def _from_checkpoint(checkpoint: str, name: Optional[str], num_classes: int) -> 
     name = name or 'alexnet_bn'
     model = timm.create_model(name, num_classes=num_classes)
     classifier = model.pretrained_cfg.get('classifier', 'head.fc') + '.'
-    weights = {k: v for k, v in checkpoint_filter_fn(read_state_dict(path), model).items() if not k.startswith(classifier)}
+    weights = checkpoint_filter_fn(read_state_dict(path), model)
+    weights = {k: v for k, v in weights.items() if not k.startswith(classifier)}
     weights.update({k: v for k, v in model.state_dict().items() if k.startswith(classifier)})  # the new classifier
     load_into(model, weights, path)
     return model

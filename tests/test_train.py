@@ -1,4 +1,5 @@
-"""python -m alexnet_zoo.train: a real fine-tune on crops of the sample photographs, reload, resume, torchrun, bad input."""
+"""python -m alexnet_zoo.train: a real fine-tune on crops of the sample photographs; reload, resume, torchrun,
+bad input."""
 import csv
 import json
 import os
