@@ -1,8 +1,9 @@
 """Calibration data for int8: real photographs, fed to ONNX Runtime's quantizer through its reader interface.
 
-The quantizer owns the algorithm (min/max, entropy, percentile); this module only decides what it sees: random
+The quantizer owns the algorithm (min/max or percentile); this module only decides what it sees: random
 resized crops of the package's sample photographs, or of a folder of the user's images. Parity is then checked on
-the centre crops the deployed model would receive, which the calibration never saw.
+the centre crops the deployed model would receive, never on the calibration crops: by default those are other
+views of the same photographs; with ``--calibration-images`` the parity photographs are not calibrated on at all.
 """
 from pathlib import Path
 from typing import Optional, Tuple, Union

@@ -1,0 +1,280 @@
+"""export.onnx: real exports of the briefly trained alexnet_bn, run in ONNX Runtime and checked against PyTorch.
+
+The three graphs are exported once per module (library call) and once more through the CLI with ``--softmax``;
+every bad input runs the CLI in its own process, all of them at once, to keep the wall time down.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import alexnet_zoo
+from alexnet_zoo.checkpoint import LoadedModel
+from alexnet_zoo.samples import PHOTOGRAPHS, sample_batch
+from benchmarks.parity import GATES, compare, judge
+from export.onnx import (DEFAULT_OPSET, FILENAMES, PRECISIONS, ParityGateError, export_onnx, fold_batchnorm,
+                         read_metadata)
+from export.precision import zero_points
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+
+
+def _loaded(model) -> LoadedModel:
+    return LoadedModel(model, 'alexnet_bn', model.num_classes, True, 'test fixture', list(PHOTOGRAPHS))
+
+
+@pytest.fixture(scope='module')
+def exported(trained_model, tmp_path_factory):
+    """All three precisions of the trained model, exported once for the module."""
+    out = tmp_path_factory.mktemp('onnx')
+    return export_onnx(_loaded(trained_model), out), out
+
+
+@pytest.fixture(scope='module')
+def photos(trained_model):
+    """The parity photographs (centre crops) and PyTorch fp32 logits for them."""
+    _, x = sample_batch(trained_model)
+    with torch.no_grad():
+        return x.numpy(), trained_model(x).numpy()
+
+
+def test_result_rows_and_files(exported):
+    result, out = exported
+    assert set(result.paths) == set(PRECISIONS)
+    assert {p: path.name for p, path in result.paths.items()} == FILENAMES
+    assert [r['precision'] for r in result.rows] == list(PRECISIONS)
+    for row in result.rows:
+        path = out / row['file']
+        assert path.is_file() and path.stat().st_size == row['size_bytes']
+        assert row['opset'] == DEFAULT_OPSET and row['seconds'] > 0
+        assert row['judged'] is True and row['passed'] is True, row
+        assert {'max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement'} <= set(row)
+    sizes = {r['precision']: r['size_bytes'] for r in result.rows}
+    assert sizes['int8'] < sizes['fp16'] < sizes['fp32']
+    assert not [p for p in out.iterdir() if p.name not in FILENAMES.values()]  # no temporary files left
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_graph_agrees_with_pytorch_within_its_gate(exported, photos, precision):
+    """An independent ONNX Runtime run of the written file, judged by the precision's gate."""
+    x, reference = photos
+    logits = _session(exported[0].paths[precision]).run(['logits'], {'input': x})[0]
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    figures = compare(reference, logits)
+    assert judge(precision, figures, trained=True)['passed'], (precision, figures, GATES[precision])
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_dynamic_batch_1_and_5(exported, photos, precision):
+    x, _ = photos
+    session = _session(exported[0].paths[precision])
+    full = session.run(['logits'], {'input': x[:5]})[0]
+    one = session.run(['logits'], {'input': x[:1]})[0]
+    assert full.shape == (5, len(PHOTOGRAPHS)) and one.shape == (1, len(PHOTOGRAPHS))
+    np.testing.assert_allclose(one[0], full[0], rtol=0, atol=1e-3 * np.abs(full).max())
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_graph_contract(exported, precision):
+    path = exported[0].paths[precision]
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path))
+    assert [o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx')] == [DEFAULT_OPSET]
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert (inp.name, out.name) == ('input', 'logits')
+    for value in (inp, out):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert value.type.tensor_type.shape.dim[0].dim_param == 'batch'
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [3, 227, 227]
+    ops = {n.op_type for n in graph.graph.node}
+    weight_types = {t.data_type for t in graph.graph.initializer if t.name.endswith('weight') or 'quantized' in t.name}
+    if precision == 'fp16':
+        assert onnx.TensorProto.FLOAT16 in weight_types and onnx.TensorProto.FLOAT not in weight_types
+        assert 'Cast' in ops
+    if precision == 'int8':
+        assert {'QuantizeLinear', 'DequantizeLinear'} <= ops
+
+
+def test_int8_is_symmetric_per_channel_and_tensorrt_parsable(exported):
+    graph = onnx.load(str(exported[0].paths['int8']))
+    points = zero_points(graph)
+    assert len(points) > 20
+    assert all(zp.dtype == np.int8 and not zp.any() for zp in points.values())
+    initializers = {t.name: t for t in graph.graph.initializer}
+    weight_dqs = {n.input[0]: n for n in graph.graph.node
+                  if n.op_type == 'DequantizeLinear' and n.input[0] in initializers}
+    assert weight_dqs
+    for name, node in weight_dqs.items():  # weights only: int8, per output channel; no int32 biases
+        weight = initializers[name]
+        assert weight.data_type == onnx.TensorProto.INT8, name
+        assert numpy_helper.to_array(initializers[node.input[1]]).shape == (weight.dims[0],), name
+    convs_and_gemms = [n for n in graph.graph.node if n.op_type in ('Conv', 'Gemm')]
+    assert len(convs_and_gemms) == 9 and all(n.input[1] in {d.output[0] for d in weight_dqs.values()}
+                                             for n in convs_and_gemms)
+    from export.trt import check_onnx  # the TensorRT exporter's CPU preflight: ops, types, zero points
+    assert check_onnx(exported[0].paths['int8']) == []
+
+
+def test_batchnorm_before_linear_is_folded(exported, trained_model):
+    graph = onnx.load(str(exported[0].paths['fp32']), load_external_data=False)
+    # five conv blocks + three hidden FC layers carry BatchNorm; the four that feed a Linear fold into it
+    assert sum(n.op_type == 'BatchNormalization' for n in graph.graph.node) == 4
+    folded = fold_batchnorm(trained_model)
+    assert folded is not trained_model
+    x = torch.randn(3, 3, 227, 227)
+    with torch.no_grad():
+        expected, got = trained_model(x), folded(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in trained_model.modules()) == 5  # the original is kept
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_metadata_round_trips(exported, trained_model, precision):
+    meta = read_metadata(exported[0].paths[precision])
+    assert meta['model_name'] == 'alexnet_bn' and meta['precision'] == precision
+    assert meta['num_classes'] == trained_model.num_classes == len(PHOTOGRAPHS)
+    assert meta['input_size'] == [3, 227, 227]
+    assert meta['mean'] == pytest.approx([0.485, 0.456, 0.406]) and meta['std'] == pytest.approx([0.229, 0.224, 0.225])
+    assert meta['crop_pct'] == pytest.approx(0.875) and meta['interpolation'] == 'bilinear'
+    assert meta['label_names'] == list(PHOTOGRAPHS)
+    assert meta['version'] == alexnet_zoo.__version__ and meta['opset'] == DEFAULT_OPSET
+    assert meta['trained'] is True and meta['softmax'] is False
+    if precision == 'int8':
+        assert meta['calibration']['method'] == 'minmax' and meta['calibration']['crops'] >= 100
+
+
+def test_failed_gate_writes_nothing_and_removes_a_stale_file(trained_model, tmp_path, monkeypatch):
+    stale = tmp_path / 'model.onnx'
+    stale.write_bytes(b'from an earlier run')
+    monkeypatch.setitem(GATES['fp32'], 'rel_err_max', -1.0)  # a gate nothing can pass
+    with pytest.raises(ParityGateError, match='fp32') as info:
+        export_onnx(_loaded(trained_model), tmp_path, precisions=('fp32',))
+    assert list(tmp_path.iterdir()) == []
+    assert info.value.result.paths == {} and info.value.result.rows[0]['passed'] is False
+
+
+def test_library_rejects_bad_arguments_before_writing(trained_model, tmp_path):
+    for kwargs, message in [({'precisions': ('fp8',)}, 'unknown precision'),
+                            ({'opset': 12}, 'opset must be between'),
+                            ({'calibration_method': 'entropy'}, 'unknown calibration method')]:
+        with pytest.raises(ValueError, match=message):
+            export_onnx(_loaded(trained_model), tmp_path / 'out', **kwargs)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_calibration_crops_from_a_folder(trained_model, tmp_path):
+    from alexnet_zoo.samples import write_image_folder
+    from export.calibration import PhotoCalibrationReader, calibration_crops
+    folder = write_image_folder(tmp_path / 'photos', names=['coffee', 'rocket'], train_per_class=2, val_per_class=0)
+    crops, source = calibration_crops(trained_model, folder / 'train', count=10)
+    assert crops.shape == (10, 3, 227, 227) and crops.dtype == np.float32 and '4 image(s)' in source
+    reader = PhotoCalibrationReader(crops, batch_size=4)
+    assert [len(feed['input']) for feed in iter(reader.get_next, None)] == [4, 4, 2]
+    reader.rewind()
+    assert reader.get_next()['input'].shape == (4, 3, 227, 227)
+
+
+def test_read_metadata_of_a_file_that_is_not_onnx(tmp_path):
+    (tmp_path / 'model.onnx').write_bytes(b'\x00 not a protobuf \xff' * 10)
+    with pytest.raises(ValueError, match='not an ONNX model'):
+        read_metadata(tmp_path / 'model.onnx')
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / 'missing.onnx')
+
+
+# ------------------------------------------------------------------------------------------- the command line
+
+
+def _cli(*args) -> subprocess.Popen:
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+    env.pop('ALEXNET_ZOO_DEBUG', None)
+    return subprocess.Popen([sys.executable, '-m', 'export.onnx', *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(process: subprocess.Popen, timeout: float = 600):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope='module')
+def softmax_run(trained_checkpoint, tmp_path_factory):
+    """The CLI on the trained checkpoint directory, fp16 and int8 only, with a probabilities output."""
+    out = tmp_path_factory.mktemp('softmax') / 'graphs'
+    code, stdout, stderr = _wait(_cli('--checkpoint', trained_checkpoint, '--output-dir', out,
+                                      '--precisions', 'int8,fp16', '--softmax'))
+    return code, stdout, stderr, out
+
+
+def test_cli_softmax_adds_probabilities(softmax_run, photos):
+    code, stdout, stderr, out = softmax_run
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ['model.fp16.onnx', 'model.int8.onnx']  # only those asked for
+    assert 'int8' in stdout and 'fp16' in stdout and 'pass' in stdout and 'Traceback' not in stderr
+    x, reference = photos
+    for name in ('model.fp16.onnx', 'model.int8.onnx'):
+        session = _session(out / name)
+        assert [o.name for o in session.get_outputs()] == ['logits', 'probabilities']
+        logits, probabilities = session.run(None, {'input': x})
+        assert probabilities.dtype == np.float32
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+        assert (probabilities.argmax(axis=1) == logits.argmax(axis=1)).all()
+        assert (logits.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.95
+        assert read_metadata(out / name)['softmax'] is True
+    int8 = onnx.load(str(out / 'model.int8.onnx'), load_external_data=False)
+    softmax, = [n for n in int8.graph.node if n.op_type == 'Softmax']
+    assert softmax.output[0] == 'probabilities'  # probabilities come out of a float Softmax, not out of int8
+
+
+@pytest.fixture(scope='module')
+def bad_runs(trained_model, trained_checkpoint, tmp_path_factory):
+    """Every bad input of the issue, each in its own CLI process, started together; name -> (code, stderr, out)."""
+    root = tmp_path_factory.mktemp('bad')
+    state_dict = root / 'weights.safetensors'
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(state_dict))
+    (root / 'empty').mkdir()
+    (root / 'not-images').mkdir()
+    (root / 'not-images' / 'notes.txt').write_text('not an image')
+    (root / 'not-images' / 'fake.png').write_bytes(b'not a png either')
+    (root / 'a-file').write_text('a file, not a folder')
+    cases = {
+        'unknown model': ['--model', 'alexnet_xl'],
+        'unknown precision': ['--precisions', 'fp32,fp8'],
+        'missing checkpoint': ['--checkpoint', root / 'missing.safetensors'],
+        'classifier mismatch (state dict)': ['--checkpoint', state_dict, '--num-classes', 17],
+        'classifier mismatch (directory)': ['--checkpoint', trained_checkpoint, '--num-classes', 17],
+        'empty calibration folder': ['--checkpoint', trained_checkpoint, '--calibration-images', root / 'empty'],
+        'calibration folder without images': ['--checkpoint', trained_checkpoint,
+                                              '--calibration-images', root / 'not-images'],
+        'output directory not writable': ['--checkpoint', trained_checkpoint],
+        'opset out of range': ['--opset', 12],
+    }
+    outputs = {name: root / 'a-file' / 'out' if 'writable' in name else root / f'out-{i}'
+               for i, name in enumerate(cases)}
+    processes = {name: _cli(*args, '--output-dir', outputs[name]) for name, args in cases.items()}
+    return {name: (*_wait(p)[::2], outputs[name]) for name, p in processes.items()}
+
+
+@pytest.mark.parametrize('case', [
+    'unknown model', 'unknown precision', 'missing checkpoint', 'classifier mismatch (state dict)',
+    'classifier mismatch (directory)', 'empty calibration folder', 'calibration folder without images',
+    'output directory not writable', 'opset out of range'])
+def test_cli_bad_input_is_one_error_line(bad_runs, case):
+    code, stderr, out = bad_runs[case]
+    assert code in (1, 2), (case, code, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), (case, stderr)
+    assert 'Traceback' not in stderr
+    assert not out.exists() or not any(out.iterdir()), case
