@@ -298,6 +298,8 @@ def _plot_latency_vs_batch(plt, report: dict):
     for name, points in lines.items():
         ax.plot(*zip(*points), marker='o', label=name)
     ax.set_xscale('log', base=2)
+    sizes = sorted({r['batch_size'] for r in report['results']})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_yscale('log')
     ax.set_xlabel('batch size')
     ax.set_ylabel('median latency per image, ms')
