@@ -127,6 +127,16 @@ def _gate(row: dict) -> str:
     return 'pass' if all(verdicts) else '**FAIL**'
 
 
+def _graphs_line(graphs: dict) -> str:
+    where = f'`{graphs["folder"]}`' if graphs.get('folder') else 'a temporary folder'
+    parts = []
+    if graphs.get('exported'):
+        parts.append(f'exported by export.onnx into {where} for this run ({", ".join(graphs["exported"])})')
+    if graphs.get('reused'):
+        parts.append(f'reused from {where} ({", ".join(graphs["reused"])})')
+    return '- ONNX graphs: ' + ('; '.join(parts) if parts else 'none needed')
+
+
 def render_markdown(report: dict) -> str:
     env, model, images = report['environment'], report['model'], report['images']
     settings, timing = report['settings'], report['settings']['timing']
@@ -141,6 +151,7 @@ def render_markdown(report: dict) -> str:
         f'- model: `{model["name"]}`, {model["num_classes"]} classes, weights from {model["source"]} ({weights}); '
         f'median top-1/top-2 logit margin {model["margin_std"]:.2f} std',
         f'- parity images: {images["count"]} {images["source"]}',
+        _graphs_line(report.get('graphs') or {}),
         f'- machine: {cpu["model"]}, {cpu["usable_cores"]} cores ({features}), {env["memory_gb"]} GB, GPU: {gpu}; '
         f'{env["os"]}, Python {env["python"]}',
         f'- {report["created_at"]}, {report.get("duration_s", "?")} s' + (' (`--quick`)' if settings['quick'] else ''),
@@ -291,6 +302,7 @@ def _plot_latency(plt, report: dict):
 
 def _plot_latency_vs_batch(plt, report: dict):
     """Median latency per image against batch size, one line per backend and precision."""
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines: Dict[str, List] = {}
     for r in sorted(report['results'], key=lambda r: r['batch_size']):
@@ -301,6 +313,9 @@ def _plot_latency_vs_batch(plt, report: dict):
     sizes = sorted({r['batch_size'] for r in report['results']})
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_yscale('log')
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}')
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel('batch size')
     ax.set_ylabel('median latency per image, ms')
     ax.grid(True, which='both', alpha=0.3)
