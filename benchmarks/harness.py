@@ -12,7 +12,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -283,6 +283,8 @@ def run_benchmark(
                             'precision')
     batch_sizes = parse_batch_sizes(batch_sizes or (QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES))
     timing = timing or (QUICK_TIMING if quick else DEFAULT_TIMING)
+    if threads is not None and threads < 1:
+        raise UsageError(f'threads must be at least 1, got {threads}')
     old_report = read_report(compare) if compare else None
     output_dir = ensure_writable_dir(output_dir)
     model = loaded.model.eval()
@@ -290,8 +292,6 @@ def run_benchmark(
     x = x.numpy()
     labelled = labelled_images(data, model, loaded.label_names, loaded.num_classes) if data else None
 
-    if threads is not None and threads < 1:
-        raise UsageError(f'threads must be at least 1, got {threads}')
     threads = threads or cpu_threads()
     specs = plan(backends, precisions, torch.cuda.is_available())
     reasons = {spec: unavailable(spec) for spec in specs}

@@ -45,14 +45,23 @@ class TorchRunner(Runner):
             raise BackendUnavailable('no CUDA GPU (or no CUDA-enabled PyTorch) here')
         model = copy.deepcopy(model).eval()
         self.model = model.to(device=self.device, dtype=self.dtype)
+        self.compiled_shapes = set() if compile else None
         if compile:
-            import torch._inductor.config as inductor_config
-            inductor_config.freezing = True  # constant-fold and pre-pack weights for inference (CPU: oneDNN)
-            # One static graph per batch size: the benchmark runs a few fixed sizes, each at its fastest.
+            # dynamic=False: one static graph per batch size; the benchmark runs a few fixed sizes, each at its
+            # fastest. Compilation happens in prepare(), outside the timed region.
             self.model = torch.compile(self.model, dynamic=False)
 
     def prepare(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+        prepared = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+        if self.compiled_shapes is not None and prepared.shape not in self.compiled_shapes:
+            # Inductor's freezing (weights constant-folded and pre-packed for oneDNN: 30 -> 21 ms at batch 1 on
+            # CPU) is read when a graph compiles, and torch.compile(options=...) does not reach it: set it for
+            # this first call only, so the process's global config is left as it was.
+            import torch._inductor.config as inductor_config
+            with inductor_config.patch(freezing=True), torch.inference_mode():
+                self.model(prepared)
+            self.compiled_shapes.add(prepared.shape)
+        return prepared
 
     @torch.inference_mode()
     def run(self, prepared: torch.Tensor) -> torch.Tensor:

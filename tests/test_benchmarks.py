@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_zoo.checkpoint import LoadedModel, load_model
+from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.fileio import UsageError, run_cli
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs, sample_batch
 from benchmarks import parity
