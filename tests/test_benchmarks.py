@@ -292,6 +292,15 @@ def test_tensorrt_runner(graphs, photo_batch, reference, tmp_path):
         _check_runner(runner, photo_batch, reference, 'fp32')
 
 
+def test_crosscheck_against_benchmark_app(graphs):
+    """benchmark_app (from the openvino wheel) and the harness on the same int8 graph; both figures reported."""
+    from benchmarks.crosscheck import crosscheck
+    (row,) = crosscheck(graphs['int8'], batch_size=1, rounds=1, seconds=1)
+    assert row['benchmark_app_ms'] > 0 and row['harness_ms'] > 0
+    assert row['ratio'] == pytest.approx(row['harness_ms'] / row['benchmark_app_ms'])
+    assert 0 <= row['overhead_ms'] < row['harness_ms']
+
+
 # ------------------------------------------------------------------------------------------ the whole command
 
 
@@ -425,6 +434,7 @@ def not_a_report(tmp_path):
     (['--batch-sizes', 'one'], 2, 'whole number'),
     (['--checkpoint', 'missing.safetensors'], 1, 'checkpoint not found'),
     (['--checkpoint', 'x.pth', '--pretrained'], 2, 'not allowed with'),
+    (['--threads', '0'], 2, 'at least 1'),
 ])
 def test_bad_arguments(args, code, message, tmp_path, capsys):
     out = tmp_path / 'out'
