@@ -83,7 +83,7 @@ def load_into(model: torch.nn.Module, state_dict: dict, origin: Union[str, Path]
     state_dict = checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
     classifier = model.pretrained_cfg.get('classifier', 'head.fc') + '.weight'
-    if classifier in state_dict and classifier in own and state_dict[classifier].shape != own[classifier].shape:
+    if classifier in state_dict and classifier in own and state_dict[classifier].shape[0] != own[classifier].shape[0]:
         raise CheckpointError(
             f'{origin} has {state_dict[classifier].shape[0]} classes, the model has {own[classifier].shape[0]} '
             f'(set --num-classes to match the checkpoint)')

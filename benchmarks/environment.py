@@ -5,7 +5,7 @@ from importlib import metadata
 from typing import Any, Dict, Optional
 
 PACKAGES = ('torch', 'torchvision', 'timm', 'numpy', 'onnx', 'onnxruntime', 'onnxruntime-gpu', 'openvino',
-            'tensorrt', 'onnxconverter-common', 'matplotlib')
+            'tensorrt', 'matplotlib')
 
 
 def environment(threads: int) -> Dict[str, Any]:

@@ -20,3 +20,13 @@ def trained_model():
 def trained_checkpoint(trained_model, tmp_path_factory):
     """The trained model saved as a checkpoint directory (config.json + model.safetensors, with label names)."""
     return save_checkpoint_dir(trained_model, tmp_path_factory.mktemp('ckpt') / 'alexnet_bn', list(PHOTOGRAPHS))
+
+
+@pytest.fixture(scope='session')
+def exported_graphs(trained_model, tmp_path_factory):
+    """fp32, fp16 and int8 graphs of the trained model, exported once: (ExportResult, output folder)."""
+    from alexnet_zoo.checkpoint import LoadedModel
+    from export.onnx import export_onnx
+    loaded = LoadedModel(trained_model, 'alexnet_bn', trained_model.num_classes, True, 'test fixture', list(PHOTOGRAPHS))
+    out = tmp_path_factory.mktemp('onnx')
+    return export_onnx(loaded, out), out

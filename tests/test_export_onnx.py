@@ -35,10 +35,9 @@ def _loaded(model) -> LoadedModel:
 
 
 @pytest.fixture(scope='module')
-def exported(trained_model, tmp_path_factory):
-    """All three precisions of the trained model, exported once for the module."""
-    out = tmp_path_factory.mktemp('onnx')
-    return export_onnx(_loaded(trained_model), out), out
+def exported(exported_graphs):
+    """All three precisions of the trained model (the session's export, shared with the TensorRT preflight tests)."""
+    return exported_graphs
 
 
 @pytest.fixture(scope='module')

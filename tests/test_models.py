@@ -326,3 +326,10 @@ def test_start_up_imports_nothing_heavy_and_is_cheap():
     assert len(hook) == 1, 'the start-up hook is not installed (alexnet_zoo.pth missing from site-packages)'
     micros = int(hook[0].split('|')[1])
     print(f'start-up hook import: {micros / 1000:.2f} ms')  # reported, not asserted: timing is not a unit test
+
+
+def test_checkpoint_of_another_architecture(torchvision_checkpoint):
+    _, path = torchvision_checkpoint
+    with pytest.raises(CheckpointError, match='does not fit AlexNet alexnet_bn: .* missing keys'):
+        load_model('alexnet_bn', checkpoint=path)
+    assert load_model('alexnet', checkpoint=path).trained
