@@ -36,7 +36,7 @@ def _loaded(model) -> LoadedModel:
 
 @pytest.fixture(scope='module')
 def exported(exported_graphs):
-    """All three precisions of the trained model (the session's export, shared with the TensorRT preflight tests)."""
+    """All three precisions of the trained model (exported once per test run, shared with the TensorRT preflight tests)."""
     return exported_graphs
 
 

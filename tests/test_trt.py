@@ -39,7 +39,7 @@ HAVE_GPU_TRT = torch.cuda.is_available() and _tensorrt_installed()
 
 @pytest.fixture(scope='module')
 def real_graphs(exported_graphs):
-    """The three graphs export.onnx writes (the session's trained alexnet_bn): {precision: path}."""
+    """The three graphs export.onnx writes (the test run's trained alexnet_bn): {precision: path}."""
     result, _ = exported_graphs
     assert sorted(result.paths) == ['fp16', 'fp32', 'int8']
     return result.paths
