@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 
 import alexnet_zoo
-from alexnet_zoo.checkpoint import LoadedModel, load_model
+from alexnet_zoo.checkpoint import LoadedModel, add_model_arguments, load_model
 from alexnet_zoo.fileio import ArgumentParser, UsageError, atomic_path, ensure_writable_dir, run_cli
 from alexnet_zoo.samples import data_config, sample_batch
 from benchmarks.parity import GATES, compare, judge, margin_std
 
 from .calibration import PhotoCalibrationReader, calibration_crops
+from .graph import read_onnx
 from .precision import CALIBRATION_METHODS, to_fp16, to_int8, zero_points
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
@@ -289,14 +290,7 @@ def set_metadata(graph: onnx.ModelProto, meta: Dict[str, object]) -> None:
 
 def read_metadata(path: Union[str, Path]) -> Dict[str, object]:
     """An exported graph's metadata_props as a dict: strings, with the JSON_KEYS decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'ONNX file not found: {path}')
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises its own DecodeError for a file that is not ONNX
-        raise ValueError(f'{path} is not an ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}') \
-            from None
+    graph = read_onnx(path, load_external_data=False)
     out = {}
     for prop in graph.metadata_props:
         out[prop.key] = json.loads(prop.value) if prop.key in JSON_KEYS else prop.value
@@ -383,13 +377,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog='python -m export.onnx',
         description='Export a timm AlexNet to ONNX in fp32, fp16 and int8, checking each graph against PyTorch.')
-    parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
-    parser.add_argument('--num-classes', type=int, default=None,
-                        help='classifier size (default: a checkpoint directory\'s, else the model\'s: 1000)')
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', help='.safetensors, .pth (weights only) or a timm Hugging Face layout '
-                                              'directory; a directory brings its own model name and classes')
-    weights.add_argument('--pretrained', action='store_true', help='weights from the model\'s pretrained cfg')
+    add_model_arguments(parser)
     parser.add_argument('--output-dir', required=True, help='where model.onnx, model.fp16.onnx, model.int8.onnx go')
     parser.add_argument('--precisions', default=','.join(PRECISIONS),
                         help=f'comma-separated subset of {",".join(PRECISIONS)} (default: all)')

@@ -27,6 +27,8 @@ from onnx import numpy_helper
 from alexnet_zoo.fileio import ArgumentParser, UsageError, atomic_path, ensure_writable_dir, run_cli
 from benchmarks.runner import BackendUnavailable
 
+from .graph import read_onnx
+
 PathLike = Union[str, Path]
 
 # Opsets TensorRT's ONNX parser accepts (onnx-tensorrt docs/operators.md): TensorRT 10.0 takes opset 9 to 20,
@@ -94,21 +96,6 @@ class BuildResult:
 
 
 # ---------------------------------------------------------------------------------------------- reading graphs
-
-
-def read_onnx(path: PathLike) -> onnx.ModelProto:
-    """The parsed graph, with weights stored beside it loaded too; one clear error for a missing or non-ONNX file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'ONNX file not found: {path}')
-    try:
-        model = onnx.load(path)
-    except Exception as e:  # protobuf's DecodeError, a missing external-data file, ...
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f'not an ONNX model: {path} ({reason})') from None
-    if not model.graph.node:
-        raise ValueError(f'not an ONNX model: {path} (no graph nodes)')
-    return model
 
 
 def graph_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
