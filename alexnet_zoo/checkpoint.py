@@ -58,6 +58,17 @@ def load_model(
     return LoadedModel(model.eval(), name, model.num_classes, True, str(checkpoint))
 
 
+def add_model_arguments(parser) -> None:
+    """--model, --num-classes and --checkpoint | --pretrained, as every command that takes a model spells them."""
+    parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
+    parser.add_argument('--num-classes', type=int, default=None,
+                        help="classifier size (default: a checkpoint directory's, else the model's: 1000)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument('--checkpoint', help='.safetensors, .pth (weights only) or a timm Hugging Face layout '
+                                              'directory, which brings its own model name, classes and label names')
+    weights.add_argument('--pretrained', action='store_true', help="weights from the model's pretrained cfg")
+
+
 def read_state_dict(path: Union[str, Path]) -> dict:
     """A state dict from a .safetensors or .pth file, loaded without executing pickled code."""
     path = Path(path)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from alexnet_zoo.checkpoint import load_model
+from alexnet_zoo.checkpoint import add_model_arguments, load_model
 from alexnet_zoo.fileio import ArgumentParser, UsageError, run_cli
 from alexnet_zoo.samples import folder_images
 
@@ -16,12 +16,7 @@ from .harness import BACKENDS, PRECISIONS, exit_code, parse_batch_sizes, parse_l
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m benchmarks', description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
-    parser.add_argument('--num-classes', type=int, help='classes of the model / checkpoint')
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', help='.safetensors, .pth, or a timm checkpoint directory (brings its own '
-                                              'model name, classes and label names)')
-    weights.add_argument('--pretrained', action='store_true', help="the model's pretrained weights (local cache)")
+    add_model_arguments(parser)
     parser.add_argument('--backends', help=f'comma list from {",".join(BACKENDS)} (default: all)')
     parser.add_argument('--precisions', help=f'comma list from {",".join(PRECISIONS)} (default: fp32,bf16,int8)')
     parser.add_argument('--batch-sizes', help='comma list of batch sizes (default: 1,32)')
