@@ -24,7 +24,7 @@ class _TimmFinder:
         def exec_then_register(module):
             exec_module(module)
             try:
-                import alexnet_zoo  # noqa: F401  (importing it registers the models)
+                import alexnet_zoo.alexnet  # noqa: F401  (importing it registers the models)
             except Exception as e:  # a broken plugin must not break timm itself
                 import warnings
                 warnings.warn(f'alexnet-zoo: models not registered with timm ({e})')

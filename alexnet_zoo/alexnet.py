@@ -14,59 +14,87 @@ Papers:
 * `One weird trick for parallelizing convolutional neural networks` - https://arxiv.org/abs/1404.5997
 """
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import get_pretrained_cfg
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-__all__ = ['AlexNet']
+__all__ = ['AlexNet', 'AlexNetCfg', 'ConvCfg']
 
-# One row per conv block: (out_chs, kernel, stride, padding, groups, max_pool_after, norm_after)
-cfgs: Dict[str, Dict[str, Any]] = {
-    'alexnet': dict(
-        blocks=[
-            (64, 11, 4, 2, 1, True, ''),
-            (192, 5, 1, 2, 1, True, ''),
-            (384, 3, 1, 1, 1, False, ''),
-            (256, 3, 1, 1, 1, False, ''),
-            (256, 3, 1, 1, 1, True, ''),
-        ],
-        hidden=(4096, 4096), head_norm=False, global_pool='avg', drop_rate=0.5,
+
+def paper_lrn(num_features: int, **kwargs: Any) -> nn.LocalResponseNorm:
+    """The 2012 paper's response normalization: b = a / (k + alpha * sum(a^2 over n maps)) ** beta, n = 5,
+    alpha = 1e-4, beta = 0.75, k = 2. torch's LocalResponseNorm divides alpha by n, so it is given alpha * n.
+    Built like any norm layer (from the channel count, which it does not need)."""
+    size = 5
+    return nn.LocalResponseNorm(size, alpha=1e-4 * size, beta=0.75, k=2.0)
+
+
+@dataclass(frozen=True)
+class ConvCfg:
+    """One conv block: conv -> ReLU [-> norm if norm_before_pool] [-> max-pool 3x3/2] [-> norm]."""
+    out_chs: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    pool: bool = False
+    norm_layer: Optional[Callable[..., nn.Module]] = None  # a type (nn.BatchNorm2d) or a factory (paper_lrn)
+    norm_before_pool: bool = False  # the paper's LRN comes before the pool, alexnet_bn's BatchNorm after it
+
+
+@dataclass(frozen=True)
+class AlexNetCfg:
+    blocks: Tuple[ConvCfg, ...]
+    hidden: Tuple[int, ...]  # widths of the hidden fully connected layers (the pre-logits)
+    head_norm_layer: Optional[Callable[..., nn.Module]] = None  # after each hidden FC layer (fc -> ReLU -> Dropout -> norm)
+    global_pool: str = 'avg'
+    drop_rate: float = 0.5
+
+
+def _bn_block(out_chs: int, kernel_size: int, stride: int = 1, padding: int = 0, pool: bool = False) -> ConvCfg:
+    return ConvCfg(out_chs, kernel_size, stride, padding, pool=pool, norm_layer=nn.BatchNorm2d)
+
+
+model_cfgs: Dict[str, AlexNetCfg] = {
+    'alexnet': AlexNetCfg(
+        blocks=(
+            ConvCfg(64, 11, 4, 2, pool=True),
+            ConvCfg(192, 5, 1, 2, pool=True),
+            ConvCfg(384, 3, 1, 1),
+            ConvCfg(256, 3, 1, 1),
+            ConvCfg(256, 3, 1, 1, pool=True),
+        ),
+        hidden=(4096, 4096), global_pool='avg', drop_rate=0.5,
     ),
-    'alexnet_bn': dict(
+    'alexnet_bn': AlexNetCfg(
         # the design card's "VALID" padding for conv 2 and 3 contradicts its own output shapes; the shapes win
-        blocks=[
-            (96, 11, 4, 0, 1, True, 'bn'),
-            (256, 5, 1, 2, 1, True, 'bn'),
-            (384, 3, 1, 1, 1, False, 'bn'),
-            (384, 3, 1, 1, 1, False, 'bn'),
-            (256, 3, 1, 1, 1, True, 'bn'),
-        ],
-        hidden=(4096, 4096, 1000), head_norm=True, global_pool='flatten', drop_rate=0.4,
+        blocks=(
+            _bn_block(96, 11, 4, 0, pool=True),
+            _bn_block(256, 5, 1, 2, pool=True),
+            _bn_block(384, 3, 1, 1),
+            _bn_block(384, 3, 1, 1),
+            _bn_block(256, 3, 1, 1, pool=True),
+        ),
+        hidden=(4096, 4096, 1000), head_norm_layer=nn.BatchNorm1d, global_pool='flatten', drop_rate=0.4,
     ),
-    'alexnet_lrn': dict(
+    'alexnet_lrn': AlexNetCfg(
         # groups=2 is the paper's two-GPU split: conv 2, 4 and 5 see only the kernel maps on their own GPU
-        blocks=[
-            (96, 11, 4, 0, 1, True, 'lrn'),
-            (256, 5, 1, 2, 2, True, 'lrn'),
-            (384, 3, 1, 1, 1, False, ''),
-            (384, 3, 1, 1, 2, False, ''),
-            (256, 3, 1, 1, 2, True, ''),
-        ],
-        hidden=(4096, 4096), head_norm=False, global_pool='flatten', drop_rate=0.5,
+        blocks=(
+            ConvCfg(96, 11, 4, 0, pool=True, norm_layer=paper_lrn, norm_before_pool=True),
+            ConvCfg(256, 5, 1, 2, groups=2, pool=True, norm_layer=paper_lrn, norm_before_pool=True),
+            ConvCfg(384, 3, 1, 1),
+            ConvCfg(384, 3, 1, 1, groups=2),
+            ConvCfg(256, 3, 1, 1, groups=2, pool=True),
+        ),
+        hidden=(4096, 4096), global_pool='flatten', drop_rate=0.5,
     ),
 }
-
-# The paper's response normalization: b = a / (k + alpha * sum(a^2 over n maps)) ** beta.
-# torch's LocalResponseNorm divides alpha by n, so it is given alpha * n.
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 POOL_TYPES = ('', 'flatten', 'avg', 'max')
 
@@ -86,7 +114,7 @@ class AlexNetHead(nn.Module):
             num_classes: int,
             pool_type: str = 'avg',
             drop_rate: float = 0.5,
-            head_norm: bool = False,
+            norm_layer: Optional[Callable[..., nn.Module]] = None,
             feat_size: Tuple[int, int] = (6, 6),
             device=None,
             dtype=None,
@@ -102,13 +130,13 @@ class AlexNetHead(nn.Module):
         layers: List[Tuple[str, nn.Module]] = []
         prev = in_chs * feat_size[0] * feat_size[1]
         for i, width in enumerate(hidden, start=1):
-            if head_norm:
+            if norm_layer is not None:
                 # alexnet_bn: fc -> ReLU -> Dropout -> BatchNorm, as the design card's layer table lists it
                 layers += [
                     (f'fc{i}', nn.Linear(prev, width, **dd)),
                     (f'act{i}', nn.ReLU(inplace=True)),
                     (f'drop{i}', nn.Dropout(drop_rate)),
-                    (f'norm{i}', nn.BatchNorm1d(width, **dd)),
+                    (f'norm{i}', norm_layer(width, **dd)),
                 ]
             else:
                 # torchvision / paper order: Dropout -> fc -> ReLU
@@ -157,54 +185,56 @@ class AlexNet(nn.Module):
 
     def __init__(
             self,
-            blocks: List[Tuple[int, int, int, int, int, bool, str]],
-            hidden: Tuple[int, ...],
-            head_norm: bool = False,
+            cfg: AlexNetCfg,
             num_classes: int = 1000,
             in_chans: int = 3,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.5,
+            global_pool: Optional[str] = None,
+            drop_rate: Optional[float] = None,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             device=None,
             dtype=None,
     ) -> None:
-        """img_size: with global_pool='flatten', the input size the first FC layer is sized for (227 -> 6x6 grid)."""
+        """global_pool, drop_rate: None takes the cfg's. img_size: with global_pool='flatten', the input size the
+        first FC layer is sized for (227 -> 6x6 grid)."""
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        global_pool = cfg.global_pool if global_pool is None else global_pool
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
+        self.drop_rate = cfg.drop_rate if drop_rate is None else drop_rate
         self.grad_checkpointing = False
         self.feature_info: List[Dict[str, Any]] = []
         self.feature_ends: List[int] = []  # index into self.features of each feature_info tap
 
         layers: List[nn.Module] = []
         prev_chs, stride = in_chans, 1
-        for out_chs, kernel, conv_stride, padding, groups, pool, norm in blocks:
+        for block in cfg.blocks:
             layers += [
-                nn.Conv2d(prev_chs, out_chs, kernel, conv_stride, padding, groups=groups, **dd),
+                nn.Conv2d(prev_chs, block.out_chs, block.kernel_size, block.stride, block.padding,
+                          groups=block.groups, **dd),
                 nn.ReLU(inplace=True),
             ]
-            stride *= conv_stride
-            if norm == 'lrn':
-                layers += [nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K)]
-            if pool:
+            stride *= block.stride
+            norm = [block.norm_layer(block.out_chs, **dd)] if block.norm_layer is not None else []
+            if block.norm_before_pool:
+                layers += norm
+            if block.pool:
                 layers += [nn.MaxPool2d(kernel_size=3, stride=2)]
                 stride *= 2
-            if norm == 'bn':
-                layers += [nn.BatchNorm2d(out_chs, **dd)]
-            prev_chs = out_chs
+            if not block.norm_before_pool:
+                layers += norm
+            prev_chs = block.out_chs
             self.feature_ends.append(len(layers) - 1)
-            self.feature_info.append(dict(num_chs=out_chs, reduction=stride, module=f'features.{len(layers) - 1}'))
+            self.feature_info.append(dict(num_chs=prev_chs, reduction=stride, module=f'features.{len(layers) - 1}'))
         self.features = nn.Sequential(*layers)
         self.num_features = prev_chs
 
         feat_size = (6, 6)
         if img_size is not None and global_pool in ('flatten', ''):
-            feat_size = _feature_grid(blocks, img_size)
+            feat_size = _feature_grid(cfg.blocks, img_size)
         self.head = AlexNetHead(
-            prev_chs, hidden, num_classes, pool_type=global_pool, drop_rate=drop_rate, head_norm=head_norm,
-            feat_size=feat_size, **dd)
+            prev_chs, cfg.hidden, num_classes, pool_type=global_pool, drop_rate=self.drop_rate,
+            norm_layer=cfg.head_norm_layer, feat_size=feat_size, **dd)
         self.head_hidden_size = self.head.num_features
 
     @torch.jit.ignore
@@ -238,7 +268,7 @@ class AlexNet(nn.Module):
         """
         assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        take_indices, max_index = _feature_indices(len(self.feature_ends), indices)
         last_idx = len(self.feature_ends) - 1
         if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
             layers = self.features
@@ -262,7 +292,7 @@ class AlexNet(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the blocks after the last wanted intermediate, and the head (it is sized for the full network)."""
-        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        take_indices, max_index = _feature_indices(len(self.feature_ends), indices)
         self.features = self.features[:self.feature_ends[max_index] + 1]
         if max_index < len(self.feature_ends) - 1:
             self.num_features = self.feature_info[max_index]['num_chs']
@@ -287,16 +317,32 @@ class AlexNet(nn.Module):
         return x
 
 
-def _feature_grid(blocks: List[Tuple[int, int, int, int, int, bool, str]], img_size) -> Tuple[int, int]:
+def _feature_grid(blocks: Tuple[ConvCfg, ...], img_size) -> Tuple[int, int]:
     """Spatial size of the last block's output for an input of img_size."""
     size = list(img_size[-2:]) if isinstance(img_size, (tuple, list)) else [img_size, img_size]
-    for _, kernel, stride, padding, _, pool, _ in blocks:
-        size = [(s + 2 * padding - kernel) // stride + 1 for s in size]
-        if pool:
+    for b in blocks:
+        size = [(s + 2 * b.padding - b.kernel_size) // b.stride + 1 for s in size]
+        if b.pool:
             size = [(s - 3) // 2 + 1 for s in size]
     if min(size) < 1:
         raise ValueError(f'input size {img_size} is too small for AlexNet')
     return size[0], size[1]
+
+
+def _feature_indices(count: int, indices: Optional[Union[int, List[int]]]) -> Tuple[List[int], int]:
+    """timm's rule for which features to take (its helper is not in timm's public API): None takes all, an int n
+    the last n, a list those (negative ones from the end); and the largest index taken."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f'last-n ({indices}) is out of range (1 to {count})')
+        taken = list(range(count - indices, count))
+    else:
+        taken = [count + i if i < 0 else i for i in indices]
+        if not all(0 <= i < count for i in taken):
+            raise ValueError(f'feature indices {list(indices)} are out of range (0 to {count - 1})')
+    return taken, max(taken)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -315,31 +361,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_alexnet(variant: str, pretrained: bool = False, **kwargs: Any) -> AlexNet:
-    if pretrained and not _has_weights(variant, kwargs):
-        raise RuntimeError(
-            f'{variant} has no published pretrained weights; train it (python -m alexnet_zoo.train), load a '
-            f'checkpoint with pretrained_cfg_overlay=dict(file=...), or use pretrained=False')
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3, 4))
     return build_model_with_cfg(
         AlexNet,
         variant,
         pretrained,
-        **{**cfgs[variant], **kwargs},
+        cfg=model_cfgs[variant],
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         pretrained_filter_fn=checkpoint_filter_fn,
+        **kwargs,
     )
-
-
-def _has_weights(variant: str, kwargs: Dict[str, Any]) -> bool:
-    """True when timm will find weights to load: a source in the pretrained cfg or in an overlay of it."""
-    cfg = kwargs.get('pretrained_cfg')
-    if isinstance(cfg, str):
-        cfg = get_pretrained_cfg(f'{variant}.{cfg}')
-    if cfg is None:
-        cfg = get_pretrained_cfg(variant)
-    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg or {})
-    cfg.update(kwargs.get('pretrained_cfg_overlay') or {})
-    return any(cfg.get(key) for key in ('file', 'url', 'hf_hub_id', 'state_dict'))
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

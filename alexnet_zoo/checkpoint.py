@@ -1,20 +1,23 @@
 """One way to turn "a model name and maybe some weights" into a ready model, for every command.
 
-Accepted checkpoints: a ``.safetensors`` state dict, a ``.pth``/``.pt`` state dict (``torch.load(weights_only=True)``,
-never unpickling code), or a directory in timm's Hugging Face layout (``config.json`` + ``model.safetensors``, what
-``timm.models.save_for_hf`` and ``python -m alexnet_zoo.train`` write), which brings its own model name, classes
+Accepted checkpoints: a ``.safetensors`` state dict, a ``.pth``/``.pt`` state dict (read by timm's
+``load_state_dict`` with ``weights_only=True``, never unpickling code), or a directory in timm's Hugging Face layout
+(``config.json`` + ``model.safetensors``, what ``timm.models.save_for_hf`` and ``python -m alexnet_zoo.train``
+write), loaded by ``timm.create_model("local-dir:...", pretrained=True)``, which brings its own model name, classes
 and label names.
 """
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional
 
 import timm
 import torch
-from timm.models import is_model, save_for_hf
+from timm.models import is_model, load_state_dict, save_for_hf
 
 from .alexnet import checkpoint_filter_fn
+from .cli import first_line
+from .files import PathLike
 
 
 class CheckpointError(ValueError):
@@ -33,7 +36,7 @@ class LoadedModel:
 
 def load_model(
         name: Optional[str] = 'alexnet_bn',
-        checkpoint: Optional[Union[str, Path]] = None,
+        checkpoint: Optional[PathLike] = None,
         num_classes: Optional[int] = None,
         pretrained: bool = False,
 ) -> LoadedModel:
@@ -44,56 +47,56 @@ def load_model(
         raise CheckpointError(f'unknown model: {name!r} (known AlexNet models: {", ".join(timm.list_models("alexnet*"))})')
     kwargs = {} if num_classes is None else {'num_classes': num_classes}
     if checkpoint is None:
-        try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except RuntimeError as e:
-            raise CheckpointError(str(e).splitlines()[0]) from None
+        model = create_pretrained(name, pretrained, **kwargs)
         source = f'pretrained ({model.pretrained_cfg.get("tag") or name})' if pretrained else 'random init'
         return LoadedModel(model.eval(), name, model.num_classes, pretrained, source,
                            model.pretrained_cfg.get('label_names'))
-
-    state_dict = read_state_dict(checkpoint)
     model = timm.create_model(name, **kwargs)
-    load_into(model, state_dict, checkpoint)
+    load_weights(model, checkpoint)
     return LoadedModel(model.eval(), name, model.num_classes, True, str(checkpoint))
 
 
-def add_model_arguments(parser) -> None:
-    """--model, --num-classes and --checkpoint | --pretrained, as every command that takes a model spells them."""
-    parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
-    parser.add_argument('--num-classes', type=int, default=None,
-                        help="classifier size (default: a checkpoint directory's, else the model's: 1000)")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument('--checkpoint', help='.safetensors, .pth (weights only) or a timm Hugging Face layout '
-                                              'directory, which brings its own model name, classes and label names')
-    weights.add_argument('--pretrained', action='store_true', help="weights from the model's pretrained cfg")
+def create_pretrained(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
+    """``timm.create_model``, with timm's "no pretrained weights" error extended by what to do instead."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        if pretrained and 'No pretrained weights exist' in str(e):
+            raise CheckpointError(
+                f'{name} has no published pretrained weights; train it (python -m alexnet_zoo.train) or start '
+                f'from a checkpoint of your own') from None
+        raise CheckpointError(first_line(e)) from None
 
 
-def read_state_dict(path: Union[str, Path]) -> dict:
-    """A state dict from a .safetensors or .pth file, loaded without executing pickled code."""
-    path = Path(path)
+def load_weights(model: torch.nn.Module, checkpoint: PathLike, new_classifier: bool = False) -> None:
+    """Load a ``.safetensors``/``.pth`` state dict (torchvision keys mapped) into ``model`` strictly.
+
+    timm's ``load_state_dict`` reads the file (safetensors, or ``torch.load(weights_only=True)``; EMA, ``state_dict``
+    and ``model`` wrappers and DDP prefixes undone); any mismatch becomes one clear line. ``new_classifier`` keeps
+    the model's own classifier (fine-tuning to other classes) instead of the checkpoint's.
+    """
+    path = Path(checkpoint)
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
     try:
-        if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-            state_dict = load_file(str(path))
-        else:
-            state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # corrupt or foreign files raise many different types
-        raise CheckpointError(f'cannot read checkpoint {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
-    if isinstance(state_dict, dict):
-        state_dict = state_dict.get('state_dict', state_dict.get('model', state_dict))
+        state_dict = load_state_dict(str(path), weights_only=True)
+    except Exception as e:  # corrupt or foreign files, refused pickles: many different types
+        raise CheckpointError(f'cannot read checkpoint {path}: {first_line(e)}') from None
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError(f'{path} does not hold a state dict of tensors')
-    return state_dict
-
-
-def load_into(model: torch.nn.Module, state_dict: dict, origin: Union[str, Path] = 'checkpoint') -> None:
-    """Load (torchvision keys mapped) weights strictly, turning any mismatch into one clear line."""
     state_dict = checkpoint_filter_fn(state_dict, model)
+    if new_classifier:
+        classifier = _classifier(model) + '.'
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier)}
+        state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith(classifier)})
+    check_fits(model, state_dict, path)
+    model.load_state_dict(state_dict)
+
+
+def check_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], origin: PathLike) -> None:
+    """One clear line for a state dict whose classes, keys or shapes do not fit ``model``."""
     own = model.state_dict()
-    classifier = model.pretrained_cfg.get('classifier', 'head.fc') + '.weight'
+    classifier = _classifier(model) + '.weight'
     if classifier in state_dict and classifier in own and state_dict[classifier].shape[0] != own[classifier].shape[0]:
         raise CheckpointError(
             f'{origin} has {state_dict[classifier].shape[0]} classes, the model has {own[classifier].shape[0]} '
@@ -106,15 +109,19 @@ def load_into(model: torch.nn.Module, state_dict: dict, origin: Union[str, Path]
             f'{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})')
     bad = [k for k in own if own[k].shape != state_dict[k].shape]
     if bad:
-        raise CheckpointError(f'{origin}: shape mismatch for {bad[0]}: {tuple(state_dict[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}')
-    model.load_state_dict(state_dict)
+        raise CheckpointError(f'{origin}: shape mismatch for {bad[0]}: {tuple(state_dict[bad[0]].shape)} vs '
+                              f'{tuple(own[bad[0]].shape)}')
 
 
-def save_checkpoint_dir(model: torch.nn.Module, directory: Union[str, Path], label_names: Optional[List[str]] = None) -> Path:
+def save_checkpoint_dir(model: torch.nn.Module, directory: PathLike, label_names: Optional[List[str]] = None) -> Path:
     """Write timm's Hugging Face layout (config.json + model.safetensors), reloadable with ``local-dir:``."""
     model_config = {'label_names': list(label_names)} if label_names else None
     save_for_hf(model, str(directory), model_config=model_config, safe_serialization=True)
     return Path(directory)
+
+
+def _classifier(model: torch.nn.Module) -> str:
+    return model.pretrained_cfg.get('classifier', 'head.fc')
 
 
 def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
@@ -134,6 +141,6 @@ def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
     try:
         model = timm.create_model(f'local-dir:{path}', pretrained=True)
     except (RuntimeError, ValueError, OSError) as e:
-        raise CheckpointError(f'cannot load {path}: {str(e).splitlines()[0]}') from None
+        raise CheckpointError(f'cannot load {path}: {first_line(e)}') from None
     labels = model.pretrained_cfg.get('label_names') or cfg.get('label_names')
     return LoadedModel(model.eval(), name, model.num_classes, True, str(path), list(labels) if labels else None)

@@ -1,17 +1,18 @@
 """Real photographs for every stage (calibration, parity, demos, tests), with no download.
 
 The photographs are the ones scikit-image ships inside its wheel; a user's folder of images works the same way.
-Preprocessing is always timm's: ``resolve_data_config`` + ``create_transform`` for the model at hand.
+``python -m alexnet_zoo.samples`` lists them or writes a demo ImageFolder of crops of them. Preprocessing for a
+model lives in ``alexnet_zoo.data``.
 """
 import random
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
-import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import create_transform, resolve_data_config
-from timm.models import get_pretrained_cfg
+
+from .cli import ArgumentParser, run_cli
+from .files import PathLike, ensure_writable_dir
 
 # Photographs bundled in scikit-image's wheel (skimage/data); grey ones are converted to RGB.
 PHOTOGRAPHS = {
@@ -36,7 +37,6 @@ PHOTOGRAPHS = {
 }
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 
-ModelOrName = Union[torch.nn.Module, str]
 Photo = Tuple[str, Image.Image]
 
 
@@ -50,7 +50,7 @@ def photographs(names: Optional[Sequence[str]] = None) -> List[Photo]:
     return [(n, _open_rgb(Path(str(data / PHOTOGRAPHS[n])))) for n in names]
 
 
-def folder_images(folder: Union[str, Path]) -> List[Photo]:
+def folder_images(folder: PathLike) -> List[Photo]:
     """Every readable image below ``folder`` as (relative path, RGB PIL image), sorted by path.
 
     Raises FileNotFoundError / ValueError with one clear line when the folder is missing or holds no image.
@@ -71,84 +71,8 @@ def folder_images(folder: Union[str, Path]) -> List[Photo]:
     return out
 
 
-def data_config(model: ModelOrName) -> dict:
-    """timm's data config (input size, interpolation, mean, std, crop) for a model or a registered model name."""
-    if isinstance(model, str):
-        cfg = get_pretrained_cfg(model)
-        if cfg is None:
-            raise ValueError(f'unknown model: {model}')
-        return resolve_data_config(pretrained_cfg=cfg.to_dict())
-    return resolve_data_config(model=model)
-
-
-def eval_transform(model: ModelOrName):
-    return create_transform(**data_config(model), is_training=False)
-
-
-def train_transform(model: ModelOrName):
-    """timm's training transform (random resized crop and flip), without colour jitter or auto-augment."""
-    return create_transform(**data_config(model), is_training=True, color_jitter=None, auto_augment=None)
-
-
-def sample_batch(model: ModelOrName, images: Optional[List[Photo]] = None) -> Tuple[List[str], torch.Tensor]:
-    """The photographs (or ``images``) preprocessed for ``model`` as one float32 NCHW batch, with their names."""
-    images = photographs() if images is None else images
-    transform = eval_transform(model)
-    return [n for n, _ in images], torch.stack([transform(im) for _, im in images])
-
-
-def random_crops(
-        model: ModelOrName,
-        count: int,
-        seed: int = 0,
-        images: Optional[List[Photo]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random resized crops of the photographs, with the index of the photograph each came from.
-
-    Deterministic for a seed; the global RNGs are left as they were.
-    """
-    images = photographs() if images is None else images
-    transform = train_transform(model)
-    with _seeded(seed):
-        labels = torch.arange(count) % len(images)
-        crops = torch.stack([transform(images[i][1]) for i in labels.tolist()])
-    return crops, labels
-
-
-def iter_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size]
-
-
-def fit_photographs(
-        model: torch.nn.Module,
-        steps: int = 60,
-        batch_size: int = 32,
-        lr: float = 1e-3,
-        seed: int = 0,
-) -> torch.nn.Module:
-    """Teach ``model`` to tell the photographs apart (class = photograph) on random crops, in place.
-
-    Parity figures mean little on random weights (top-1/top-2 logit margins are tiny); a few dozen steps give
-    confident, trained-like logits. Used by the tests and the demo; real training is ``alexnet_zoo.train``.
-    """
-    images = photographs()
-    model.reset_classifier(len(images))
-    crops, labels = random_crops(model, steps * batch_size // 4, seed=seed, images=images)
-    with _seeded(seed):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        model.train()
-        for step in range(steps):
-            idx = torch.randint(len(crops), (batch_size,))
-            loss = torch.nn.functional.cross_entropy(model(crops[idx]), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
-
-
 def write_image_folder(
-        root: Union[str, Path],
+        root: PathLike,
         names: Optional[Sequence[str]] = None,
         train_per_class: int = 20,
         val_per_class: int = 5,
@@ -187,26 +111,7 @@ def _open_rgb(path: Path) -> Image.Image:
         return im.convert('RGB')
 
 
-class _seeded:
-    """Seed torch and random for a block, then put both RNGs back."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def __enter__(self):
-        self._fork = torch.random.fork_rng()
-        self._fork.__enter__()
-        self._py_state = random.getstate()
-        torch.manual_seed(self.seed)
-        random.seed(self.seed)
-
-    def __exit__(self, *exc):
-        random.setstate(self._py_state)
-        return self._fork.__exit__(*exc)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .fileio import ArgumentParser, ensure_writable_dir
     parser = ArgumentParser(prog='python -m alexnet_zoo.samples',
                             description='List the sample photographs, or write an ImageFolder of crops of them.')
     parser.add_argument('--write-folder', metavar='DIR', help='write DIR/train/<photo>/*.jpg and DIR/val/<photo>/*.jpg')
@@ -228,5 +133,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from .fileio import run_cli
     run_cli(main)

@@ -11,21 +11,15 @@ settings; tensors and plain types only, so it loads with ``weights_only=True``) 
 Data-parallel under ``torchrun --nproc-per-node N``: gloo on CPU, NCCL on GPUs, each process reads its share of
 the images (``--batch-size`` is per process) and only rank 0 writes.
 """
-import argparse
-import csv
-import io
-import json
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import timm
 import torch
 import torch.distributed as dist
-from PIL import Image
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import is_model
 from timm.optim import create_optimizer_v2, list_optimizers
@@ -33,43 +27,22 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import accuracy, random_seed
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from .alexnet import checkpoint_filter_fn
-from .checkpoint import load_into, load_model, read_state_dict, save_checkpoint_dir
-from .fileio import ArgumentParser, UsageError, atomic_path, ensure_writable_dir, run_cli, write_text_atomic
-from .samples import IMAGE_SUFFIXES, eval_transform, train_transform
+from .checkpoint import CheckpointError, create_pretrained, load_model, load_weights
+from .cli import ArgumentParser, UsageError, positive, run_cli
+from .data import eval_transform, image_folders, train_transform
+from .files import PathLike, ensure_writable_dir
+from .run import Settings, read_run_state, save_run
 
-STATE_FILE = 'train_state.pt'
-CHECKPOINT_FILES = ('config.json', 'model.safetensors')
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'constant', 'wsd')  # timm's, stepped per epoch
-METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5', 'seconds')
-
-
-@dataclass
-class Settings:
-    """What defines a run; saved in its state, so that ``--resume`` goes on with the same ones."""
-    model: Optional[str] = None  # None: the --init directory's architecture, else alexnet_bn
-    epochs: int = 3
-    batch_size: int = 16  # per process
-    lr: float = 1e-4  # AdamW fine-tuning rate; from scratch or with frozen features 1e-3 learns faster
-    weight_decay: float = 0.05
-    opt: str = 'adamw'
-    sched: str = 'cosine'
-    warmup_epochs: int = 0
-    smoothing: float = 0.1
-    seed: int = 0
-    init: Optional[str] = None  # checkpoint to start from (any form load_model reads), with a new classifier
-    pretrained: bool = False  # start from the model's pretrained cfg, with a new classifier
-    freeze_features: bool = False  # train only the head
 
 
 def train(
-        data: Union[str, Path],
-        output: Union[str, Path],
+        data: PathLike,
+        output: PathLike,
         settings: Optional[Settings] = None,
-        resume: Union[str, Path, None] = None,
+        resume: Optional[PathLike] = None,
         workers: int = 2,
         progress: bool = True,
 ) -> dict:
@@ -101,35 +74,7 @@ def train(
             dist.destroy_process_group()
 
 
-def image_folders(data: Union[str, Path]) -> Tuple[ImageFolder, ImageFolder]:
-    """The train and val ImageFolders of ``data`` (readable images only), with timm's transforms set later."""
-    data = Path(data)
-    if not data.is_dir():
-        raise FileNotFoundError(f'data directory not found: {data}')
-    splits = []
-    for split in ('train', 'val'):
-        root = data / split
-        if not root.is_dir():
-            raise FileNotFoundError(f'no {split}/ split in {data} (expected {data}/{split}/<class>/*.jpg)')
-        if not any(p.is_dir() for p in root.iterdir()):
-            raise ValueError(f'{root} has no class folders (expected {root}/<class>/*.jpg)')
-        folder = ImageFolder(str(root), is_valid_file=_readable_image, allow_empty=True)
-        found = set(folder.targets)
-        empty = [c for i, c in enumerate(folder.classes) if i not in found]
-        if empty:
-            more = f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''
-            raise ValueError(f'no readable images in {root}/{empty[0]}{more}')
-        splits.append(folder)
-    train_set, val_set = splits
-    if len(train_set.classes) < 2:
-        raise ValueError(f'{data}/train has {len(train_set.classes)} class folder; a classifier needs at least 2')
-    if val_set.classes != train_set.classes:
-        raise ValueError(f'{data}/val has classes {val_set.classes}, {data}/train has {train_set.classes}; '
-                         f'they must match')
-    return train_set, val_set
-
-
-def build_model(settings: Settings, classes: Sequence[str], resume: Union[str, Path, None] = None) -> torch.nn.Module:
+def build_model(settings: Settings, classes: Sequence[str], resume: Optional[PathLike] = None) -> torch.nn.Module:
     """The model to train: the resumed run's weights, ``init``'s or pretrained ones with a new classifier, or random."""
     torch.manual_seed(settings.seed)
     if resume is not None:
@@ -139,9 +84,9 @@ def build_model(settings: Settings, classes: Sequence[str], resume: Union[str, P
     else:
         name = settings.model or 'alexnet_bn'
         try:
-            model = timm.create_model(name, pretrained=settings.pretrained, num_classes=len(classes))
-        except RuntimeError as e:  # "alexnet_bn has no published pretrained weights"
-            raise ValueError(f'--pretrained: {str(e).splitlines()[0]}' if settings.pretrained else str(e)) from None
+            model = create_pretrained(name, settings.pretrained, num_classes=len(classes))
+        except CheckpointError as e:  # "alexnet_bn has no published pretrained weights; ..."
+            raise ValueError(f'--pretrained: {e}' if settings.pretrained else str(e)) from None
         except OSError as e:  # no network, no cached copy
             raise OSError(f'--pretrained: cannot fetch the weights of {name}: {e}') from None
     model.pretrained_cfg = {**model.pretrained_cfg, 'num_classes': len(classes), 'label_names': list(classes)}
@@ -151,31 +96,14 @@ def build_model(settings: Settings, classes: Sequence[str], resume: Union[str, P
     return model
 
 
-def read_run_state(run: Union[str, Path]) -> dict:
-    """A run's training state (loaded with ``weights_only=True``); one clear line when ``run`` is not a run."""
-    run = Path(run)
-    missing = [f for f in (STATE_FILE, *CHECKPOINT_FILES) if not (run / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f'{run} is not a training run (no {missing[0]}); '
-                                f'--resume takes an --output of this command')
-    try:
-        state = torch.load(run / STATE_FILE, map_location='cpu', weights_only=True, mmap=True)
-        Settings(**state['settings'])
-        int(state['epoch'])
-    except Exception as e:  # any corrupt or foreign file
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f'{run / STATE_FILE} is not a training state: {reason}') from None
-    return state
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog='python -m alexnet_zoo.train', description=__doc__.split('\n')[0])
     parser.add_argument('--data', required=True, help='folder with train/<class>/* and val/<class>/*')
     parser.add_argument('--output', help='run directory to write (default: the --resume directory)')
     parser.add_argument('--model', help='timm model name (default alexnet_bn, or the --init directory\'s model)')
-    parser.add_argument('--epochs', type=_positive(int), help=f'total epochs (default {Settings.epochs})')
-    parser.add_argument('--batch-size', type=_positive(int), help=f'per process (default {Settings.batch_size})')
-    parser.add_argument('--lr', type=_positive(float), help=f'base learning rate (default {Settings.lr})')
+    parser.add_argument('--epochs', type=positive(int), help=f'total epochs (default {Settings.epochs})')
+    parser.add_argument('--batch-size', type=positive(int), help=f'per process (default {Settings.batch_size})')
+    parser.add_argument('--lr', type=positive(float), help=f'base learning rate (default {Settings.lr})')
     parser.add_argument('--weight-decay', type=float, help=f'(default {Settings.weight_decay})')
     parser.add_argument('--opt', help=f'timm optimizer name (default {Settings.opt})')
     parser.add_argument('--sched', choices=SCHEDULERS, help=f'timm scheduler (default {Settings.sched})')
@@ -277,7 +205,7 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
         history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
         metrics = dict(run, epochs=history, best_val_top1=max(h['val_top1'] for h in history))
         if rank == 0:
-            _save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics)
+            save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics)
             print(f'epoch {epoch + 1}/{settings.epochs}: train loss {row["train_loss"]:.3f} '
                   f'top-1 {row["train_top1"]:.1f}%, val loss {row["val_loss"]:.3f} top-1 {row["val_top1"]:.1f}% '
                   f'top-5 {row["val_top5"]:.1f}%, lr {lr:.2e}, {row["seconds"]:.1f} s', flush=True)
@@ -298,24 +226,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
         sums += torch.tensor([loss.item() * n, top1.item() * n / 100, top5.item() * n / 100, n],
                              dtype=torch.float64, device=device)
     return sums
-
-
-def _save_run(output: Path, model, optimizer, scheduler, settings, classes, history, metrics) -> None:
-    """Checkpoint, then training state, then metrics; each file replaced atomically."""
-    with tempfile.TemporaryDirectory(dir=output, prefix='.checkpoint-') as tmp:
-        save_checkpoint_dir(model, tmp, classes)
-        for name in CHECKPOINT_FILES:
-            os.replace(Path(tmp) / name, output / name)
-    state = dict(epoch=len(history), settings=asdict(settings), label_names=list(classes),
-                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history)
-    with atomic_path(output / STATE_FILE) as tmp:
-        torch.save(state, tmp)
-    write_text_atomic(output / 'metrics.json', json.dumps(metrics, indent=2) + '\n')
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(output / 'metrics.csv', text.getvalue())
 
 
 def _check_resume(state: dict, settings: Optional[Settings], classes: List[str], run) -> Settings:
@@ -339,29 +249,13 @@ def _from_checkpoint(checkpoint: str, name: Optional[str], num_classes: int) -> 
             raise UsageError(f'--init {path} holds a {loaded.name}, not a {name}')
         loaded.model.reset_classifier(num_classes)
         return loaded.model
-    name = name or 'alexnet_bn'
-    model = timm.create_model(name, num_classes=num_classes)
-    classifier = model.pretrained_cfg.get('classifier', 'head.fc') + '.'
-    weights = checkpoint_filter_fn(read_state_dict(path), model)
-    weights = {k: v for k, v in weights.items() if not k.startswith(classifier)}
-    weights.update({k: v for k, v in model.state_dict().items() if k.startswith(classifier)})  # the new classifier
-    load_into(model, weights, path)
+    model = timm.create_model(name or 'alexnet_bn', num_classes=num_classes)
+    load_weights(model, path, new_classifier=True)
     return model
 
 
 def _head_prefixes(model: torch.nn.Module) -> Tuple[str, ...]:
     return 'head.', model.pretrained_cfg.get('classifier', 'head.fc') + '.'
-
-
-def _readable_image(path: str) -> bool:
-    if not path.lower().endswith(IMAGE_SUFFIXES):
-        return False
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:  # PIL raises many types for files that are not images
-        return False
 
 
 def _start_distributed() -> Tuple[int, int, torch.device]:
@@ -375,19 +269,6 @@ def _start_distributed() -> Tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist.get_rank(), world, device
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
-        return value
-    parse.__name__ = kind.__name__
-    return parse
 
 
 if __name__ == '__main__':

@@ -7,11 +7,13 @@ import shlex
 import sys
 from typing import Sequence
 
-from alexnet_zoo.checkpoint import add_model_arguments, load_model
-from alexnet_zoo.fileio import ArgumentParser, UsageError, run_cli
+from alexnet_zoo.checkpoint import load_model
+from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
 from alexnet_zoo.samples import folder_images
 
-from .harness import BACKENDS, PRECISIONS, exit_code, parse_batch_sizes, parse_list, run_benchmark
+from .harness import run_benchmark
+from .registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
+from .summary import exit_code
 
 
 def build_parser() -> ArgumentParser:

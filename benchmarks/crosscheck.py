@@ -18,10 +18,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from alexnet_zoo.fileio import ArgumentParser, UsageError, run_cli
+from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
+from export.contract import read_metadata
 
+from .environment import cpu_threads
 from .latency import TimingConfig, summarize, time_runner
-from .runners import OpenVINORunner, cpu_threads
+from .openvino_runner import OpenVINORunner
 
 
 def benchmark_app_path() -> str:
@@ -35,7 +37,6 @@ def benchmark_app_path() -> str:
 
 def graph_model(onnx_path: Path):
     """The model name and input size (C, H, W) export.onnx wrote into the graph's metadata."""
-    from export.onnx import read_metadata
     meta = read_metadata(onnx_path)
     return meta.get('model_name', 'alexnet_bn'), meta.get('input_size', [3, 227, 227])
 
@@ -58,7 +59,7 @@ def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) 
     """The harness's median latency (ms) for the graph, timed exactly as ``python -m benchmarks`` does; and the
     median of (wall-clock time of ``run`` - OpenVINO's own latency of that request), the harness's overhead,
     which a busy machine disturbs far less than either latency."""
-    from alexnet_zoo.samples import sample_batch
+    from alexnet_zoo.data import sample_batch
     from .harness import tile
     with OpenVINORunner(onnx_path, 'int8', threads=threads) as runner:
         x = tile(sample_batch(graph_model(onnx_path)[0])[1].numpy(), batch_size)

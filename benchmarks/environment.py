@@ -23,6 +23,20 @@ def environment(threads: int) -> Dict[str, Any]:
     }
 
 
+def cpu_threads() -> int:
+    """Cores this process may use: every runner gets the same number of compute threads (one stream)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles: what makes bf16 fast on a CPU (without them PyTorch emulates bf16, slower than fp32)."""
+    import torch
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
 def cpu_model() -> str:
     try:
         with open('/proc/cpuinfo') as f:
@@ -49,7 +63,7 @@ def cpu_features() -> Dict[str, bool]:
     return {'avx2': bool(torch.cpu._is_avx2_supported()), 'avx512': bool(torch.cpu._is_avx512_supported()),
             'avx512_vnni': bool(torch.cpu._is_vnni_supported()) or 'avx512_vnni' in flags,
             'avx512_bf16': bool(torch.cpu._is_avx512_bf16_supported()),
-            'amx': bool(torch.cpu._is_amx_tile_supported())}
+            'amx': cpu_has_amx()}
 
 
 def memory_gb() -> Optional[float]:

@@ -12,137 +12,34 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from alexnet_zoo.checkpoint import LoadedModel
-from alexnet_zoo.fileio import UsageError, ensure_writable_dir
-from alexnet_zoo.samples import Photo, eval_transform, sample_batch
+from alexnet_zoo.cli import UsageError, first_line
+from alexnet_zoo.data import eval_transform, sample_batch
+from alexnet_zoo.files import PathLike, ensure_writable_dir
+from alexnet_zoo.samples import Photo
+from export import parity
+from export.contract import GRAPH_PRECISIONS
+from export.runner import BackendUnavailable, Runner
 
-from . import parity
-from .environment import environment
+from .artifacts import artifact_for, export_graphs, graphs_in
+from .environment import cpu_threads, environment
 from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, summarize, time_runner, timing_dict
+from .registry import BACKENDS, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import SCHEMA_VERSION, compare_reports, read_report, write_report
-from .runner import BackendUnavailable, Runner
-from .runners import (OnnxRuntimeRunner, OpenVINORunner, TorchRunner, cpu_threads, onnxruntime_reason,
-                      openvino_reason, torch_dtype)
+from .summary import add_speedups
 
-PathLike = Union[str, Path]
-
-BACKENDS = ('torch', 'torch-compile', 'onnxruntime', 'openvino', 'tensorrt')
-PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8')
 DEFAULT_BATCH_SIZES = (1, 32)
 # --quick: no torch.compile (its compilation alone takes longer than the whole quick run), batch 1, short timing.
 QUICK_BACKENDS = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
 QUICK_PRECISIONS = ('fp32', 'int8')
 QUICK_BATCH_SIZES = (1,)
-
-BASELINE = ('torch', 'fp32', 'cpu')  # speed-ups are against PyTorch eager fp32 on the CPU, same batch size
-ONNX_BACKENDS = ('onnxruntime', 'openvino', 'tensorrt')
-# The exported graph an ONNX backend runs for a precision: OpenVINO's bf16 is the fp32 graph under a bf16 hint.
-GRAPH_FOR = {'fp32': 'fp32', 'fp16': 'fp16', 'int8': 'int8'}
-OPENVINO_GRAPH_FOR = {**GRAPH_FOR, 'bf16': 'fp32'}
-NO_BF16_GRAPH = 'not supported: export.onnx writes no bf16 graph (bf16 is an execution precision: PyTorch, OpenVINO)'
-
-Spec = Tuple[str, str, str]  # backend, precision, device
-
-
-def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str) -> Tuple[str, ...]:
-    """``'a,b'`` -> ('a', 'b'), each checked against ``known``; a usage error otherwise."""
-    items = [s.strip() for s in (text.split(',') if isinstance(text, str) else text) if str(s).strip()]
-    if not items:
-        raise UsageError(f'no {what} given')
-    unknown = [s for s in items if s not in known]
-    if unknown:
-        raise UsageError(f'unknown {what}: {", ".join(unknown)} (choose from {", ".join(known)})')
-    return tuple(dict.fromkeys(items))
-
-
-def parse_batch_sizes(text: Union[str, Sequence[int]]) -> Tuple[int, ...]:
-    items = [s.strip() for s in text.split(',')] if isinstance(text, str) else list(text)
-    sizes = []
-    for s in items:
-        try:
-            size = int(s)
-        except (TypeError, ValueError):
-            raise UsageError(f'batch size must be a whole number, got {s!r}') from None
-        if size < 1:
-            raise UsageError(f'batch size must be at least 1, got {size}')
-        sizes.append(size)
-    if not sizes:
-        raise UsageError('no batch sizes given')
-    return tuple(sorted(set(sizes)))
-
-
-def plan(backends: Sequence[str], precisions: Sequence[str], gpu: bool) -> List[Spec]:
-    """Every (backend, precision, device) the run covers, each to become a result row or a skipped entry."""
-    specs = []
-    for backend in backends:
-        for precision in precisions:
-            if backend in ('torch', 'torch-compile'):
-                specs.append((backend, precision, 'cuda' if precision == 'fp16' else 'cpu'))
-            elif backend == 'onnxruntime':
-                specs.append((backend, precision, 'cpu'))
-                if gpu:
-                    specs.append((backend, precision, 'cuda'))
-            elif backend == 'openvino':
-                specs.append((backend, precision, 'cpu'))
-            else:
-                specs.append((backend, precision, 'cuda'))
-    return specs
-
-
-def unavailable(spec: Spec) -> Optional[str]:
-    """Why this combination cannot run here (cheap checks, before exporting anything), or None."""
-    backend, precision, device = spec
-    try:
-        if backend in ('torch', 'torch-compile'):
-            torch_dtype(precision, device)
-            if device == 'cuda' and not torch.cuda.is_available():
-                return 'no CUDA GPU (or no CUDA-enabled PyTorch) here'
-        elif backend == 'onnxruntime':
-            return NO_BF16_GRAPH if precision not in GRAPH_FOR else onnxruntime_reason(device)
-        elif backend == 'openvino':
-            return openvino_reason(precision)
-        elif backend == 'tensorrt':
-            if precision not in GRAPH_FOR:
-                return NO_BF16_GRAPH
-            from export.trt import import_tensorrt, require_gpu
-            require_gpu()
-            import_tensorrt()
-    except BackendUnavailable as e:
-        return str(e)
-    except ImportError as e:
-        return f'cannot import {e.name or e}'
-    return None
-
-
-def graph_precision(spec: Spec) -> Optional[str]:
-    backend, precision, _ = spec
-    if backend not in ONNX_BACKENDS:
-        return None
-    return (OPENVINO_GRAPH_FOR if backend == 'openvino' else GRAPH_FOR).get(precision)
-
-
-def make_runner(spec: Spec, model: torch.nn.Module, graphs: Dict[str, Path], workdir: Path,
-                batch_sizes: Sequence[int], threads: int) -> Runner:
-    backend, precision, device = spec
-    if backend in ('torch', 'torch-compile'):
-        return TorchRunner(model, precision, device, compile=backend == 'torch-compile')
-    graph = graphs[graph_precision(spec)]
-    if backend == 'onnxruntime':
-        return OnnxRuntimeRunner(graph, precision, device, threads)
-    if backend == 'openvino':
-        return OpenVINORunner(graph, precision, device, threads)
-    from export.trt import BatchProfile, build_engine
-    from .tensorrt_runner import TensorRTRunner
-    largest = max(batch_sizes)
-    built = build_engine(graph, workdir / f'model.{graph_precision(spec)}.plan', BatchProfile(1, largest, largest))
-    return TensorRTRunner(built.plan, device)
 
 
 def infer_in_batches(runner: Runner, x: np.ndarray, batch_sizes: Sequence[int]) -> np.ndarray:
@@ -185,7 +82,7 @@ def labelled_images(folder: PathLike, model: torch.nn.Module, label_names: Optio
         dataset = ImageFolder(str(folder), transform=eval_transform(model))
         images = [dataset[i] for i in range(len(dataset))]
     except (OSError, ValueError) as e:
-        raise ValueError(f'--data {folder}: {str(e).strip().splitlines()[0]}') from None
+        raise ValueError(f'--data {folder}: {first_line(e)}') from None
     classes = list(dataset.classes)
     if label_names:
         index = {name: i for i, name in enumerate(label_names)}
@@ -204,48 +101,12 @@ def labelled_images(folder: PathLike, model: torch.nn.Module, label_names: Optio
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-    top5 = np.argsort(-logits, axis=1)[:, :min(5, logits.shape[1])]
-    return {'top1': float(np.mean(logits.argmax(axis=1) == labels)),
-            'top5': float(np.mean([label in row for label, row in zip(labels, top5)]))}
+    return {'top1': parity.top_k_rate(logits, labels, 1), 'top5': parity.top_k_rate(logits, labels, 5)}
 
 
 def parity_figures(reference: np.ndarray, logits: np.ndarray, name: str, precision: str, trained: bool) -> dict:
     figures = parity.compare(reference, logits)
     return {'reference': name, **figures, **parity.judge(precision, figures, trained)}
-
-
-def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],
-                  calibration_images: Optional[PathLike] = None,
-                  progress: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, Path], Dict[str, str]]:
-    """The ONNX graphs for ``precisions``, written by export.onnx (the project's one exporter), and for each
-    graph that failed its parity gate at export (so was not written) what failed."""
-    from export.onnx import ParityGateError, export_onnx
-    try:
-        result = export_onnx(loaded, workdir, precisions=tuple(precisions), calibration_images=calibration_images,
-                             progress=progress)
-    except ParityGateError as e:
-        result = e.result
-    failed = {r['precision']: f'SQNR {r["sqnr_db"]:.1f} dB, top-1 agreement {r["top1_agreement"]:.0%}, '
-                              f'max rel err {r["max_rel_err"]:.1e}'
-              for r in result.rows if r.get('passed') is False}
-    return {p: Path(path) for p, path in result.paths.items()}, failed
-
-
-def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
-    """Graphs that export.onnx already wrote in ``onnx_dir``, checked (from their metadata) to come from the same
-    model and classes; a precision whose file is absent is left out (to be exported there)."""
-    from export.onnx import FILENAMES, read_metadata
-    onnx_dir = Path(onnx_dir)
-    if onnx_dir.exists() and not onnx_dir.is_dir():
-        raise NotADirectoryError(f'--onnx-dir is not a folder: {onnx_dir}')
-    graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
-    for path in graphs.values():
-        meta = read_metadata(path)
-        found = (meta.get('model_name'), meta.get('num_classes'))
-        if found != (loaded.name, loaded.num_classes):
-            raise ValueError(f'{path} was exported from {found[0]} with {found[1]} classes, not {loaded.name} with '
-                             f'{loaded.num_classes}')
-    return graphs
 
 
 def run_benchmark(
@@ -294,9 +155,8 @@ def run_benchmark(
 
     threads = threads or cpu_threads()
     specs = plan(backends, precisions, torch.cuda.is_available())
-    reasons = {spec: unavailable(spec) for spec in specs}
-    graphs_needed = sorted({graph_precision(s) for s in specs if not reasons[s] and graph_precision(s)},
-                           key=PRECISIONS.index)
+    reasons = {spec: spec.unavailable() for spec in specs}
+    graphs_needed = sorted({s.graph for s in specs if not reasons[s] and s.graph}, key=GRAPH_PRECISIONS.index)
     graphs = graphs_in(onnx_dir, loaded, graphs_needed) if onnx_dir else {}
     if onnx_dir:
         ensure_writable_dir(onnx_dir)
@@ -312,7 +172,7 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir:
         workdir = Path(workdir)
         missing = [p for p in graphs_needed if p not in graphs]
-        reused = sorted(graphs, key=PRECISIONS.index)
+        reused = sorted(graphs, key=GRAPH_PRECISIONS.index)
         export_failures = {}
         if missing:
             bar.set_description(f'export {",".join(missing)}')
@@ -325,16 +185,17 @@ def run_benchmark(
             backend, precision, device = spec
             bar.set_description(f'{backend} {precision}')
             entry = {'backend': backend, 'precision': precision, 'device': device}
-            failure = export_failures.get(graph_precision(spec)) if not reasons[spec] else None
+            failure = export_failures.get(spec.graph) if not reasons[spec] else None
             try:
                 if reasons[spec]:
                     raise BackendUnavailable(reasons[spec])
                 if failure:
-                    skipped.append({**entry, 'reason': f'the {graph_precision(spec)} graph failed its parity gate '
+                    skipped.append({**entry, 'reason': f'the {spec.graph} graph failed its parity gate '
                                                        f'at export ({failure}); not written', 'failed': True})
                     bar.update(1 + len(batch_sizes))
                     continue
-                runner = make_runner(spec, model, graphs, workdir, batch_sizes, threads)
+                artifact = artifact_for(spec, model, graphs, workdir, batch_sizes)
+                runner = spec.runner(artifact, spec.precision, spec.device, threads)
             except BackendUnavailable as e:
                 skipped.append({**entry, 'reason': str(e)})
                 bar.update(1 + len(batch_sizes))
@@ -394,43 +255,3 @@ def _measure(runner: Runner, spec: Spec, x: np.ndarray, ref32: np.ndarray, ref64
     return rows
 
 
-def add_speedups(report: dict) -> None:
-    """Each row's speed-up over PyTorch eager fp32 (CPU) at the same batch size, and per batch size the fastest
-    row that passes its gates (every row when the gates are not judged)."""
-    rows = report['results']
-    base = {r['batch_size']: r['latency_ms']['p50'] for r in rows
-            if (r['backend'], r['precision'], r['device']) == BASELINE}
-    for r in rows:
-        b = base.get(r['batch_size'])
-        r['speedup_vs_torch_fp32'] = b / r['latency_ms']['p50'] if b else None
-    fastest = []
-    for batch_size in sorted({r['batch_size'] for r in rows}):
-        candidates = [r for r in rows if r['batch_size'] == batch_size and row_passed(r) is not False]
-        if candidates:
-            best = min(candidates, key=lambda r: r['latency_ms']['p50'])
-            fastest.append({'batch_size': batch_size, 'backend': best['backend'], 'precision': best['precision'],
-                            'device': best['device'], 'p50_ms': best['latency_ms']['p50'],
-                            'baseline_p50_ms': base.get(batch_size),
-                            'speedup_vs_torch_fp32': best['speedup_vs_torch_fp32']})
-    judged = [row_passed(r) for r in rows if row_passed(r) is not None]
-    judged += [False for s in report['skipped'] if s.get('failed')]  # graphs that failed their gate at export
-    report['summary'] = {
-        'baseline': ' '.join(BASELINE),
-        'fastest_passing': fastest,
-        'gates_judged': bool(judged),
-        'rows_failed': sum(1 for p in judged if p is False),
-        'passed': all(judged) if judged else None,
-    }
-
-
-def row_passed(row: dict) -> Optional[bool]:
-    """True/False when the gates were judged (both references), None when not (random weights)."""
-    verdicts = [row['parity']['passed'], row['parity_fp64']['passed']]
-    if any(v is None for v in verdicts):
-        return None
-    return all(verdicts)
-
-
-def exit_code(report: dict) -> int:
-    """0 when every judged gate passed (or none was judged), 1 when one failed."""
-    return 1 if report['summary']['rows_failed'] else 0

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .runner import Runner
+from export.runner import Runner
 
 PERCENTILES = (50, 90, 95, 99)
 TIMED_REGION = ('one synchronous runner.run() on inputs already prepared where the backend computes '

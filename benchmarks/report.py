@@ -8,28 +8,22 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional
 
-from alexnet_zoo.fileio import atomic_path
+from alexnet_zoo.files import PathLike, atomic_path
+from export.parity import verdict
+
+from .plots import render_plots
+from .summary import row_passed
 
 SCHEMA_VERSION = 1
-PLOTS = ('latency.png', 'latency_vs_batch.png', 'parity.png')
 LATENCY_KEYS = ('mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max')
 PARITY_KEYS = ('max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement', 'top5_agreement',
                'judged', 'passed')
 
-PathLike = Union[str, Path]
-
 
 def row_key(row: dict):
     return row['backend'], row['precision'], row.get('device', 'cpu'), row['batch_size']
-
-
-def label(row: dict) -> str:
-    return f'{row["backend"]} {row["precision"]}' + ('' if row.get('device', 'cpu') == 'cpu' else f' ({row["device"]})')
-
-
-# ------------------------------------------------------------------------------------------------ json, compare
 
 
 def finite(value: Any) -> Any:
@@ -92,9 +86,6 @@ def compare_reports(old: dict, new: dict, name: str) -> dict:
             'old_cpu': (old.get('environment') or {}).get('cpu', {}).get('model'), 'rows': rows}
 
 
-# --------------------------------------------------------------------------------------------------- writing
-
-
 def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
     """Render every file in memory, then write each atomically; returns name -> path."""
     output_dir = Path(output_dir)
@@ -107,7 +98,6 @@ def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
     for name, data in files.items():
         with atomic_path(output_dir / name) as tmp:
             tmp.write_bytes(data)
-            tmp.chmod(0o644)  # the temporary file is created private; a report is for reading
         paths[name] = output_dir / name
     return paths
 
@@ -121,10 +111,8 @@ def _sqnr(value: Optional[float]) -> str:
 
 
 def _gate(row: dict) -> str:
-    verdicts = [row['parity']['passed'], row['parity_fp64']['passed']]
-    if any(v is None for v in verdicts):
-        return 'not judged'
-    return 'pass' if all(verdicts) else '**FAIL**'
+    text = verdict(row_passed(row))
+    return f'**{text}**' if text == 'FAIL' else text
 
 
 def _graphs_line(graphs: dict) -> str:
@@ -252,103 +240,3 @@ def render_csv(report: dict) -> str:
             row.update({'accuracy_top1': r['accuracy']['top1'], 'accuracy_top5': r['accuracy']['top5']})
         writer.writerow(row)
     return out.getvalue()
-
-
-# ----------------------------------------------------------------------------------------------------- plots
-
-
-def render_plots(report: dict) -> Dict[str, bytes]:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    plots = {}
-    for name, draw in zip(PLOTS, (_plot_latency, _plot_latency_vs_batch, _plot_parity)):
-        fig = draw(plt, report)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format='png', dpi=90)
-        plt.close(fig)
-        plots[name] = buffer.getvalue()
-    return plots
-
-
-def _title(report: dict) -> str:
-    return f'{report["model"]["name"]} on {report["environment"]["cpu"]["model"]}'
-
-
-def _plot_latency(plt, report: dict):
-    """Median latency per backend and precision, one panel per batch size; whiskers from min to p99."""
-    rows = report['results']
-    sizes = sorted({r['batch_size'] for r in rows}) or [1]
-    height = max(2.5, 0.35 * max((sum(r['batch_size'] == b for r in rows) for b in sizes), default=1) + 1.5)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), height), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        chosen = [r for r in rows if r['batch_size'] == size]
-        p50 = [r['latency_ms']['p50'] for r in chosen]
-        low = [r['latency_ms']['p50'] - r['latency_ms']['min'] for r in chosen]
-        high = [r['latency_ms']['p99'] - r['latency_ms']['p50'] for r in chosen]
-        colors = ['tab:green' if r['parity']['passed'] else 'tab:red' if r['parity']['passed'] is False
-                  else 'tab:blue' for r in chosen]
-        ax.barh(range(len(chosen)), p50, xerr=[low, high], color=colors, capsize=3)
-        ax.set_yticks(range(len(chosen)), [label(r) for r in chosen])
-        ax.invert_yaxis()
-        for i, value in enumerate(p50):
-            ax.text(value, i, f' {value:.1f}', va='bottom', fontsize=8)
-        ax.set_xlabel('median latency, ms (whiskers: min to p99)')
-        ax.set_title(f'batch {size}')
-    fig.suptitle(f'{_title(report)}\ngreen: passes its parity gates, red: fails them, blue: not judged', fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _plot_latency_vs_batch(plt, report: dict):
-    """Median latency per image against batch size, one line per backend and precision."""
-    import matplotlib.ticker
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    lines: Dict[str, List] = {}
-    for r in sorted(report['results'], key=lambda r: r['batch_size']):
-        lines.setdefault(label(r), []).append((r['batch_size'], r['latency_ms']['p50'] / r['batch_size']))
-    for name, points in lines.items():
-        ax.plot(*zip(*points), marker='o', label=name)
-    ax.set_xscale('log', base=2)
-    sizes = sorted({r['batch_size'] for r in report['results']})
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_yscale('log')
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}')
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel('batch size')
-    ax.set_ylabel('median latency per image, ms')
-    ax.grid(True, which='both', alpha=0.3)
-    if lines:
-        ax.legend(fontsize=8)
-    ax.set_title(_title(report), fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def _plot_parity(plt, report: dict):
-    """SQNR against PyTorch fp32 and against fp64 per backend and precision (identical logits drawn as 'exact')."""
-    seen: Dict[str, dict] = {}
-    for r in report['results']:
-        seen.setdefault(label(r), r)
-    names = list(seen)
-    values = [(r['parity']['sqnr_db'], r['parity_fp64']['sqnr_db']) for r in seen.values()]
-    finite_values = [v for pair in values for v in pair if v is not None]
-    cap = (max(finite_values) if finite_values else 100.0) + 10
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(names) + 1.5)))
-    y = range(len(names))
-    for offset, index, name, color in ((-0.2, 0, 'vs PyTorch fp32', 'tab:blue'), (0.2, 1, 'vs fp64', 'tab:orange')):
-        ax.barh([i + offset for i in y], [cap if v[index] is None else v[index] for v in values], height=0.4,
-                label=name, color=color)
-    for i, (r, (v32, _)) in enumerate(zip(seen.values(), values)):
-        ax.text(cap if v32 is None else v32, i - 0.2, ' exact' if v32 is None else
-                f' top-1 {r["parity"]["top1_agreement"]:.0%}', va='center', fontsize=8)
-    for gate, style in ((20, ':'), (30, '--')):
-        ax.axvline(gate, color='grey', linestyle=style, linewidth=1)
-    ax.set_yticks(list(y), names)
-    ax.invert_yaxis()
-    ax.set_xlabel('SQNR of the logits, dB (gates: int8 20 dB dotted, fp16/bf16 30 dB dashed)')
-    ax.legend(fontsize=8, loc='lower right')
-    ax.set_title(f'parity on {report["images"]["count"]} images', fontsize=10)
-    fig.tight_layout()
-    return fig

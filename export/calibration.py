@@ -6,13 +6,15 @@ the centre crops the deployed model would receive, never on the calibration crop
 views of the same photographs; with ``--calibration-images`` the parity photographs are not calibrated on at all.
 """
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from onnxruntime.quantization import CalibrationDataReader
 
-from alexnet_zoo.samples import folder_images, photographs, random_crops
+from alexnet_zoo.data import random_crops
+from alexnet_zoo.files import PathLike
+from alexnet_zoo.samples import folder_images, photographs
 
 CALIBRATION_CROPS = 128  # the issue asks for at least 100; a multiple of the batch size keeps batches equal
 CALIBRATION_BATCH = 16
@@ -44,7 +46,7 @@ class PhotoCalibrationReader(CalibrationDataReader):
 
 def calibration_crops(
         model: torch.nn.Module,
-        images_dir: Optional[Union[str, Path]] = None,
+        images_dir: Optional[PathLike] = None,
         count: int = CALIBRATION_CROPS,
         seed: int = CALIBRATION_SEED,
 ) -> Tuple[np.ndarray, str]:

@@ -10,11 +10,8 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.onnx_model import OnnxModel
@@ -74,16 +71,6 @@ def to_int8(model: onnx.ModelProto, reader: CalibrationDataReader, method: str =
             extra_options=dict(INT8_OPTIONS),
         )
         return onnx.load(quantized)
-
-
-def zero_points(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
-    """Every QuantizeLinear/DequantizeLinear zero point in the graph, by node name."""
-    initializers = {t.name: t for t in model.graph.initializer}
-    out = {}
-    for i, node in enumerate(model.graph.node):
-        if node.op_type in ('QuantizeLinear', 'DequantizeLinear') and len(node.input) > 2 and node.input[2]:
-            out[node.name or f'{node.op_type}_{i}'] = numpy_helper.to_array(initializers[node.input[2]])
-    return out
 
 
 @contextlib.contextmanager

@@ -4,8 +4,37 @@ import pytest
 import timm
 import torch
 
-from alexnet_zoo.checkpoint import save_checkpoint_dir
-from alexnet_zoo.samples import PHOTOGRAPHS, fit_photographs
+from alexnet_zoo.checkpoint import LoadedModel, save_checkpoint_dir
+from alexnet_zoo.data import random_crops, seeded
+from alexnet_zoo.samples import PHOTOGRAPHS, photographs
+from export.onnx import export_onnx
+
+
+def fit_photographs(
+        model: torch.nn.Module,
+        steps: int = 60,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        seed: int = 0,
+) -> torch.nn.Module:
+    """Teach ``model`` to tell the photographs apart (class = photograph) on random crops, in place.
+
+    Parity figures mean little on random weights (top-1/top-2 logit margins are tiny); a few dozen steps give
+    confident, trained-like logits. Real training is ``alexnet_zoo.train``.
+    """
+    images = photographs()
+    model.reset_classifier(len(images))
+    crops, labels = random_crops(model, steps * batch_size // 4, seed=seed, images=images)
+    with seeded(seed):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        model.train()
+        for step in range(steps):
+            idx = torch.randint(len(crops), (batch_size,))
+            loss = torch.nn.functional.cross_entropy(model(crops[idx]), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
 
 
 @pytest.fixture(scope='session')
@@ -22,11 +51,20 @@ def trained_checkpoint(trained_model, tmp_path_factory):
     return save_checkpoint_dir(trained_model, tmp_path_factory.mktemp('ckpt') / 'alexnet_bn', list(PHOTOGRAPHS))
 
 
+def _loaded(model) -> LoadedModel:
+    return LoadedModel(model, 'alexnet_bn', model.num_classes, True, 'test fixture', list(PHOTOGRAPHS))
+
+
 @pytest.fixture(scope='session')
 def exported_graphs(trained_model, tmp_path_factory):
     """fp32, fp16 and int8 graphs of the trained model, exported once: (ExportResult, output folder)."""
-    from alexnet_zoo.checkpoint import LoadedModel
-    from export.onnx import export_onnx
-    loaded = LoadedModel(trained_model, 'alexnet_bn', trained_model.num_classes, True, 'test fixture', list(PHOTOGRAPHS))
     out = tmp_path_factory.mktemp('onnx')
-    return export_onnx(loaded, out), out
+    return export_onnx(_loaded(trained_model), out), out
+
+
+@pytest.fixture(scope='session')
+def softmax_graphs(trained_model, tmp_path_factory):
+    """The trained model's int8 graph with a second output, ``probabilities``: the folder it is in."""
+    out = tmp_path_factory.mktemp('softmax-graphs')
+    export_onnx(_loaded(trained_model), out, precisions=('int8',), softmax=True)
+    return out

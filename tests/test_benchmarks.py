@@ -11,15 +11,21 @@ import pytest
 import torch
 
 from alexnet_zoo.checkpoint import load_model
-from alexnet_zoo.fileio import UsageError, run_cli
-from alexnet_zoo.samples import PHOTOGRAPHS, photographs, sample_batch
-from benchmarks import parity
+from alexnet_zoo.cli import UsageError, run_cli
+from alexnet_zoo.data import sample_batch
+from alexnet_zoo.samples import PHOTOGRAPHS, photographs
 from benchmarks.__main__ import main
-from benchmarks.harness import (infer_in_batches, parse_batch_sizes, parse_list, plan, tile, unavailable)
+from benchmarks.environment import cpu_has_amx
+from benchmarks.harness import infer_in_batches, tile
 from benchmarks.latency import TimingConfig, summarize, time_runner
-from benchmarks.report import PLOTS, SCHEMA_VERSION, read_report
-from benchmarks.runner import BackendUnavailable, Runner
-from benchmarks.runners import OnnxRuntimeRunner, OpenVINORunner, TorchRunner, cpu_has_amx
+from benchmarks.onnxruntime_runner import OnnxRuntimeRunner
+from benchmarks.openvino_runner import OpenVINORunner
+from benchmarks.registry import Spec, parse_batch_sizes, parse_list, plan
+from benchmarks.plots import PLOTS
+from benchmarks.report import SCHEMA_VERSION, read_report
+from benchmarks.torch_runner import TorchCompileRunner, TorchRunner
+from export import parity
+from export.runner import BackendUnavailable, Runner
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_GPU = torch.cuda.is_available()
@@ -186,14 +192,14 @@ def test_plan_covers_every_combination():
     specs = plan(('torch', 'openvino', 'tensorrt'), ('fp32', 'bf16', 'int8'), gpu=False)
     assert ('torch', 'int8', 'cpu') in specs and ('tensorrt', 'fp32', 'cuda') in specs
     assert len(specs) == 9
-    assert 'not supported' in unavailable(('torch', 'int8', 'cpu'))
-    assert 'no bf16 graph' in unavailable(('onnxruntime', 'bf16', 'cpu'))
-    assert unavailable(('openvino', 'fp32', 'cpu')) is None
+    assert 'not supported' in Spec('torch', 'int8', 'cpu').unavailable()
+    assert 'no bf16 graph' in Spec('onnxruntime', 'bf16', 'cpu').unavailable()
+    assert Spec('openvino', 'fp32', 'cpu').unavailable() is None
 
 
 @pytest.mark.skipif(HAS_GPU, reason='checks the reason given on a machine without a GPU')
 def test_tensorrt_unavailable_without_gpu():
-    assert 'GPU' in unavailable(('tensorrt', 'int8', 'cuda'))
+    assert 'GPU' in Spec('tensorrt', 'int8', 'cuda').unavailable()
 
 
 # ------------------------------------------------------------------------------------------------- runners
@@ -243,7 +249,7 @@ def test_torch_compile_runner_matches_eager():
     x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
-    with TorchRunner(model, compile=True) as runner:
+    with TorchCompileRunner(model) as runner:
         assert runner.backend == 'torch-compile'
         for size in (1, 4):
             logits = runner.infer(x[:size])
@@ -285,7 +291,7 @@ def test_onnxruntime_cuda_unavailable_without_gpu(graphs):
 @pytest.mark.skipif(not HAS_GPU, reason='TensorRT needs an NVIDIA GPU; none here')
 def test_tensorrt_runner(graphs, photo_batch, reference, tmp_path):
     pytest.importorskip('tensorrt', reason='TensorRT is not installed')
-    from export.trt import BatchProfile, build_engine
+    from export.trt.build import BatchProfile, build_engine
     from benchmarks.tensorrt_runner import TensorRTRunner
     built = build_engine(graphs['fp32'], tmp_path / 'model.fp32.plan', BatchProfile(1, 32, 32))
     with TensorRTRunner(built.plan) as runner:

@@ -17,11 +17,13 @@ from onnx import numpy_helper
 
 import alexnet_zoo
 from alexnet_zoo.checkpoint import LoadedModel
-from alexnet_zoo.samples import PHOTOGRAPHS, sample_batch
-from benchmarks.parity import GATES, compare, judge
-from export.onnx import (DEFAULT_OPSET, FILENAMES, PRECISIONS, ParityGateError, export_onnx, fold_batchnorm,
-                         read_metadata)
-from export.precision import zero_points
+from alexnet_zoo.data import sample_batch
+from alexnet_zoo.samples import PHOTOGRAPHS
+from export.contract import DEFAULT_OPSET, FILENAMES, read_metadata, zero_points
+from export.contract import GRAPH_PRECISIONS as PRECISIONS
+from export.onnx import ParityGateError, export_onnx
+from export.parity import GATES, compare, judge
+from export.torch_export import fold_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +123,7 @@ def test_int8_is_symmetric_per_channel_and_tensorrt_parsable(exported):
     convs_and_gemms = [n for n in graph.graph.node if n.op_type in ('Conv', 'Gemm')]
     assert len(convs_and_gemms) == 9 and all(n.input[1] in {d.output[0] for d in weight_dqs.values()}
                                              for n in convs_and_gemms)
-    from export.trt import check_onnx  # the TensorRT exporter's CPU preflight: ops, types, zero points
+    from export.trt.preflight import check_onnx  # the TensorRT exporter's CPU preflight: ops, types, zero points
     assert check_onnx(exported[0].paths['int8']) == []
 
 

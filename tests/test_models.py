@@ -13,7 +13,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from alexnet_zoo.alexnet import AlexNet, checkpoint_filter_fn
+from alexnet_zoo.alexnet import checkpoint_filter_fn
 from alexnet_zoo.checkpoint import CheckpointError, load_model, save_checkpoint_dir
 
 MODELS = ['alexnet', 'alexnet_bn', 'alexnet_lrn']
@@ -195,7 +195,7 @@ def test_torchscript_in_chans_drop_rate_and_groups(name):
     x = torch.randn(1, 1, *model.pretrained_cfg['input_size'][1:])
     torch.testing.assert_close(scripted(x), model(x))
     assert all(m.p == 0.1 for m in model.modules() if isinstance(m, nn.Dropout))
-    from timm.models._manipulate import group_parameters
+    from timm.models import group_parameters
     groups = group_parameters(model, model.group_matcher())
     assert len(groups) > 1
 
@@ -277,8 +277,10 @@ def test_pickled_code_is_never_executed(tmp_path):
 
 @pytest.mark.parametrize('name', ['alexnet_bn', 'alexnet_lrn'])
 def test_pretrained_without_weights_names_the_model(name):
-    with pytest.raises(RuntimeError, match=f'{name} has no published pretrained weights'):
+    with pytest.raises(RuntimeError, match=f'No pretrained weights exist for {name}'):
         timm.create_model(name, pretrained=True)
+    with pytest.raises(CheckpointError, match=f'{name} has no published pretrained weights; train it'):
+        load_model(name, pretrained=True)
 
 
 def test_unknown_model_name():

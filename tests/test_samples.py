@@ -3,7 +3,7 @@ import pytest
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN
 
-from alexnet_zoo import samples
+from alexnet_zoo import data, samples
 
 
 def test_photographs_are_real_rgb_images():
@@ -15,13 +15,13 @@ def test_photographs_are_real_rgb_images():
 
 @pytest.mark.parametrize('name,size', [('alexnet_bn', 227), ('alexnet', 224)])
 def test_sample_batch_uses_the_models_data_config(name, size):
-    names, batch = samples.sample_batch(name)
+    names, batch = data.sample_batch(name)
     assert names == list(samples.PHOTOGRAPHS)
     assert batch.shape == (len(names), 3, size, size) and batch.dtype == torch.float32
     # normalised with ImageNet mean/std: per-channel means sit near 0, not near the raw 0.4-0.5
     assert batch.mean(dim=(0, 2, 3)).abs().max() < 1.0
     assert abs(batch.mean().item() - sum(IMAGENET_DEFAULT_MEAN) / 3) > 0.2
-    transform = samples.eval_transform(name)
+    transform = data.eval_transform(name)
     torch.testing.assert_close(batch[0], transform(samples.photographs(['astronaut'])[0][1]))
 
 
@@ -29,10 +29,10 @@ def test_random_crops_are_deterministic_and_leave_the_rng_alone():
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
-    a, labels = samples.random_crops('alexnet_bn', 6, seed=1)
+    a, labels = data.random_crops('alexnet_bn', 6, seed=1)
     assert torch.equal(torch.rand(1), expected_next)
-    b, _ = samples.random_crops('alexnet_bn', 6, seed=1)
-    c, _ = samples.random_crops('alexnet_bn', 6, seed=2)
+    b, _ = data.random_crops('alexnet_bn', 6, seed=1)
+    c, _ = data.random_crops('alexnet_bn', 6, seed=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert labels.tolist() == [0, 1, 2, 3, 4, 5]
 

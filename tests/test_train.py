@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from alexnet_zoo import train as trainer
 from alexnet_zoo.checkpoint import load_model
-from alexnet_zoo.fileio import run_cli
-from alexnet_zoo.samples import folder_images, sample_batch, write_image_folder
+from alexnet_zoo.cli import run_cli
+from alexnet_zoo.data import sample_batch
+from alexnet_zoo.samples import folder_images, write_image_folder
 
 CLASSES = ['astronaut', 'chelsea', 'coffee', 'rocket']
 CLI = [sys.executable, '-m', 'alexnet_zoo.train']

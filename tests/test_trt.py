@@ -14,11 +14,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-import export.trt as trt_export
-from alexnet_zoo.fileio import run_cli
-from benchmarks.runner import BackendUnavailable
-from export.trt import (BatchProfile, EngineRecordError, TensorRTUnavailable, check_onnx, check_record,
-                        load_engine, read_record, record_path)
+import export.trt.__main__ as trt_cli
+import export.trt.runtime as trt_runtime
+from alexnet_zoo.cli import run_cli
+from export.runner import BackendUnavailable
+from export.trt.build import BatchProfile, build_engine
+from export.trt.preflight import SUPPORTED_OPS, check_onnx
+from export.trt.record import EngineRecordError, check_record, read_record, record_path
+from export.trt.runtime import TensorRTUnavailable, load_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +91,7 @@ def qdq_graph(tmp_path: Path, zero_point: int) -> Path:
 def cli(argv, capsys):
     """Run ``python -m export.trt`` in-process: (exit code, stdout, stderr lines)."""
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(trt_export.main, [str(a) for a in argv])
+        run_cli(trt_cli.main, [str(a) for a in argv])
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err.splitlines()
 
@@ -176,8 +179,8 @@ def test_preflight_reports_checker_errors(tmp_path):
 
 def test_supported_op_list_covers_what_export_writes():
     assert {'Conv', 'Relu', 'MaxPool', 'BatchNormalization', 'Gemm', 'Reshape', 'Flatten', 'Cast',
-            'QuantizeLinear', 'DequantizeLinear', 'LRN', 'AveragePool', 'Softmax'} <= trt_export.SUPPORTED_OPS
-    assert not {'Det', 'Unique', 'ConvInteger', 'QLinearConv', 'DynamicQuantizeLinear'} & trt_export.SUPPORTED_OPS
+            'QuantizeLinear', 'DequantizeLinear', 'LRN', 'AveragePool', 'Softmax'} <= SUPPORTED_OPS
+    assert not {'Det', 'Unique', 'ConvInteger', 'QLinearConv', 'DynamicQuantizeLinear'} & SUPPORTED_OPS
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -228,7 +231,7 @@ def test_build_without_a_gpu_fails_before_tensorrt_and_writes_nothing(tmp_path):
 def test_missing_tensorrt_is_reported_as_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, 'tensorrt', None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(TensorRTUnavailable, match=r"TensorRT is not installed \(pip install 'alexnet-zoo\[trt\]'\)"):
-        trt_export.import_tensorrt()
+        trt_runtime.import_tensorrt()
     assert issubclass(TensorRTUnavailable, BackendUnavailable)
 
 
@@ -306,11 +309,11 @@ def _fake_tensorrt(version='10.7.0', engine=None):
 def test_load_engine_turns_a_refused_engine_into_one_clear_error(tmp_path, monkeypatch):
     """TensorRT's deserializer returns None on a mismatch; that must not surface as an AttributeError later."""
     plan = fake_engine(tmp_path)
-    monkeypatch.setattr(trt_export, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
-    monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': _fake_tensorrt())
+    monkeypatch.setattr(trt_runtime, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
+    monkeypatch.setattr(trt_runtime, 'import_tensorrt', lambda hint='': _fake_tensorrt())
     with pytest.raises(EngineRecordError, match='could not deserialize model.fp32.plan'):
         load_engine(plan)
-    monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': _fake_tensorrt(version='11.0.0'))
+    monkeypatch.setattr(trt_runtime, 'import_tensorrt', lambda hint='': _fake_tensorrt(version='11.0.0'))
     with pytest.raises(EngineRecordError, match='built with TensorRT 10.7.0'):
         load_engine(plan)
 
@@ -418,8 +421,8 @@ def _recording_tensorrt(parse_errors=(), engine=b'serialized engine'):
 def recording_build(monkeypatch):
     def use(**kwargs):
         trt, calls = _recording_tensorrt(**kwargs)
-        monkeypatch.setattr(trt_export, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
-        monkeypatch.setattr(trt_export, 'import_tensorrt', lambda hint='': trt)
+        monkeypatch.setattr(trt_runtime, 'require_gpu', lambda hint='': ('NVIDIA H100 80GB HBM3', '9.0'))
+        monkeypatch.setattr(trt_runtime, 'import_tensorrt', lambda hint='': trt)
         return calls
     return use
 
@@ -431,7 +434,7 @@ def test_build_sequence_writes_engine_record_and_timing_cache(tmp_path, recordin
     (tmp_path / 'caches').mkdir()
     cache = tmp_path / 'caches' / 'timing.cache'
     cache.write_bytes(b'earlier cache')
-    result = trt_export.build_engine(onnx_path, tmp_path / 'out' / 'model.fp32.plan', BatchProfile(2, 4, 16),
+    result = build_engine(onnx_path, tmp_path / 'out' / 'model.fp32.plan', BatchProfile(2, 4, 16),
                                      timing_cache=cache, workspace_gb=0.5)
     assert calls['network_flags'] == 1  # 1 << STRONGLY_TYPED
     assert calls['parsed'] == (onnx_path.stat().st_size, str(onnx_path.resolve()))
@@ -475,7 +478,7 @@ def test_failed_build_writes_nothing(tmp_path, recording_build, capsys):
 @pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])
 def test_engine_build_record_and_runner(real_graphs, tmp_path, precision, capsys):
     import onnxruntime as ort
-    from benchmarks.parity import compare
+    from export.parity import compare
     from benchmarks.tensorrt_runner import TensorRTRunner
 
     onnx_path, plan, cache = real_graphs[precision], tmp_path / f'model.{precision}.plan', tmp_path / 'timing.cache'

@@ -1,6 +1,7 @@
 """Parity figures between a reference's logits and a candidate's, and the precision gates they are judged by.
 
 Used at export time (``export.onnx``) and by the benchmark harness, so that both speak of the same numbers.
+Needs numpy only.
 """
 from typing import Dict, Optional
 
@@ -35,16 +36,20 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, float]:
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.sum(ref * cand, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
     ref_top1 = ref.argmax(axis=1)
-    k = min(5, ref.shape[1])
-    cand_top5 = np.argsort(-cand, axis=1)[:, :k]
     return {
         'max_abs_err': float(np.abs(diff).max()),
         'max_rel_err': float((np.abs(diff).max(axis=1) / row_max).max()),
         'sqnr_db': sqnr,
         'cosine_min': float(cosine.min()),
         'top1_agreement': float(np.mean(cand.argmax(axis=1) == ref_top1)),
-        'top5_agreement': float(np.mean([t in row for t, row in zip(ref_top1, cand_top5)])),
+        'top5_agreement': top_k_rate(cand, ref_top1, 5),
     }
+
+
+def top_k_rate(logits: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Share of rows whose target class is among the ``k`` largest logits (all of them when there are fewer)."""
+    top = np.argsort(-np.asarray(logits), axis=1)[:, :min(k, logits.shape[1])]
+    return float(np.mean([t in row for t, row in zip(targets, top)]))
 
 
 def judge(precision: str, figures: Dict[str, float], trained: bool) -> Dict[str, Optional[bool]]:
@@ -65,3 +70,20 @@ def margin_std(logits: np.ndarray) -> float:
     logits = np.asarray(logits, dtype=np.float64)
     top2 = -np.sort(-logits, axis=1)[:, :2]
     return float(np.median((top2[:, 0] - top2[:, 1]) / np.maximum(logits.std(axis=1), 1e-12)))
+
+
+def gate_failure(precision: str, figures: Dict[str, float]) -> str:
+    """Which figures missed ``precision``'s gate, e.g. 'top-1 90.0 % < 95.0 %, SQNR 12.1 dB < 20 dB'."""
+    gate, misses = GATES[precision], []
+    if figures['top1_agreement'] < gate['top1_min']:
+        misses.append(f'top-1 {100 * figures["top1_agreement"]:.1f} % < {100 * gate["top1_min"]:.1f} %')
+    if 'rel_err_max' in gate and figures['max_rel_err'] > gate['rel_err_max']:
+        misses.append(f'max |d| / max |logit| {figures["max_rel_err"]:.2g} > {gate["rel_err_max"]:.0e}')
+    if 'sqnr_min_db' in gate and figures['sqnr_db'] < gate['sqnr_min_db']:
+        misses.append(f'SQNR {figures["sqnr_db"]:.1f} dB < {gate["sqnr_min_db"]:.0f} dB')
+    return ', '.join(misses) or 'gate failed'
+
+
+def verdict(passed: Optional[bool]) -> str:
+    """How a judgement reads in tables: 'pass', 'FAIL', or 'not judged' (random weights)."""
+    return 'not judged' if passed is None else 'pass' if passed else 'FAIL'

@@ -1,0 +1,117 @@
+"""Preprocessing for a model, always timm's: ``resolve_data_config`` + ``create_transform``.
+
+The centre-crop batches that parity and timing run on, and the deterministic random crops that calibration and
+the tests train on.
+"""
+import contextlib
+import random
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple, Union
+
+
+import torch
+from timm.data import create_transform, resolve_data_config
+from PIL import Image
+from timm.models import get_pretrained_cfg
+from torchvision.datasets import ImageFolder
+
+from .files import PathLike
+from .samples import IMAGE_SUFFIXES, Photo, photographs
+
+ModelOrName = Union[torch.nn.Module, str]
+
+
+def data_config(model: ModelOrName) -> dict:
+    """timm's data config (input size, interpolation, mean, std, crop) for a model or a registered model name."""
+    if isinstance(model, str):
+        cfg = get_pretrained_cfg(model)
+        if cfg is None:
+            raise ValueError(f'unknown model: {model}')
+        return resolve_data_config(pretrained_cfg=cfg.to_dict())
+    return resolve_data_config(model=model)
+
+
+def eval_transform(model: ModelOrName):
+    return create_transform(**data_config(model), is_training=False)
+
+
+def train_transform(model: ModelOrName):
+    """timm's training transform (random resized crop and flip), without colour jitter or auto-augment."""
+    return create_transform(**data_config(model), is_training=True, color_jitter=None, auto_augment=None)
+
+
+def sample_batch(model: ModelOrName, images: Optional[List[Photo]] = None) -> Tuple[List[str], torch.Tensor]:
+    """The photographs (or ``images``) preprocessed for ``model`` as one float32 NCHW batch, with their names."""
+    images = photographs() if images is None else images
+    transform = eval_transform(model)
+    return [n for n, _ in images], torch.stack([transform(im) for _, im in images])
+
+
+def random_crops(
+        model: ModelOrName,
+        count: int,
+        seed: int = 0,
+        images: Optional[List[Photo]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random resized crops of the photographs, with the index of the photograph each came from.
+
+    Deterministic for a seed; the global RNGs are left as they were.
+    """
+    images = photographs() if images is None else images
+    transform = train_transform(model)
+    with seeded(seed):
+        labels = torch.arange(count) % len(images)
+        crops = torch.stack([transform(images[i][1]) for i in labels.tolist()])
+    return crops, labels
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch and random for a block, then put both RNGs back."""
+    state = random.getstate()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+def image_folders(data: PathLike) -> Tuple[ImageFolder, ImageFolder]:
+    """The train and val ImageFolders of ``data`` (readable images only), with timm's transforms set later."""
+    data = Path(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f'data directory not found: {data}')
+    splits = []
+    for split in ('train', 'val'):
+        root = data / split
+        if not root.is_dir():
+            raise FileNotFoundError(f'no {split}/ split in {data} (expected {data}/{split}/<class>/*.jpg)')
+        if not any(p.is_dir() for p in root.iterdir()):
+            raise ValueError(f'{root} has no class folders (expected {root}/<class>/*.jpg)')
+        folder = ImageFolder(str(root), is_valid_file=_readable_image, allow_empty=True)
+        found = set(folder.targets)
+        empty = [c for i, c in enumerate(folder.classes) if i not in found]
+        if empty:
+            more = f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''
+            raise ValueError(f'no readable images in {root}/{empty[0]}{more}')
+        splits.append(folder)
+    train_set, val_set = splits
+    if len(train_set.classes) < 2:
+        raise ValueError(f'{data}/train has {len(train_set.classes)} class folder; a classifier needs at least 2')
+    if val_set.classes != train_set.classes:
+        raise ValueError(f'{data}/val has classes {val_set.classes}, {data}/train has {train_set.classes}; '
+                         f'they must match')
+    return train_set, val_set
+
+
+def _readable_image(path: str) -> bool:
+    if not path.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for files that are not images
+        return False

@@ -1,0 +1,61 @@
+"""What the runners are made from: the ONNX graphs (reused from ``--onnx-dir`` or exported by ``export.onnx``, the
+project's one exporter) and the TensorRT engines built from them (``export.trt``)."""
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from alexnet_zoo.checkpoint import LoadedModel
+from alexnet_zoo.files import PathLike
+from export.contract import FILENAMES, read_metadata
+from export.onnx import ParityGateError, export_onnx
+from export.parity import gate_failure
+from export.trt.build import BatchProfile, build_engine
+
+from .registry import Spec
+
+
+def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
+    """Graphs that export.onnx already wrote in ``onnx_dir``, checked (from their metadata) to come from the same
+    model and classes; a precision whose file is absent is left out (to be exported there)."""
+    onnx_dir = Path(onnx_dir)
+    if onnx_dir.exists() and not onnx_dir.is_dir():
+        raise NotADirectoryError(f'--onnx-dir is not a folder: {onnx_dir}')
+    graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
+    for path in graphs.values():
+        meta = read_metadata(path)
+        found = (meta.get('model_name'), meta.get('num_classes'))
+        if found != (loaded.name, loaded.num_classes):
+            raise ValueError(f'{path} was exported from {found[0]} with {found[1]} classes, not {loaded.name} with '
+                             f'{loaded.num_classes}')
+    return graphs
+
+
+def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],
+                  calibration_images: Optional[PathLike] = None,
+                  progress: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, Path], Dict[str, str]]:
+    """The ONNX graphs for ``precisions``, and for each graph that failed its parity gate at export (so was not
+    written) which figures failed it."""
+    try:
+        result = export_onnx(loaded, workdir, precisions=tuple(precisions), calibration_images=calibration_images,
+                             progress=progress)
+    except ParityGateError as e:
+        result = e.result
+    failed = {r['precision']: gate_failure(r['precision'], r) for r in result.rows if r.get('passed') is False}
+    return {p: Path(path) for p, path in result.paths.items()}, failed
+
+
+def artifact_for(spec: Spec, model: torch.nn.Module, graphs: Dict[str, Path], workdir: Path,
+                 batch_sizes: Sequence[int]):
+    """What the row's runner is made from: the PyTorch module, the exported graph, or an engine built from it."""
+    if spec.runner.artifact == 'module':
+        return model
+    if spec.runner.artifact == 'onnx':
+        return graphs[spec.graph]
+    return engine_for(graphs[spec.graph], spec.graph, workdir, batch_sizes)
+
+
+def engine_for(graph: Path, precision: str, workdir: Path, batch_sizes: Sequence[int]) -> Path:
+    """A TensorRT engine built from the ``precision`` graph for the benchmarked batch sizes (tuned for the largest)."""
+    largest = max(batch_sizes)
+    return build_engine(graph, workdir / f'model.{precision}.plan', BatchProfile(1, largest, largest)).plan

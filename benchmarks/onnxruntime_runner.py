@@ -1,0 +1,76 @@
+"""ONNX Runtime behind the one runner interface, on one of the exported graphs, CPU or CUDA execution provider."""
+from typing import Optional, Tuple
+
+import numpy as np
+
+from export.contract import INPUT_NAME, OUTPUT_NAME
+from export.runner import GraphRunner
+
+from .environment import cpu_threads
+
+PROVIDERS = {'cpu': 'CPUExecutionProvider', 'cuda': 'CUDAExecutionProvider'}
+
+
+class OnnxRuntimeRunner(GraphRunner):
+    """fp32/fp16/int8 live in the graph. Every output is bound by name once (``run_with_iobinding`` on pre-made
+    OrtValues), so a timed run copies nothing; one session, sequential execution, ``threads`` intra-op threads."""
+    backend = 'onnxruntime'
+
+    def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
+        self.require(precision, device)
+        import onnxruntime as ort
+        self.precision, self.device = precision, str(device)
+        self.ort_device = 'cuda' if self.device.startswith('cuda') else 'cpu'
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: the Q/DQ graph makes ORT chatty about fusions
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=[PROVIDERS[self.ort_device]])
+        self.outputs = self.session.get_outputs()
+        if OUTPUT_NAME not in [o.name for o in self.outputs]:
+            raise ValueError(f'{onnx_path} has no output {OUTPUT_NAME!r} (outputs: {[o.name for o in self.outputs]})')
+
+    @classmethod
+    def devices(cls, precision: str, gpu: bool) -> Tuple[str, ...]:
+        return ('cpu', 'cuda') if gpu else ('cpu',)
+
+    @classmethod
+    def available(cls, precision: str, device: str) -> Optional[str]:
+        reason = super().available(precision, device)
+        if reason:
+            return reason
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return 'onnxruntime is not installed'
+        provider = PROVIDERS['cuda' if str(device).startswith('cuda') else 'cpu']
+        if provider not in ort.get_available_providers():
+            return f'{provider} not available in this onnxruntime build (the CUDA EP needs onnxruntime-gpu and a GPU)'
+        return None
+
+    def prepare(self, x: np.ndarray):
+        import onnxruntime as ort
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, self.ort_device))
+        for output in self.outputs:
+            classes = output.shape[-1]
+            if isinstance(classes, int):  # pre-allocate the outputs too, so a run allocates nothing
+                value = ort.OrtValue.ortvalue_from_shape_and_type((len(x), classes), np.float32, self.ort_device)
+                binding.bind_ortvalue_output(output.name, value)
+            else:
+                binding.bind_output(output.name, self.ort_device)
+        return binding, x  # x stays referenced: the CPU OrtValue shares its memory
+
+    def run(self, prepared):
+        self.session.run_with_iobinding(prepared[0])
+        return prepared[0]
+
+    def fetch(self, binding) -> np.ndarray:
+        index = [o.name for o in self.outputs].index(OUTPUT_NAME)
+        return np.asarray(binding.copy_outputs_to_cpu()[index], dtype=np.float32)
+
+    def close(self) -> None:
+        self.session = None

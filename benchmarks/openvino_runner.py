@@ -1,0 +1,73 @@
+"""OpenVINO behind the one runner interface, on the CPU, reading the exported ONNX graph directly."""
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from export.contract import OUTPUT_NAME
+from export.runner import GraphRunner
+
+from .environment import cpu_threads
+
+
+class OpenVINORunner(GraphRunner):
+    """fp32: the fp32 graph with ``INFERENCE_PRECISION_HINT`` f32 (else OpenVINO may pick bf16 on AMX CPUs);
+    bf16: the fp32 graph with the hint bf16 (only on CPUs with native bf16, else OpenVINO silently runs f32);
+    fp16 and int8: their graphs (int8 from the Q/DQ nodes), hint f32 for whatever stays in float.
+    The model is compiled once per batch size with a static shape (what ``benchmark_app -shape`` does), latency
+    hint (one stream), and the input tensor shares the prepared array's memory.
+    """
+    backend = 'openvino'
+
+    def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
+        self.require(precision, device)
+        import openvino as ov
+        self.precision, self.device = precision, str(device)
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(onnx_path))
+        self.config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads or cpu_threads(),
+                       'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
+        self.compiled: Dict[Tuple[int, ...], Any] = {}
+
+    @classmethod
+    def graph_for(cls, precision: str) -> Optional[str]:
+        return 'fp32' if precision == 'bf16' else super().graph_for(precision)
+
+    @classmethod
+    def available(cls, precision: str, device: str) -> Optional[str]:
+        if device != 'cpu':
+            return f'the benchmark runs OpenVINO on the CPU only, not {device!r}'
+        try:
+            import openvino as ov
+        except ImportError:
+            return 'openvino is not installed'
+        if precision == 'bf16' and 'BF16' not in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
+            return 'bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); OpenVINO would silently run f32 here'
+        return super().available(precision, device)
+
+    def _compiled_for(self, shape: Tuple[int, ...]):
+        if shape not in self.compiled:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].any_name: list(shape)})
+            self.compiled[shape] = self.core.compile_model(model, 'CPU', self.config)
+        return self.compiled[shape]
+
+    def prepare(self, x: np.ndarray):
+        import openvino as ov
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        request = self._compiled_for(x.shape).create_infer_request()
+        request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+        return request, x  # x stays referenced: the tensor shares its memory
+
+    def run(self, prepared):
+        # start_async + wait is the synchronous inference without infer()'s Python dictionary of output copies.
+        request = prepared[0]
+        request.start_async()
+        request.wait()
+        return request
+
+    def fetch(self, request) -> np.ndarray:
+        return np.array(request.get_tensor(OUTPUT_NAME).data, dtype=np.float32)
+
+    def close(self) -> None:
+        self.compiled.clear()
+        self.model = None

@@ -1,0 +1,70 @@
+"""The backends, one table: a runner class per backend, each answering where it runs, which graph it needs and
+whether it can run here. Adding a backend is a runner class and an entry below; nothing else names backends."""
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
+
+from alexnet_zoo.cli import UsageError
+from export.runner import Runner
+
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .openvino_runner import OpenVINORunner
+from .tensorrt_runner import TensorRTRunner
+from .torch_runner import TorchCompileRunner, TorchRunner
+
+REGISTRY: Dict[str, Type[Runner]] = {cls.backend: cls for cls in (
+    TorchRunner, TorchCompileRunner, OnnxRuntimeRunner, OpenVINORunner, TensorRTRunner)}
+BACKENDS = tuple(REGISTRY)
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')  # execution precisions; bf16 runs the fp32 graph or module
+BASELINE = ('torch', 'fp32', 'cpu')  # speed-ups are against PyTorch eager fp32 on the CPU, same batch size
+
+
+class Spec(NamedTuple):
+    """One combination a run covers: a result row, or a skipped entry with the reason."""
+    backend: str
+    precision: str
+    device: str
+
+    @property
+    def runner(self) -> Type[Runner]:
+        return REGISTRY[self.backend]
+
+    @property
+    def graph(self) -> Optional[str]:
+        """The exported graph this row needs (None for a row that runs the PyTorch module)."""
+        return None if self.runner.artifact == 'module' else self.runner.graph_for(self.precision)
+
+    def unavailable(self) -> Optional[str]:
+        """Why this combination cannot run here (cheap: before anything is exported), or None."""
+        return self.runner.available(self.precision, self.device)
+
+
+def plan(backends: Sequence[str], precisions: Sequence[str], gpu: bool) -> List[Spec]:
+    """Every (backend, precision, device) the run covers, in the order given."""
+    return [Spec(backend, precision, device) for backend in backends for precision in precisions
+            for device in REGISTRY[backend].devices(precision, gpu)]
+
+
+def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str) -> Tuple[str, ...]:
+    """``'a,b'`` -> ('a', 'b'), each checked against ``known``; a usage error otherwise."""
+    items = [s.strip() for s in (text.split(',') if isinstance(text, str) else text) if str(s).strip()]
+    if not items:
+        raise UsageError(f'no {what} given')
+    unknown = [s for s in items if s not in known]
+    if unknown:
+        raise UsageError(f'unknown {what}: {", ".join(unknown)} (choose from {", ".join(known)})')
+    return tuple(dict.fromkeys(items))
+
+
+def parse_batch_sizes(text: Union[str, Sequence[int]]) -> Tuple[int, ...]:
+    items = [s.strip() for s in text.split(',')] if isinstance(text, str) else list(text)
+    sizes = []
+    for s in items:
+        try:
+            size = int(s)
+        except (TypeError, ValueError):
+            raise UsageError(f'batch size must be a whole number, got {s!r}') from None
+        if size < 1:
+            raise UsageError(f'batch size must be at least 1, got {size}')
+        sizes.append(size)
+    if not sizes:
+        raise UsageError('no batch sizes given')
+    return tuple(sorted(set(sizes)))
