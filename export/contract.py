@@ -51,6 +51,9 @@ def read_onnx(path: PathLike, load_external_data: bool = True) -> onnx.ModelProt
 
 def set_metadata(graph: onnx.ModelProto, meta: Dict[str, object]) -> None:
     """Replace the model's metadata_props with ``meta`` (JSON for the JSON_KEYS, plain strings otherwise)."""
+    unknown = sorted(set(meta) - set(METADATA_KEYS))
+    if unknown:
+        raise ValueError(f'metadata keys outside the schema: {unknown} (export.contract.METADATA_KEYS)')
     onnx.helper.set_model_props(graph, {k: json.dumps(v) if k in JSON_KEYS else str(v) for k, v in meta.items()})
 
 
