@@ -32,17 +32,18 @@ def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]
 
 
 def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],
-                  calibration_images: Optional[PathLike] = None,
+                  calibration_images: Optional[PathLike] = None, failed_dir: Optional[Path] = None,
                   progress: Optional[Callable[[str], None]] = None) -> Tuple[Dict[str, Path], Dict[str, str]]:
-    """The ONNX graphs for ``precisions``, and for each graph that failed its parity gate at export (so was not
-    written) which figures failed it."""
+    """The ONNX graphs for ``precisions`` (int8 remedied by export.onnx's ``auto`` fallback where it must be), and
+    for each graph that failed its parity gate at export which figures failed it: such a graph is not written
+    to ``workdir`` but, with ``failed_dir``, there, and its path is among those returned, to be measured."""
     try:
         result = export_onnx(loaded, workdir, precisions=tuple(precisions), calibration_images=calibration_images,
-                             progress=progress)
+                             progress=progress, failed_dir=failed_dir)
     except ParityGateError as e:
         result = e.result
     failed = {r['precision']: gate_failure(r['precision'], r) for r in result.rows if r.get('passed') is False}
-    return {p: Path(path) for p, path in result.paths.items()}, failed
+    return {p: Path(path) for p, path in {**result.failed_paths, **result.paths}.items()}, failed
 
 
 def artifact_for(spec: Spec, model: torch.nn.Module, graphs: Dict[str, Path], workdir: Path,

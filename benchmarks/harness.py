@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from alexnet_zoo.checkpoint import LoadedModel
 from alexnet_zoo.cli import UsageError, first_line
-from alexnet_zoo.data import eval_transform, sample_batch
+from alexnet_zoo.data import parity_views
 from alexnet_zoo.files import PathLike, ensure_writable_dir
-from alexnet_zoo.samples import Photo
+from alexnet_zoo.samples import PHOTOGRAPHS, Photo
 from export import parity
-from export.contract import GRAPH_PRECISIONS
+from export.contract import GRAPH_PRECISIONS, read_metadata
 from export.runner import BackendUnavailable, Runner
 
 from .artifacts import artifact_for, export_graphs, graphs_in
@@ -70,17 +70,18 @@ def reference_logits(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype, 
     return np.concatenate(out)
 
 
-def labelled_images(folder: PathLike, model: torch.nn.Module, label_names: Optional[Sequence[str]],
-                    num_classes: int) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """An ImageFolder (``class/image.jpg``) preprocessed for ``model``: images, label indices, class names.
+def labelled_views(folder: PathLike, model: torch.nn.Module, label_names: Optional[Sequence[str]],
+                   num_classes: int) -> Tuple[np.ndarray, np.ndarray, List[str], int]:
+    """Views (centre crops, random crops and flips: at least 256) of an ImageFolder (``class/image.jpg``),
+    preprocessed for ``model``: views, their label indices, the class names, the number of images.
 
     Label order: the checkpoint's ``label_names`` when it has them (every folder must be one), else the
     sorted folder names.
     """
     from torchvision.datasets import ImageFolder
     try:
-        dataset = ImageFolder(str(folder), transform=eval_transform(model))
-        images = [dataset[i] for i in range(len(dataset))]
+        dataset = ImageFolder(str(folder))
+        images = [(dataset.samples[i][0], dataset[i][0]) for i in range(len(dataset))]
     except (OSError, ValueError) as e:
         raise ValueError(f'--data {folder}: {first_line(e)}') from None
     classes = list(dataset.classes)
@@ -95,17 +96,15 @@ def labelled_images(folder: PathLike, model: torch.nn.Module, label_names: Optio
         if len(classes) > num_classes:
             raise ValueError(f'--data {folder}: {len(classes)} class folders, the model has {num_classes} classes')
         mapping = list(range(len(classes)))
-    x = torch.stack([im for im, _ in images]).numpy()
-    labels = np.array([mapping[target] for _, target in images])
-    return x, labels, classes
+    _, x, source = parity_views(model, images)
+    labels = np.array([mapping[dataset.targets[i]] for i in source.tolist()])
+    return x.numpy(), labels, classes, len(images)
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-    return {'top1': parity.top_k_rate(logits, labels, 1), 'top5': parity.top_k_rate(logits, labels, 5)}
-
-
-def parity_figures(reference: np.ndarray, logits: np.ndarray, name: str, precision: str, trained: bool) -> dict:
-    figures = parity.compare(reference, logits)
+def parity_figures(reference: np.ndarray, logits: np.ndarray, name: str, precision: str, trained: bool,
+                   accuracies: Optional[Dict[str, float]] = None) -> dict:
+    """compare() and the gate; ``accuracies`` (this row's and the reference's top-1) join the judgement."""
+    figures = {**parity.compare(reference, logits), **(accuracies or {})}
     return {'reference': name, **figures, **parity.judge(precision, figures, trained)}
 
 
@@ -135,8 +134,9 @@ def run_benchmark(
     ``data`` an ImageFolder for accuracy; ``onnx_dir`` where the graphs are kept: those export.onnx already
     wrote there for this model are reused, missing ones are exported there (default: a temporary folder, so
     every run exports afresh); ``threads`` compute threads for every backend
-    (default: the usable cores). A graph that fails its parity gate at export is not written: its rows
-    go to ``skipped`` with ``failed: true`` and count as failed gates.
+    (default: the usable cores). Parity is judged on at least 256 views of ``images`` (centre crops, random
+    crops and flips). A graph that fails its parity gate at export is not written where graphs are kept, but
+    its rows are measured from the failed file and fail, with ``export_failure`` saying why.
     """
     started = time.perf_counter()
     backends = parse_list(backends or (QUICK_BACKENDS if quick else BACKENDS), BACKENDS, 'backend')
@@ -149,9 +149,9 @@ def run_benchmark(
     old_report = read_report(compare) if compare else None
     output_dir = ensure_writable_dir(output_dir)
     model = loaded.model.eval()
-    names, x = sample_batch(model, images)
+    names, x, _ = parity_views(model, images)
     x = x.numpy()
-    labelled = labelled_images(data, model, loaded.label_names, loaded.num_classes) if data else None
+    labelled = labelled_views(data, model, loaded.label_names, loaded.num_classes) if data else None
 
     threads = threads or cpu_threads()
     specs = plan(backends, precisions, torch.cuda.is_available())
@@ -165,8 +165,7 @@ def run_benchmark(
     bar = tqdm(total=steps, desc='references', unit='step', file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
 
-    ref32 = reference_logits(model, x, torch.float32)
-    ref64 = reference_logits(model, x, torch.float64)
+    references = References(model, x, labelled)
     bar.update()
     results, skipped = [], []
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir:
@@ -177,32 +176,26 @@ def run_benchmark(
         if missing:
             bar.set_description(f'export {",".join(missing)}')
             exported, export_failures = export_graphs(
-                loaded, Path(onnx_dir) if onnx_dir else workdir, missing, calibration_images,
+                loaded, Path(onnx_dir) if onnx_dir else workdir, missing, calibration_images, workdir / 'failed',
                 lambda message: bar.set_description(message.split(' (')[0]))
             graphs.update(exported)
         bar.update(bool(graphs_needed))
         for spec in specs:
-            backend, precision, device = spec
-            bar.set_description(f'{backend} {precision}')
-            entry = {'backend': backend, 'precision': precision, 'device': device}
-            failure = export_failures.get(spec.graph) if not reasons[spec] else None
+            bar.set_description(f'{spec.backend} {spec.precision}')
             try:
                 if reasons[spec]:
                     raise BackendUnavailable(reasons[spec])
-                if failure:
-                    skipped.append({**entry, 'reason': f'the {spec.graph} graph failed its parity gate '
-                                                       f'at export ({failure}); not written', 'failed': True})
-                    bar.update(1 + len(batch_sizes))
-                    continue
                 artifact = artifact_for(spec, model, graphs, workdir, batch_sizes)
                 runner = spec.runner(artifact, spec.precision, spec.device, threads)
             except BackendUnavailable as e:
-                skipped.append({**entry, 'reason': str(e)})
+                skipped.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                                'reason': str(e)})
                 bar.update(1 + len(batch_sizes))
                 continue
+            about = graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))
             with runner:
-                results.extend(_measure(runner, spec, x, ref32, ref64, labelled, batch_sizes, timing,
-                                        loaded.trained, bar))
+                rows = _measure(runner, spec, x, references, batch_sizes, timing, loaded.trained, bar)
+            results.extend({**row, **about} for row in rows)
     bar.close()
 
     report = {
@@ -212,14 +205,17 @@ def run_benchmark(
         'environment': environment(threads),
         'model': {'name': loaded.name, 'num_classes': loaded.num_classes, 'source': loaded.source,
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
-                  'margin_std': parity.margin_std(ref32)},
-        'images': {'source': images_source, 'count': len(names), 'names': names},
+                  'margin_std': parity.margin_std(references.fp32)},
+        'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
+                   'names': names},
         'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,
                    'calibration_images': str(calibration_images) if calibration_images else None},
-        'data': None if labelled is None else {'path': str(data), 'count': int(len(labelled[1])),
-                                                'classes': labelled[2]},
+        'data': None if labelled is None else {'path': str(data), 'count': labelled[3], 'views': int(len(labelled[1])),
+                                                'classes': labelled[2],
+                                                'reference_accuracy': references.accuracy},
         'settings': {'backends': list(backends), 'precisions': list(precisions), 'batch_sizes': list(batch_sizes),
-                     'quick': quick, 'timing': timing_dict(timing), 'gates': parity.GATES},
+                     'quick': quick, 'timing': timing_dict(timing), 'gates': parity.GATES,
+                     'accuracy_min_ratio': parity.ACCURACY_MIN_RATIO},
         'results': results,
         'skipped': skipped,
     }
@@ -231,27 +227,51 @@ def run_benchmark(
     return report
 
 
-def _measure(runner: Runner, spec: Spec, x: np.ndarray, ref32: np.ndarray, ref64: np.ndarray,
-             labelled, batch_sizes: Sequence[int], timing: TimingConfig, trained: bool, bar) -> List[dict]:
+class References:
+    """PyTorch eager's logits on the views in fp32 and fp64, and on the labelled views its accuracy."""
+
+    def __init__(self, model: torch.nn.Module, x: np.ndarray, labelled=None):
+        self.fp32 = reference_logits(model, x, torch.float32)
+        self.fp64 = reference_logits(model, x, torch.float64)
+        self.labelled, self.accuracy = labelled, None
+        if labelled is not None:
+            self.labelled_fp32 = reference_logits(model, labelled[0], torch.float32)
+            self.accuracy = parity.accuracy(self.labelled_fp32, labelled[1])
+
+
+def graph_notes(graph: Optional[Path], export_failure: Optional[str]) -> dict:
+    """What a row's graph carries: the layers an int8 remedy kept in float or equalized, and whether it failed
+    its gate at export (then it was measured from the failed file, and the row fails)."""
+    if graph is None:
+        return {}
+    meta = read_metadata(graph)
+    notes = {'float_layers': meta.get('float_layers') or [],
+             'equalized': [e['layer'] for e in meta.get('equalized') or []]}
+    if export_failure:
+        notes['export_failure'] = export_failure
+    return notes
+
+
+def _measure(runner: Runner, spec: Spec, x: np.ndarray, references: References, batch_sizes: Sequence[int],
+             timing: TimingConfig, trained: bool, bar) -> List[dict]:
     """Parity (and accuracy) once for this runner, then one result row per batch size."""
-    backend, precision, device = spec
     logits = infer_in_batches(runner, x, batch_sizes)
-    common = {
-        'parity': parity_figures(ref32, logits, 'torch fp32', precision, trained),
-        'parity_fp64': parity_figures(ref64, logits, 'torch fp64', precision, trained),
-    }
-    if labelled is not None:
-        common['accuracy'] = accuracy(infer_in_batches(runner, labelled[0], batch_sizes), labelled[1])
+    common, accuracies = {}, None
+    if references.labelled is not None:
+        views, labels = references.labelled[:2]
+        labelled_logits = infer_in_batches(runner, views, batch_sizes)
+        common['accuracy'] = parity.accuracy(labelled_logits, labels)  # on every labelled view
+        accuracies = parity.accuracy_figures(references.labelled_fp32, labelled_logits, labels)
+    common['parity'] = parity_figures(references.fp32, logits, 'torch fp32', spec.precision, trained, accuracies)
+    common['parity_fp64'] = parity_figures(references.fp64, logits, 'torch fp64', spec.precision, trained)
     bar.update()
     rows = []
     for batch_size in batch_sizes:
-        bar.set_description(f'{backend} {precision} b{batch_size}')
+        bar.set_description(f'{spec.backend} {spec.precision} b{batch_size}')
         prepared = runner.prepare(tile(x, batch_size))
         times = time_runner(runner, prepared, timing)
         del prepared
-        rows.append({'backend': backend, 'precision': precision, 'device': device, 'batch_size': batch_size,
-                     **summarize(times, batch_size), **common})
+        rows.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                     'batch_size': batch_size, **summarize(times, batch_size), **common})
         bar.update()
     return rows
-
-

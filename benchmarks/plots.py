@@ -3,6 +3,10 @@ parity."""
 import io
 from typing import Dict, List
 
+from export.parity import sqnr_text
+
+from .summary import row_passed
+
 
 PLOTS = ('latency.png', 'latency_vs_batch.png', 'parity.png')
 
@@ -40,8 +44,8 @@ def _plot_latency(plt, report: dict):
         p50 = [r['latency_ms']['p50'] for r in chosen]
         low = [r['latency_ms']['p50'] - r['latency_ms']['min'] for r in chosen]
         high = [r['latency_ms']['p99'] - r['latency_ms']['p50'] for r in chosen]
-        colors = ['tab:green' if r['parity']['passed'] else 'tab:red' if r['parity']['passed'] is False
-                  else 'tab:blue' for r in chosen]
+        colors = ['tab:green' if row_passed(r) else 'tab:red' if row_passed(r) is False else 'tab:blue'
+                  for r in chosen]
         ax.barh(range(len(chosen)), p50, xerr=[low, high], color=colors, capsize=3)
         ax.set_yticks(range(len(chosen)), [label(r) for r in chosen])
         ax.invert_yaxis()
@@ -81,28 +85,35 @@ def _plot_latency_vs_batch(plt, report: dict):
 
 
 def _plot_parity(plt, report: dict):
-    """SQNR against PyTorch fp32 and against fp64 per backend and precision (identical logits drawn as 'exact')."""
+    """SQNR against PyTorch fp32 and against fp64 per backend and precision; identical logits drawn full length
+    as 'exact', non-finite ones as an empty bar marked 'non-finite'."""
     seen: Dict[str, dict] = {}
     for r in report['results']:
         seen.setdefault(label(r), r)
     names = list(seen)
-    values = [(r['parity']['sqnr_db'], r['parity_fp64']['sqnr_db']) for r in seen.values()]
-    finite_values = [v for pair in values for v in pair if v is not None]
+    values = [(r['parity'], r['parity_fp64']) for r in seen.values()]
+    finite_values = [p['sqnr_db'] for pair in values for p in pair
+                     if p.get('sqnr_db') is not None and not p.get('nonfinite')]
     cap = (max(finite_values) if finite_values else 100.0) + 10
+
+    def length(figures):
+        return 0.0 if figures.get('nonfinite') else cap if figures.get('sqnr_db') is None else figures['sqnr_db']
+
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.45 * len(names) + 1.5)))
     y = range(len(names))
     for offset, index, name, color in ((-0.2, 0, 'vs PyTorch fp32', 'tab:blue'), (0.2, 1, 'vs fp64', 'tab:orange')):
-        ax.barh([i + offset for i in y], [cap if v[index] is None else v[index] for v in values], height=0.4,
-                label=name, color=color)
-    for i, (r, (v32, _)) in enumerate(zip(seen.values(), values)):
-        ax.text(cap if v32 is None else v32, i - 0.2, ' exact' if v32 is None else
-                f' top-1 {r["parity"]["top1_agreement"]:.0%}', va='center', fontsize=8)
-    for gate, style in ((20, ':'), (30, '--')):
+        ax.barh([i + offset for i in y], [length(v[index]) for v in values], height=0.4, label=name, color=color)
+    for i, (p32, _) in enumerate(values):
+        decisive = p32.get('decisive_top1_agreement', p32.get('top1_agreement'))
+        text = sqnr_text(p32) if p32.get('nonfinite') or p32.get('identical') or p32.get('sqnr_db') is None \
+            else f'top-1 {decisive:.1%}' if decisive is not None else ''
+        ax.text(length(p32), i - 0.2, f' {text}', va='center', fontsize=8)
+    for gate, style in ((25, ':'), (40, '--')):
         ax.axvline(gate, color='grey', linestyle=style, linewidth=1)
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
-    ax.set_xlabel('SQNR of the logits, dB (gates: int8 20 dB dotted, fp16/bf16 30 dB dashed)')
+    ax.set_xlabel('SQNR of the logits, dB (gates: int8 25 dB dotted, fp16/bf16 40 dB dashed)')
     ax.legend(fontsize=8, loc='lower right')
-    ax.set_title(f'parity on {report["images"]["count"]} images', fontsize=10)
+    ax.set_title(f'parity on {report["images"].get("views", report["images"]["count"])} views', fontsize=10)
     fig.tight_layout()
     return fig

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from alexnet_zoo.files import PathLike, atomic_path
-from export.parity import verdict
+from export.parity import sqnr_text, verdict
 
 from .plots import render_plots
 from .summary import row_passed
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: parity on >= 256 views with near-ties, non-finite counts, accuracy gates, int8 remedies
+READABLE_SCHEMAS = (1, 2)  # --compare reads p50 and SQNR, which both carry
 LATENCY_KEYS = ('mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max')
-PARITY_KEYS = ('max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement', 'top5_agreement',
+PARITY_KEYS = ('views', 'max_abs_err', 'max_rel_err', 'sqnr_db', 'identical', 'nonfinite', 'cosine_min',
+               'top1_agreement', 'decisive_top1_agreement', 'near_ties', 'near_tie_flips', 'top5_agreement',
                'judged', 'passed')
 
 
@@ -47,8 +49,8 @@ def read_report(path: PathLike) -> dict:
         report = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f'--compare {path} is not a benchmark report (not JSON: {e})') from None
-    if not isinstance(report, dict) or report.get('schema_version') != SCHEMA_VERSION:
-        raise ValueError(f'--compare {path} is not a benchmark report (no schema_version {SCHEMA_VERSION})')
+    if not isinstance(report, dict) or report.get('schema_version') not in READABLE_SCHEMAS:
+        raise ValueError(f'--compare {path} is not a benchmark report (no schema_version in {READABLE_SCHEMAS})')
     rows = report.get('results')
     try:
         if not isinstance(rows, list):
@@ -81,6 +83,8 @@ def compare_reports(old: dict, new: dict, name: str) -> dict:
                                  if o and n and o.get('throughput_ips') else None),
             'old_sqnr_db': o['parity'].get('sqnr_db') if o and o.get('parity') else None,
             'new_sqnr_db': n['parity'].get('sqnr_db') if n else None,
+            'old_sqnr': sqnr_text(o['parity']) if o and o.get('parity') else '–',
+            'new_sqnr': sqnr_text(n['parity']) if n else '–',
         })
     return {'file': name, 'old_created_at': old.get('created_at'),
             'old_cpu': (old.get('environment') or {}).get('cpu', {}).get('model'), 'rows': rows}
@@ -102,12 +106,34 @@ def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
     return paths
 
 
-def _fmt(value: Optional[float], digits: int = 2) -> str:
-    return '–' if value is None else f'{value:.{digits}f}'
+def _fmt(value: Optional[float], digits: int = 2, kind: str = 'f') -> str:
+    return '–' if value is None else f'{value:.{digits}{kind}}'
 
 
-def _sqnr(value: Optional[float]) -> str:
-    return 'exact' if value is None else f'{value:.1f}'
+def _percent(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value:.1%}'
+
+
+def _first_per_label(rows: list) -> list:
+    seen = {}
+    for r in rows:
+        seen.setdefault((r['backend'], r['precision'], r['device']), r)
+    return list(seen.values())
+
+
+def _row_notes(row: dict) -> list:
+    """What a reader must know beside a row's figures: non-finite logits, int8 remedies, a failed export."""
+    notes = []
+    if row['parity'].get('nonfinite'):
+        notes.append(f'**{row["parity"]["nonfinite"]} non-finite logits** (NaN or Inf): fails its gate')
+    if row.get('float_layers'):
+        notes.append(f'int8 with {", ".join(row["float_layers"])} kept in float (export.onnx\'s remedy)')
+    if row.get('equalized'):
+        notes.append(f'int8 after activation equalization of {", ".join(row["equalized"])} (function-preserving)')
+    if row.get('export_failure'):
+        notes.append(f'**the graph failed its gate at export** ({row["export_failure"]}); measured from the failed '
+                     f'file, not written')
+    return notes
 
 
 def _gate(row: dict) -> str:
@@ -138,7 +164,8 @@ def render_markdown(report: dict) -> str:
         '',
         f'- model: `{model["name"]}`, {model["num_classes"]} classes, weights from {model["source"]} ({weights}); '
         f'median top-1/top-2 logit margin {model["margin_std"]:.2f} std',
-        f'- parity images: {images["count"]} {images["source"]}',
+        f'- parity: {images.get("views", images["count"])} views (centre crops, random crops and flips) of '
+        f'{images["count"]} {images["source"]}',
         _graphs_line(report.get('graphs') or {}),
         f'- machine: {cpu["model"]}, {cpu["usable_cores"]} cores ({features}), {env["memory_gb"]} GB, GPU: {gpu}; '
         f'{env["os"]}, Python {env["python"]}',
@@ -148,13 +175,18 @@ def render_markdown(report: dict) -> str:
         lines.append(f'- command: `{report["command"]}`')
     data = report.get('data')
     if data:
-        lines.append(f'- accuracy on `{data["path"]}`: {data["count"]} labelled images, {len(data["classes"])} classes')
+        reference = (data.get('reference_accuracy') or {}).get('top1')
+        lines.append(f'- accuracy on `{data["path"]}`: {data.get("views", data["count"])} views of {data["count"]} '
+                     f'labelled images, {len(data["classes"])} classes' +
+                     (f'; PyTorch fp32 top-1 {reference:.1%}, a row must keep '
+                      f'{report["settings"].get("accuracy_min_ratio", 0.99):.0%} of it' if reference is not None else ''))
     lines += ['', '## Results', '',
               'Latency in ms per batch (p50 = median); speed-up = PyTorch eager fp32 p50 / this p50 at the same batch '
-              'size. Parity against PyTorch fp32 (SQNR, top-1 agreement, max error relative to the largest logit) '
-              'and against an fp64 PyTorch reference (SQNR).', '']
+              'size. Parity against PyTorch fp32 (SQNR; top-1 agreement on the decisive views, with the near-ties '
+              'set aside and counted; max error relative to the largest logit) and against an fp64 PyTorch '
+              'reference (SQNR). docs/export.md explains the gates.', '']
     header = ['backend', 'precision', 'device', 'batch', 'p50 ms', 'mean ± std ms', 'p99 ms', 'images/s',
-              'speed-up', 'SQNR dB', 'top-1', 'max rel err', 'SQNR fp64 dB']
+              'speed-up', 'SQNR dB', 'top-1', 'near-ties', 'max rel err', 'SQNR fp64 dB']
     if data:
         header += ['acc top-1', 'acc top-5']
     header.append('gate')
@@ -164,13 +196,17 @@ def render_markdown(report: dict) -> str:
         speedup = r.get('speedup_vs_torch_fp32')
         cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']), _fmt(lat['p50']),
                  f'{lat["mean"]:.2f} ± {lat["std"]:.2f}', _fmt(lat['p99']), _fmt(r['throughput_ips'], 1),
-                 '–' if speedup is None else f'{speedup:.1f}×', _sqnr(p['sqnr_db']), f'{p["top1_agreement"]:.0%}',
-                 f'{p["max_rel_err"]:.1e}', _sqnr(r['parity_fp64']['sqnr_db'])]
+                 '–' if speedup is None else f'{speedup:.1f}×', sqnr_text(p), _percent(p.get('decisive_top1_agreement')),
+                 f'{p.get("near_ties", "–")}', _fmt(p['max_rel_err'], 1, 'e'), sqnr_text(r['parity_fp64'])]
         if data:
             acc = r.get('accuracy') or {}
             cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
         cells.append(_gate(r))
         lines.append('| ' + ' | '.join(cells) + ' |')
+    notes = [f'- {r["backend"]} {r["precision"]} ({r["device"]}): {note}' for r in _first_per_label(report['results'])
+             for note in _row_notes(r)]
+    if notes:
+        lines += ['', *notes]
 
     summary = report['summary']
     lines += ['', '## Fastest row that passes its gates' if summary['gates_judged']
@@ -202,8 +238,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
                          f'{_fmt(c["old_p50_ms"])} | {_fmt(c["new_p50_ms"])} | '
                          f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
-                         f'{_sqnr(c["old_sqnr_db"]) if c["old_p50_ms"] is not None else "–"} | '
-                         f'{_sqnr(c["new_sqnr_db"]) if c["new_p50_ms"] is not None else "–"} |')
+                         f'{c["old_sqnr"]} | {c["new_sqnr"]} |')
 
     lines += ['', '## What is timed', '',
               f'- timed region: {timing["timed_region"]}.',
@@ -226,7 +261,7 @@ def render_csv(report: dict) -> str:
     fields = (['backend', 'precision', 'device', 'batch_size'] + [f'{k}_ms' for k in LATENCY_KEYS]
               + ['throughput_ips', 'iterations', 'speedup_vs_torch_fp32']
               + [f'parity_{k}' for k in PARITY_KEYS] + [f'parity_fp64_{k}' for k in PARITY_KEYS]
-              + ['accuracy_top1', 'accuracy_top5'])
+              + ['accuracy_top1', 'accuracy_top5', 'float_layers', 'equalized', 'export_failure'])
     out = io.StringIO()
     writer = csv.DictWriter(out, fields, lineterminator='\n')
     writer.writeheader()
@@ -234,8 +269,10 @@ def render_csv(report: dict) -> str:
         row = {k: r[k] for k in ('backend', 'precision', 'device', 'batch_size', 'throughput_ips', 'iterations',
                                  'speedup_vs_torch_fp32')}
         row.update({f'{k}_ms': r['latency_ms'][k] for k in LATENCY_KEYS})
-        row.update({f'parity_{k}': r['parity'][k] for k in PARITY_KEYS})
-        row.update({f'parity_fp64_{k}': r['parity_fp64'][k] for k in PARITY_KEYS})
+        row.update({f'parity_{k}': r['parity'].get(k) for k in PARITY_KEYS})
+        row.update({f'parity_fp64_{k}': r['parity_fp64'].get(k) for k in PARITY_KEYS})
+        row.update(float_layers=' '.join(r.get('float_layers') or []), equalized=' '.join(r.get('equalized') or []),
+                   export_failure=r.get('export_failure', ''))
         if r.get('accuracy'):
             row.update({'accuracy_top1': r['accuracy']['top1'], 'accuracy_top5': r['accuracy']['top5']})
         writer.writerow(row)

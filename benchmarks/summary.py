@@ -24,7 +24,6 @@ def add_speedups(report: dict) -> None:
                             'baseline_p50_ms': base.get(batch_size),
                             'speedup_vs_torch_fp32': best['speedup_vs_torch_fp32']})
     judged = [row_passed(r) for r in rows if row_passed(r) is not None]
-    judged += [False for s in report['skipped'] if s.get('failed')]  # graphs that failed their gate at export
     report['summary'] = {
         'baseline': ' '.join(BASELINE),
         'fastest_passing': fastest,
@@ -35,11 +34,12 @@ def add_speedups(report: dict) -> None:
 
 
 def row_passed(row: dict) -> Optional[bool]:
-    """True/False when the gates were judged (both references), None when not (random weights)."""
+    """True/False when the gates were judged (both references; a graph that failed its gate at export fails), None
+    when not (random weights)."""
     verdicts = [row['parity']['passed'], row['parity_fp64']['passed']]
     if any(v is None for v in verdicts):
         return None
-    return all(verdicts)
+    return all(verdicts) and not row.get('export_failure')
 
 
 def exit_code(report: dict) -> int:

@@ -17,6 +17,7 @@ from alexnet_zoo.files import PathLike
 INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, BATCH_DIM = 'input', 'logits', 'probabilities', 'batch'
 GRAPH_PRECISIONS = ('fp32', 'fp16', 'int8')  # the precisions export.onnx writes a graph for
 FILENAMES = {'fp32': 'model.onnx', 'fp16': 'model.fp16.onnx', 'int8': 'model.int8.onnx'}
+CALIBRATION_FILE = 'model.int8.calibration.json'  # the int8 graph's tensor ranges, for --calibration-cache
 # Opset 18 is what torch's exporter implements natively (lower opsets are down-converted, which fails for some
 # ops), and ONNX Runtime, OpenVINO and TensorRT 10/11 all parse it (TensorRT 8.6 stops at 17: ask for 17 there).
 # 13 is the first opset with per-channel Q/DQ.
@@ -25,9 +26,10 @@ MIN_OPSET, MAX_OPSET = 13, 25
 
 # The metadata schema. Everything in metadata_props is a string: these keys hold JSON, the others plain text.
 METADATA_KEYS = ('model_name', 'num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation',
-                 'input_layout', 'opset', 'trained', 'softmax', 'version', 'label_names', 'precision', 'calibration')
+                 'input_layout', 'opset', 'trained', 'softmax', 'version', 'label_names', 'precision', 'calibration',
+                 'float_layers', 'equalized')
 JSON_KEYS = ('num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'label_names', 'opset', 'trained', 'softmax',
-             'calibration')
+             'calibration', 'float_layers', 'equalized')
 QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')
 
 

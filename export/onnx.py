@@ -9,11 +9,13 @@ preprocessing and labels in its metadata, so a deployer needs nothing but the fi
 Runtime on the sample photographs' centre crops against PyTorch fp32 and judged by ``export.parity``'s gates
 when the weights are trained; a failed gate leaves no file of that precision and raises ``ParityGateError``.
 """
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -22,14 +24,20 @@ import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, load_model
 from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
-from alexnet_zoo.data import data_config, sample_batch
-from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir
+from alexnet_zoo.data import data_config, parity_views
+from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir, write_bytes_atomic
+from alexnet_zoo.samples import folder_images
 
-from .calibration import PhotoCalibrationReader, calibration_crops
-from .contract import (DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, INPUT_NAME, MAX_OPSET, MIN_OPSET, OUTPUT_NAME,
-                       check_graph, set_metadata, zero_point_problems)
-from .parity import compare, gate_failure, judge, margin_std, verdict
-from .precision import CALIBRATION_METHODS, to_fp16, to_int8
+from .calibration import calibration_crops
+from .contract import (CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, INPUT_NAME, MAX_OPSET,
+                       MIN_OPSET, OUTPUT_NAME, check_graph, set_metadata, zero_point_problems)
+from .contract import read_metadata  # noqa: F401  (export.onnx.read_metadata, as the docs once showed)
+from .diagnose import DIAGNOSIS_VIEWS, TOP
+from .diagnose import render as render_diagnosis
+from .diagnose import table as diagnosis_table
+from .int8 import Int8Result, make_int8, parse_fallback
+from .parity import accuracy_figures, compare, gate_failure, judge, margin_std, sqnr_text, verdict
+from .precision import CALIBRATION_METHODS, read_calibration_record, to_fp16
 from .torch_export import base_metadata, torch_to_onnx
 
 Progress = Optional[Callable[[str], None]]
@@ -51,6 +59,8 @@ class ExportResult:
     parity_images: str = ''
     calibration: str = ''
     seconds: float = 0.0
+    diagnosis: List[dict] = field(default_factory=list)  # int8 per-layer rows, worst first (when diagnosed)
+    failed_paths: Dict[str, Path] = field(default_factory=dict)  # precision -> graph that failed, kept in failed_dir
 
 
 def export_onnx(
@@ -62,11 +72,21 @@ def export_onnx(
         opset: int = DEFAULT_OPSET,
         softmax: bool = False,
         progress: Progress = None,
+        parity_images: Optional[PathLike] = None,
+        int8_fallback: Union[str, Sequence[str]] = 'auto',
+        explain: bool = False,
+        calibration_cache: Optional[PathLike] = None,
+        failed_dir: Optional[PathLike] = None,
 ) -> ExportResult:
     """Export ``loaded`` to ONNX in each of ``precisions`` under ``output_dir``; returns paths and parity rows.
 
-    Raises ValueError / FileNotFoundError / PermissionError (one line) before writing anything when an argument
-    is wrong, and ParityGateError after the run when a trained model's graph missed its gate.
+    Parity is judged on ``parity_views`` (at least 256: the photographs', or ``parity_images``', centre crops plus
+    random crops and flips). int8: see ``export.int8`` for ``int8_fallback`` and ``explain``; its ranges are
+    written to ``model.int8.calibration.json``, which ``calibration_cache`` reads back instead of calibrating.
+    A graph that fails its gate is not written to ``output_dir`` (a stale one is removed); with ``failed_dir``
+    it is written there, for a benchmark to measure. Raises ValueError / FileNotFoundError / PermissionError
+    (one line) before writing anything when an argument is wrong, and ParityGateError after the run when a
+    trained model's graph missed its gate.
     """
     start = time.perf_counter()
     say = progress or (lambda message: None)
@@ -76,57 +96,152 @@ def export_onnx(
     if calibration_method not in CALIBRATION_METHODS:
         raise ValueError(f'unknown calibration method {calibration_method!r} '
                          f'(choose from {", ".join(CALIBRATION_METHODS)})')
+    fallback = parse_fallback(int8_fallback)
+    if calibration_cache is not None and not Path(calibration_cache).is_file():
+        raise FileNotFoundError(f'calibration cache not found: {calibration_cache}')
     model = loaded.model.eval()
     result = ExportResult(trained=loaded.trained)
-    crops = None
+    crops, calibration = None, {}
     if 'int8' in precisions:
-        crops, result.calibration = calibration_crops(model, calibration_images)
-        result.calibration += f', {calibration_method} calibration'
+        crops, source = calibration_crops(model, calibration_images)
+        calibration = {'method': calibration_method, 'crops': len(crops),
+                       'source': f'{source}, {calibration_method} calibration'}
+        result.calibration = calibration['source']
+        if calibration_cache is not None:  # the graph records how its ranges were computed, not where they were read
+            record = read_calibration_record(calibration_cache)
+            calibration = {key: record[key] for key in ('method', 'crops', 'source')}
+            result.calibration = f'{calibration["source"]} (ranges read from {Path(calibration_cache).name})'
+    views = ParityViews.of(loaded, parity_images)
     output_dir = ensure_writable_dir(output_dir)
-
-    names, images = sample_batch(model)
-    with torch.no_grad():
-        reference = model(images).numpy()
-    images = images.numpy()
-    result.parity_images = (f'{len(names)} sample photographs (centre crops), PyTorch fp32 median top-1 margin '
-                            f'{margin_std(reference):.2f} std')
+    failed_dir = ensure_writable_dir(failed_dir) if failed_dir is not None else None
+    result.parity_images = views.description
 
     say(f'exporting {loaded.name} to ONNX (opset {opset})')
     t0 = time.perf_counter()
-    fp32 = torch_to_onnx(model, data_config(model)['input_size'], opset, softmax)
+    export = lambda module: torch_to_onnx(module, data_config(module)['input_size'], opset, softmax)  # noqa: E731
+    fp32 = export(model)
     fp32_seconds = time.perf_counter() - t0
     meta = base_metadata(loaded, model, opset, softmax)
 
-    for precision in precisions:
-        t0 = time.perf_counter()
-        if precision == 'fp32':
-            graph = fp32
-            t0 -= fp32_seconds
-        elif precision == 'fp16':
-            say('converting to fp16')
-            graph = to_fp16(fp32)
-        else:
-            say(f'quantizing to int8 ({result.calibration})')
-            graph = to_int8(fp32, PhotoCalibrationReader(crops, input_name=INPUT_NAME), calibration_method)
-            bad = zero_point_problems(graph)
-            if bad:
-                raise RuntimeError(f'int8 graph breaks TensorRT\'s Q/DQ rule: {bad[0]}')
-        extra = {'calibration': {'method': calibration_method, 'crops': len(crops),
-                                 'source': result.calibration}} if precision == 'int8' else {}
-        set_metadata(graph, {**meta, 'precision': precision, **extra})
-        check_graph(graph, softmax)
-        say(f'checking {FILENAMES[precision]} with ONNX Runtime')
-        row = _write_checked(graph, output_dir / FILENAMES[precision], precision, opset, images, reference,
-                             loaded.trained)
-        row['seconds'] = time.perf_counter() - t0
-        result.rows.append(row)
-        if row['passed'] is not False:
-            result.paths[precision] = output_dir / FILENAMES[precision]
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-export-') as workdir:
+        for precision in precisions:
+            t0 = time.perf_counter()
+            extra, int8 = {}, None
+            if precision == 'fp32':
+                graph = onnx.ModelProto()
+                graph.CopyFrom(fp32)  # the metadata goes on the copy: int8 is quantized from the same bytes always
+                t0 -= fp32_seconds
+            elif precision == 'fp16':
+                say('converting to fp16')
+                graph = to_fp16(fp32)
+            else:
+                say(f'quantizing to int8 ({result.calibration})')
+                int8 = make_int8(model, fp32, export, crops, views.judge_graph('int8', loaded.trained), views.x,
+                                 Path(workdir), calibration_method, fallback, explain,
+                                 Path(calibration_cache) if calibration_cache else None, say)
+                graph = int8.graph
+                bad = zero_point_problems(graph)
+                if bad:
+                    raise RuntimeError(f'int8 graph breaks TensorRT\'s Q/DQ rule: {bad[0]}')
+                extra = {'calibration': calibration, 'float_layers': int8.float_layers, 'equalized': int8.equalized}
+            set_metadata(graph, {**meta, 'precision': precision, **extra})
+            check_graph(graph, softmax)
+            say(f'checking {FILENAMES[precision]} with ONNX Runtime')
+            row = _write_checked(graph, output_dir / FILENAMES[precision], precision, views, loaded.trained,
+                                 failed_dir)
+            row.update(opset=opset, seconds=time.perf_counter() - t0)
+            if int8 is not None:
+                row.update(float_layers=int8.float_layers, equalized=int8.equalized, attempts=int8.attempts)
+                _write_int8_extras(int8, output_dir, row, views, result, calibration)
+            result.rows.append(row)
+            if row['passed'] is not False:
+                result.paths[precision] = output_dir / FILENAMES[precision]
+            elif failed_dir is not None:
+                result.failed_paths[precision] = failed_dir / FILENAMES[precision]
     result.seconds = time.perf_counter() - start
     failed = [f'{r["precision"]}: {gate_failure(r["precision"], r)}' for r in result.rows if r['passed'] is False]
     if failed:
         raise ParityGateError(f'parity gate failed, not written: {"; ".join(failed)}', result)
     return result
+
+
+@dataclass
+class ParityViews:
+    """The views every graph is judged on, PyTorch fp32's logits on them, and their labels where known."""
+    x: np.ndarray
+    reference: np.ndarray
+    description: str
+    labels: Optional[np.ndarray] = None
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, folder: Optional[PathLike] = None) -> 'ParityViews':
+        images = folder_images(folder) if folder is not None else None
+        names, x, source = parity_views(loaded.model, images)
+        x = x.numpy()
+        with torch.no_grad():
+            reference = np.concatenate([loaded.model(torch.from_numpy(x[i:i + 32])).numpy()
+                                        for i in range(0, len(x), 32)])
+        bad = int(np.size(reference) - np.count_nonzero(np.isfinite(reference)))
+        if bad:
+            raise ValueError(f'{loaded.name}\'s own fp32 logits are not finite ({bad} NaN or Inf on the parity views: '
+                             f'NaN or Inf weights?); there is nothing to export against')
+        labels = folder_labels(images, loaded.label_names) if images is not None else None
+        where = f'{len(images)} image(s) in {folder}' if images is not None else 'the sample photographs'
+        description = (f'{len(x)} views of {where} (centre crops, random crops and flips), PyTorch fp32 median '
+                       f'top-1 margin {margin_std(reference):.2f} std' + (', labelled' if labels is not None else ''))
+        return cls(x, reference, description, labels[source.numpy()] if labels is not None else None)
+
+    def figures(self, logits: np.ndarray) -> dict:
+        """compare() against PyTorch fp32, and the accuracies where the views have labels."""
+        figures = compare(self.reference, logits)
+        if self.labels is not None:
+            figures.update(accuracy_figures(self.reference, logits, self.labels))
+        return figures
+
+    def judge_graph(self, precision: str, trained: bool):
+        """A graph -> its figures on these views, judged (ONNX Runtime on the CPU)."""
+        def judge_graph(graph: onnx.ModelProto) -> dict:
+            figures = self.figures(run_onnx(graph.SerializeToString(), self.x))
+            return {**figures, **judge(precision, figures, trained)}
+        return judge_graph
+
+
+def folder_labels(images: List[Tuple[str, object]], label_names: Optional[Sequence[str]]) -> Optional[np.ndarray]:
+    """Labels of images laid out as ``<class>/<image>`` with the model's class names; None when not so laid out."""
+    if not label_names:
+        return None
+    index = {name: i for i, name in enumerate(label_names)}
+    classes = [Path(name).parts[0] if len(Path(name).parts) > 1 else None for name, _ in images]
+    if not all(c in index for c in classes):
+        return None
+    return np.array([index[c] for c in classes])
+
+
+def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The ``logits`` of a graph (serialized, or a file) for ``x``, with ONNX Runtime on the CPU."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's buffer-reuse notes are not the user's business
+    source = graph if isinstance(graph, bytes) else str(graph)
+    session = ort.InferenceSession(source, options, providers=['CPUExecutionProvider'])
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
+
+
+def ort_ms_b1(graph: Union[bytes, PathLike], x: np.ndarray, runs: int = 20) -> float:
+    """Median ONNX Runtime CPU latency at batch 1, a quick figure for what a precision or a float layer costs
+    (the benchmark measures properly)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                   providers=['CPUExecutionProvider'])
+    feed = {INPUT_NAME: np.ascontiguousarray(x[:1])}
+    times = []
+    for i in range(runs + 3):
+        started = time.perf_counter()
+        session.run([OUTPUT_NAME], feed)
+        if i >= 3:
+            times.append(time.perf_counter() - started)
+    return 1e3 * float(np.median(times))
 
 
 def parse_precisions(precisions: Union[str, Iterable[str]]) -> List[str]:
@@ -140,25 +255,21 @@ def parse_precisions(precisions: Union[str, Iterable[str]]) -> List[str]:
     return [p for p in GRAPH_PRECISIONS if p in items]
 
 
-def _write_checked(graph: onnx.ModelProto, path: Path, precision: str, opset: int, images: np.ndarray,
-                   reference: np.ndarray, trained: bool) -> dict:
-    """Write beside ``path``, run it in ONNX Runtime, and rename it into place unless it fails its gate.
-
-    A failed gate also removes a ``path`` left by an earlier run, so that no file of that precision remains.
-    """
-    row = {'precision': precision, 'file': path.name, 'opset': opset}
+def _write_checked(graph: onnx.ModelProto, path: Path, precision: str, views: ParityViews, trained: bool,
+                   failed_dir: Optional[Path] = None) -> dict:
+    """Write beside ``path``, run the written file in ONNX Runtime, judge it, and rename it into place unless it
+    fails its gate (then into ``failed_dir`` if given). A failed gate also removes a stale ``path``."""
+    row = {'precision': precision, 'file': path.name}
     try:
         with atomic_path(path) as tmp:
             onnx.save_model(graph, str(tmp))
             row['size_bytes'] = tmp.stat().st_size
-            options = ort.SessionOptions()
-            options.log_severity_level = 3  # errors only: ORT's buffer-reuse notes are not the user's business
-            session = ort.InferenceSession(str(tmp), options, providers=['CPUExecutionProvider'])
-            logits = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
-            del session
-            row.update(compare(reference, logits))
+            row.update(views.figures(run_onnx(tmp, views.x)))
             row.update(judge(precision, row, trained))
+            row['ms_b1'] = ort_ms_b1(tmp, views.x)
             if row['passed'] is False:
+                if failed_dir is not None:
+                    os.replace(tmp, failed_dir / path.name)
                 raise _GateFailed()
     except _GateFailed:
         path.unlink(missing_ok=True)
@@ -169,17 +280,38 @@ class _GateFailed(Exception):
     """Internal: unwinds atomic_path so that the temporary file is removed, not renamed."""
 
 
+def _write_int8_extras(int8: Int8Result, output_dir: Path, row: dict, views: ParityViews, result: ExportResult,
+                       calibration: dict) -> None:
+    """model.int8.calibration.json (ranges to reuse), and the per-layer diagnosis when there is one; the plain
+    int8 graph's speed beside a remedied one's."""
+    about = {'source': calibration['source'], 'crops': calibration['crops'], 'equalized': int8.equalized}
+    write_bytes_atomic(output_dir / CALIBRATION_FILE, int8.quantizer.calibration_file(about))
+    if int8.float_layers or int8.equalized:  # what the remedy costs: the plain int8 graph's speed beside it
+        row['plain_ms_b1'] = ort_ms_b1(int8.plain.SerializeToString(), views.x)
+    if int8.diagnosis:
+        result.diagnosis = int8.diagnosis
+        summary = (f'{views.description}. Gate: {"pass" if row["passed"] else "FAIL"}; tried: '
+                   + '; '.join(f'{a["what"]} ({a["sqnr_db"]:.1f} dB, {"pass" if a["passed"] else "fail"})'
+                               for a in int8.attempts))
+        files = render_diagnosis(int8.diagnosis, {'summary': summary, 'views': DIAGNOSIS_VIEWS,
+                                                  'attempts': int8.attempts})
+        for suffix, data in files.items():
+            write_bytes_atomic(output_dir / f'model.int8.layers{suffix}', data)
+
+
 def format_table(result: ExportResult) -> str:
     """The rows as a fixed-width table, for the terminal and for docs."""
-    header = ('precision', 'file', 'size MB', 'opset', 'max |d|', 'rel err', 'SQNR dB', 'top-1', 'top-5',
-              'seconds', 'gate')
+    header = ('precision', 'file', 'size MB', 'max |d|', 'rel err', 'SQNR dB', 'top-1', 'near-ties', 'top-5',
+              'ORT ms b1', 'float layers', 'gate')
     lines = []
     for r in result.rows:
         gate = verdict(r['passed']) + (' (not written)' if r['passed'] is False else '')
-        lines.append((r['precision'], r['file'], f'{r["size_bytes"] / 1e6:.1f}', str(r['opset']),
-                      f'{r["max_abs_err"]:.2g}', f'{r["max_rel_err"]:.2g}', f'{r["sqnr_db"]:.1f}',
-                      f'{100 * r["top1_agreement"]:.1f} %', f'{100 * r["top5_agreement"]:.1f} %',
-                      f'{r["seconds"]:.1f}', gate))
+        decisive = r['decisive_top1_agreement']
+        remedy = ', '.join(r.get('float_layers') or []) or ('equalized' if r.get('equalized') else '–')
+        speed = f'{r["ms_b1"]:.1f}' + (f' ({r["plain_ms_b1"]:.1f} all int8)' if r.get('plain_ms_b1') else '')
+        lines.append((r['precision'], r['file'], f'{r["size_bytes"] / 1e6:.1f}', f'{r["max_abs_err"]:.2g}',
+                      f'{r["max_rel_err"]:.2g}', sqnr_text(r), '–' if decisive is None else f'{100 * decisive:.1f} %',
+                      f'{r["near_ties"]}/{r["views"]}', f'{100 * r["top5_agreement"]:.1f} %', speed, remedy, gate))
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     return '\n'.join('  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *lines])
 
@@ -192,10 +324,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--output-dir', required=True, help='where model.onnx, model.fp16.onnx, model.int8.onnx go')
     parser.add_argument('--precisions', default=','.join(GRAPH_PRECISIONS),
                         help=f'comma-separated subset of {",".join(GRAPH_PRECISIONS)} (default: all)')
+    parser.add_argument('--parity-images', metavar='DIR',
+                        help='judge parity on views of these images (default: the sample photographs); laid out as '
+                             '<class>/<image> with the model\'s label names, accuracy is judged too')
     parser.add_argument('--calibration-images', metavar='DIR',
                         help='int8 calibration images (default: random crops of the sample photographs)')
     parser.add_argument('--calibration-method', default='minmax', choices=list(CALIBRATION_METHODS),
                         help='ONNX Runtime calibration method for int8 (default: minmax)')
+    parser.add_argument('--calibration-cache', metavar='FILE',
+                        help=f'int8 tensor ranges from an earlier export ({CALIBRATION_FILE}) instead of calibrating')
+    parser.add_argument('--int8-fallback', default='auto', metavar='auto|none|LAYER[,LAYER...]',
+                        help='when int8 misses its gate: auto (equalize, else keep up to 4 layers in float), none, '
+                             'or these layers (module paths such as features.8, or ONNX node names) in float')
+    parser.add_argument('--explain', action='store_true',
+                        help='diagnose int8 per layer even when it passes (model.int8.layers.md/.json/.png)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: {DEFAULT_OPSET})')
     parser.add_argument('--softmax', action='store_true', help='add a "probabilities" output after the logits')
@@ -207,11 +349,16 @@ def main(argv: Sequence[str] = None) -> int:
     precisions = parse_precisions(args.precisions)
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise UsageError(f'--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {args.opset}')
+    try:
+        fallback = parse_fallback(args.int8_fallback)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
     progress = lambda message: print(f'{message} ...', file=sys.stderr, flush=True)  # noqa: E731
     try:
         result = export_onnx(loaded, args.output_dir, precisions, args.calibration_images, args.calibration_method,
-                             args.opset, args.softmax, progress)
+                             args.opset, args.softmax, progress, args.parity_images, fallback, args.explain,
+                             args.calibration_cache)
     except ParityGateError as e:
         _print_result(loaded, e.result)
         raise
@@ -226,6 +373,17 @@ def _print_result(loaded: LoadedModel, result: ExportResult) -> None:
     if result.calibration:
         print(f'int8 calibration: {result.calibration}')
     print(format_table(result))
+    for row in result.rows:
+        for attempt in row.get('attempts', [])[1:]:
+            print(f'int8 remedy tried: {attempt["what"]}: SQNR {attempt["sqnr_db"]:.1f} dB, '
+                  f'{"pass" if attempt["passed"] else "; ".join(attempt["misses"])}')
+        if row.get('equalized'):
+            print('int8 equalized (function-preserving): ' + ', '.join(
+                f'{e["layer"]} into {e["into"]} ({e["channels"]} channel(s), up to {e["max_scale"]}x)'
+                for e in row['equalized']))
+    if result.diagnosis:
+        print(f'int8 per-layer diagnosis, worst {TOP} (all in model.int8.layers.md):')
+        print(diagnosis_table(result.diagnosis, TOP))
     print(f'total {result.seconds:.1f} s; written: {", ".join(str(p) for p in result.paths.values()) or "nothing"}')
 
 

@@ -5,16 +5,21 @@ int8: ONNX Runtime's static quantization in Q/DQ form, after its pre-processing 
 activations and per-channel symmetric int8 weights, so every zero point is 0 (TensorRT's parser requires it).
 """
 import contextlib
+import hashlib
 import io
+import json
 import logging
-import tempfile
+import shutil
 import warnings
 from pathlib import Path
+from typing import Optional, Sequence
 
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.onnx_model import OnnxModel
+
+from alexnet_zoo.files import PathLike
 
 # Entropy is not offered: quantize_static cannot set its histogram size, and with the default (128 bins for 128
 # quantized bins) there is one candidate threshold, the full range, so it gives exactly what minmax gives, slower.
@@ -45,7 +50,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     converted = OnnxModel(copy)
-    with warnings.catch_warnings(), _quiet():
+    with warnings.catch_warnings(), quiet():
         # one warning per tiny weight clamped to fp16's smallest normal value; expected, and not actionable
         warnings.simplefilter('ignore', UserWarning)
         converted.convert_float_to_float16(keep_io_types=True)
@@ -53,28 +58,78 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted.model
 
 
-def to_int8(model: onnx.ModelProto, reader: CalibrationDataReader, method: str = 'minmax') -> onnx.ModelProto:
-    """Q/DQ int8 graph calibrated on ``reader``'s feeds; ``model`` is left unchanged."""
-    if method not in CALIBRATION_METHODS:
-        raise ValueError(f'unknown calibration method {method!r} (choose from {", ".join(CALIBRATION_METHODS)})')
-    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-int8-') as tmp, _quiet():
-        prepared, quantized = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
-        quant_pre_process(model, prepared)
-        quantize_static(
-            prepared, quantized, reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[method],
-            extra_options=dict(INT8_OPTIONS),
-        )
-        return onnx.load(quantized)
+class Int8Quantizer:
+    """ONNX Runtime's static Q/DQ quantization of one fp32 graph: prepared once (``quant_pre_process``), calibrated
+    once (the tensor ranges kept in ORT's calibration cache), then quantized as often as a remedy asks, with some
+    nodes kept in float (``nodes_to_exclude``)."""
+
+    def __init__(self, fp32: onnx.ModelProto, workdir: Path, method: str = 'minmax'):
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(f'unknown calibration method {method!r} (choose from {", ".join(CALIBRATION_METHODS)})')
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.method, self.workdir = method, workdir
+        self.prepared_path, self.cache = workdir / 'prepared.onnx', workdir / 'calibration.json'
+        with quiet():
+            quant_pre_process(fp32, self.prepared_path)
+        self.prepared = onnx.load(str(self.prepared_path))
+        self.graph_sha256 = hashlib.sha256(self.prepared_path.read_bytes()).hexdigest()
+
+    def use_cache(self, path: Path) -> None:
+        """Ranges from an earlier export's calibration file instead of calibrating: it must be this graph's."""
+        record = read_calibration_record(path)
+        made_for, method = record['graph_sha256'], record['method']
+        if made_for != self.graph_sha256:
+            raise ValueError(f'--calibration-cache {path} was computed for another graph (other weights, opset or '
+                             f'exporter); calibrate again without it')
+        if method != self.method:
+            raise ValueError(f'--calibration-cache {path} holds {method} ranges, not {self.method}')
+        shutil.copyfile(path, self.cache)
+
+    def quantize(self, reader: Optional[CalibrationDataReader] = None, exclude: Sequence[str] = ()) -> onnx.ModelProto:
+        """The Q/DQ graph, ``exclude``'s nodes in float; calibrates on ``reader`` the first time only."""
+        if reader is None and not self.cache.is_file():
+            raise ValueError('int8 needs calibration images or a --calibration-cache')
+        output = self.workdir / 'int8.onnx'
+        if reader is not None and hasattr(reader, 'rewind'):
+            reader.rewind()  # the reader may have fed another quantizer
+        with quiet():
+            quantize_static(
+                self.prepared_path, output, reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(INT8_OP_TYPES),
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=CALIBRATION_METHODS[self.method],
+                extra_options=dict(INT8_OPTIONS),
+                calibration_cache_path=self.cache,
+            )
+        return onnx.load(str(output))
+
+    def calibration_file(self, about: dict) -> bytes:
+        """ORT's calibration cache (which ``--calibration-cache`` and ORT's own ``quantize_static`` read back), with
+        what it was computed from: the method, the images, the graph."""
+        saved = json.loads(self.cache.read_text())
+        saved['alexnet_zoo'] = {'method': self.method, 'graph_sha256': self.graph_sha256, **about}
+        return (json.dumps(saved, indent=1, sort_keys=True) + '\n').encode()
+
+
+def read_calibration_record(path: PathLike) -> dict:
+    """What an export's calibration file says it was computed from (method, crops, source, graph); one line if it
+    is not such a file."""
+    try:
+        record = json.loads(Path(path).read_text())['alexnet_zoo']
+        for key in ('method', 'crops', 'source', 'graph_sha256'):
+            record[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'--calibration-cache {path} is not a calibration file of export.onnx '
+                         f'({type(e).__name__}: {e})') from None
+    return record
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """ORT's quantizer prints calibration progress to stdout and warnings to the root logger; keep the CLI clean."""
     logging.disable(logging.WARNING)
     try:

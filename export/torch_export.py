@@ -54,10 +54,23 @@ def torch_to_onnx(model: nn.Module, input_size: Sequence[int], opset: int = DEFA
                 module, example, buffer, dynamo=False, input_names=[INPUT_NAME], output_names=outputs,
                 dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *outputs]}, opset_version=opset)
             graph = onnxscript.optimizer.optimize(onnx.load_from_string(buffer.getvalue()))
+    strip_machine_paths(graph)
     got = next(o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx'))
     if got != opset:
         raise RuntimeError(f'the exporter wrote opset {got}, not the requested {opset}')
     return graph
+
+
+MACHINE_METADATA = ('pkg.torch.onnx.stack_trace',)  # source file paths of the exporting machine
+
+
+def strip_machine_paths(graph: onnx.ModelProto) -> None:
+    """Drop node metadata that names files of the exporting machine (the exporter's stack traces), so that the same
+    weights give the same bytes wherever they are exported; the module paths (name_scopes) stay."""
+    for node in graph.graph.node:
+        kept = [p for p in node.metadata_props if p.key not in MACHINE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 
 from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.cli import UsageError, run_cli
-from alexnet_zoo.data import sample_batch
+from alexnet_zoo.data import parity_views, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs
 from benchmarks.__main__ import main
 from benchmarks.environment import cpu_has_amx
@@ -30,8 +30,10 @@ from export.runner import BackendUnavailable, Runner
 REPO = Path(__file__).resolve().parents[1]
 HAS_GPU = torch.cuda.is_available()
 LATENCY_KEYS = {'mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max'}
-PARITY_KEYS = {'reference', 'max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement',
-               'top5_agreement', 'judged', 'passed'}
+PARITY_KEYS = {'reference', 'views', 'max_abs_err', 'max_rel_err', 'sqnr_db', 'identical', 'nonfinite', 'cosine_min',
+               'top1_agreement', 'top5_agreement', 'near_tie_margin', 'near_ties', 'near_tie_flips',
+               'decisive_top1_agreement', 'judged', 'passed'}
+ACCURACY_KEYS = {'accuracy_top1', 'reference_accuracy_top1', 'accuracy_views'}  # in 'parity' with labels
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -112,11 +114,54 @@ def test_compare_rejects_shape_mismatch():
 
 
 def test_judge_gates():
-    good_int8 = {'top1_agreement': 1.0, 'sqnr_db': 25.0, 'max_rel_err': 0.05}
+    good_int8 = {'decisive_top1_agreement': 0.99, 'sqnr_db': 25.0, 'max_rel_err': 0.05, 'nonfinite': 0}
     assert parity.judge('int8', good_int8, trained=False) == {'judged': False, 'passed': None}
     assert parity.judge('int8', good_int8, trained=True) == {'judged': True, 'passed': True}
     assert parity.judge('int8', {**good_int8, 'sqnr_db': 15.0}, trained=True)['passed'] is False
-    assert parity.judge('fp32', {'top1_agreement': 1.0, 'sqnr_db': 90.0, 'max_rel_err': 2e-4}, True)['passed'] is False
+    assert parity.judge('int8', {**good_int8, 'decisive_top1_agreement': 0.98}, trained=True)['passed'] is False
+    assert parity.judge('fp16', {**good_int8, 'sqnr_db': 39.0, 'decisive_top1_agreement': 1.0}, True)['passed'] is False
+    assert parity.judge('fp32', {'decisive_top1_agreement': 1.0, 'sqnr_db': 90.0, 'max_rel_err': 2e-4}, True)['passed'] is False
+
+
+def test_near_ties_are_counted_and_set_aside():
+    """A view whose margin is below twice the candidate's typical (95th percentile) max error may flip without
+    the candidate being at fault; a decisive view that flips counts against agreement."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 10)) * 3
+    ref[:, 0] = ref.max(axis=1) + 4.0  # class 0 wins every view by at least 4
+    ref[0, 1] = ref[0, 0] - 0.01  # view 0: a near-tie, margin 0.01
+    cand = ref + rng.normal(scale=0.05, size=ref.shape)
+    cand[0, 1] = cand[0, 0] + 0.02  # ... which the candidate flips
+    figures = parity.compare(ref, cand)
+    assert figures['views'] == 200 and figures['near_ties'] == 1 and figures['near_tie_flips'] == 1
+    assert figures['top1_agreement'] == pytest.approx(199 / 200) and figures['decisive_top1_agreement'] == 1.0
+    assert 0.1 < figures['near_tie_margin'] < 0.5
+    cand[5, 2] = cand[5, 0] + 1.0  # a decisive view (margin >= 4) flipped by one large error
+    figures = parity.compare(ref, cand)
+    assert figures['decisive_top1_agreement'] == pytest.approx(198 / 199)
+    assert 'top-1 99.5 % < 100.0 %' in parity.gate_failure('fp32', figures)
+
+
+def test_non_finite_logits_are_never_exact():
+    ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    for bad in (np.nan, np.inf):
+        cand = ref.copy()
+        cand[1, 2] = bad
+        figures = parity.compare(ref, cand)
+        assert figures['nonfinite'] == 1 and not figures['identical'] and math.isnan(figures['sqnr_db'])
+        assert parity.sqnr_text(figures) == 'non-finite'
+        assert parity.judge('fp16', figures, trained=True)['passed'] is False
+        assert '1 non-finite logits' in parity.gate_failure('fp16', figures)
+    assert parity.sqnr_text(parity.compare(ref, ref.copy())) == 'exact'
+
+
+def test_accuracy_gate_is_relative_to_the_reference():
+    figures = {'decisive_top1_agreement': 1.0, 'sqnr_db': 40.0, 'max_rel_err': 0.01, 'nonfinite': 0,
+               'reference_accuracy_top1': 0.90}
+    assert parity.judge('int8', {**figures, 'accuracy_top1': 0.892}, True)['passed'] is True  # 99.1 % of 0.90
+    failed = {**figures, 'accuracy_top1': 0.88}
+    assert parity.judge('int8', failed, True)['passed'] is False
+    assert 'accuracy 88.0 % < 99 % of fp32\'s 90.0 %' in parity.gate_failure('int8', failed)
 
 
 def test_margin_std():
@@ -326,13 +371,14 @@ def check_schema(report: dict):
         lat = row['latency_ms']
         assert 0 < lat['min'] <= lat['p50'] <= lat['p90'] <= lat['p95'] <= lat['p99'] <= lat['max']
         assert row['throughput_ips'] > 0 and row['iterations'] >= 1
-        assert set(row['parity']) == PARITY_KEYS and row['parity']['reference'] == 'torch fp32'
+        assert set(row['parity']) - ACCURACY_KEYS == PARITY_KEYS and row['parity']['reference'] == 'torch fp32'
+        assert row['parity']['views'] >= 256
         assert set(row['parity_fp64']) == PARITY_KEYS and row['parity_fp64']['reference'] == 'torch fp64'
     for entry in report['skipped']:
         assert entry['backend'] and entry['precision'] and entry['reason']
 
 
-def test_quick_run_report(quick_run, reference):
+def test_quick_run_report(quick_run, trained_model):
     proc, out, _ = quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / 'report.json').read_text())
@@ -341,16 +387,26 @@ def test_quick_run_report(quick_run, reference):
     assert {('torch', 'fp32', 1), ('onnxruntime', 'fp32', 1), ('onnxruntime', 'int8', 1), ('openvino', 'fp32', 1),
             ('openvino', 'int8', 1)} <= rows
     assert report['model']['trained'] and report['summary']['passed'] is True
-    # --data holds the photographs under their label names, so PyTorch's accuracy is its reference's
-    expected_top1 = float(np.mean(reference.argmax(axis=1) == np.arange(len(reference))))
+    # --data holds the photographs under their label names: PyTorch's accuracy on views of them, computed here
+    _, views, source = parity_views(trained_model)
+    with torch.inference_mode():
+        expected_top1 = float((trained_model(views).argmax(dim=1) == source).float().mean())
+    assert report['data']['reference_accuracy']['top1'] == pytest.approx(expected_top1)
     for row in report['results']:
         assert row['parity']['judged'] and row['parity']['passed'], row
         assert 0 <= row['accuracy']['top1'] <= row['accuracy']['top5'] <= 1
+        # the gate's accuracies are on the views that are decisive for this row (near-ties set aside)
+        assert 0 < row['parity']['accuracy_views'] <= report['data']['views']
+        assert row['parity']['accuracy_top1'] >= 0.99 * row['parity']['reference_accuracy_top1']
         if row['precision'] == 'fp32':
             assert row['accuracy']['top1'] == pytest.approx(expected_top1)
+        if (row['backend'], row['precision']) == ('torch', 'fp32'):  # identical logits: no near-tie at all
+            assert row['parity']['accuracy_views'] == report['data']['views']
+            assert row['parity']['accuracy_top1'] == pytest.approx(expected_top1)
     baseline = next(r for r in report['results'] if (r['backend'], r['precision']) == ('torch', 'fp32'))
     assert baseline['speedup_vs_torch_fp32'] == pytest.approx(1.0)
-    assert report['data']['count'] == len(PHOTOGRAPHS)
+    assert report['data']['count'] == len(PHOTOGRAPHS) and report['data']['views'] >= 256
+    assert report['images']['views'] >= 256
     assert 'report.md' in proc.stdout
 
 
@@ -376,6 +432,31 @@ def test_quick_run_files(quick_run):
     assert len(csv_lines) == 1 + len(json.loads((out / 'report.json').read_text())['results'])
     assert not list(out.glob('.*.tmp')), 'temporary files left behind'
     assert 'Traceback' not in proc.stderr
+
+
+def test_non_finite_rows_read_non_finite_everywhere(quick_run):
+    """A row whose logits had NaN: 'non-finite' in report.md and report.csv, never 'exact'; a failed gate."""
+    from benchmarks.plots import render_plots
+    from benchmarks.report import render_csv, render_markdown
+    from benchmarks.summary import add_speedups
+    _, out, _ = quick_run
+    report = json.loads((out / 'report.json').read_text())
+    row = next(r for r in report['results'] if (r['backend'], r['precision']) == ('onnxruntime', 'int8'))
+    ref = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    nan = ref.copy()
+    nan[0, 0] = np.nan
+    for key in ('parity', 'parity_fp64'):
+        row[key].update(parity.compare(ref, nan), **parity.judge('int8', parity.compare(ref, nan), True))
+        row[key]['sqnr_db'] = None  # as JSON stores NaN
+    add_speedups(report)
+    markdown = render_markdown(report)
+    line = next(text for text in markdown.splitlines() if text.startswith('| onnxruntime | int8 |'))
+    assert 'non-finite' in line and 'exact' not in line and '**FAIL**' in line
+    assert 'non-finite logits' in markdown and report['summary']['rows_failed'] >= 1
+    header, *lines = render_csv(report).splitlines()
+    column = header.split(',').index('parity_nonfinite')
+    assert any(line.split(',')[column] == '1' for line in lines)
+    assert set(render_plots(report)) == set(PLOTS)
 
 
 def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path):
@@ -412,6 +493,23 @@ def test_failed_gate_exits_1(trained_checkpoint, tmp_path):
     report = json.loads((tmp_path / 'out' / 'report.json').read_text())
     assert report['summary']['rows_failed'] == 1 and report['results'][0]['parity']['passed'] is False
     assert '**FAIL**' in (tmp_path / 'out' / 'report.md').read_text()
+
+
+def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, tmp_path, monkeypatch):
+    """int8 misses a gate nothing can pass: its rows are measured from the failed graph and fail, with the reason;
+    the fp32 rows run and pass; the exit code says a gate failed."""
+    monkeypatch.setitem(parity.GATES['int8'], 'sqnr_min_db', 500.0)
+    code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
+                 'fp32,int8', '--output-dir', str(tmp_path / 'out'), '--no-progress'])
+    assert code == 1
+    report = json.loads((tmp_path / 'out' / 'report.json').read_text())
+    rows = {r['precision']: r for r in report['results']}
+    assert set(rows) == {'fp32', 'int8'} and not [s for s in report['skipped'] if s['backend'] == 'onnxruntime']
+    assert rows['fp32']['parity']['passed'] is True and 'export_failure' not in rows['fp32']
+    assert 'SQNR' in rows['int8']['export_failure'] and rows['int8']['latency_ms']['p50'] > 0
+    assert report['summary']['rows_failed'] == 1 and report['summary']['passed'] is False
+    markdown = (tmp_path / 'out' / 'report.md').read_text()
+    assert 'the graph failed its gate at export' in markdown and '**FAIL**' in markdown
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -17,9 +17,9 @@ from onnx import numpy_helper
 
 import alexnet_zoo
 from alexnet_zoo.checkpoint import LoadedModel
-from alexnet_zoo.data import sample_batch
+from alexnet_zoo.data import parity_views, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS
-from export.contract import DEFAULT_OPSET, FILENAMES, read_metadata, zero_points
+from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, read_metadata, zero_points
 from export.contract import GRAPH_PRECISIONS as PRECISIONS
 from export.onnx import ParityGateError, export_onnx
 from export.parity import GATES, compare, judge
@@ -63,13 +63,22 @@ def test_result_rows_and_files(exported):
         assert {'max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement'} <= set(row)
     sizes = {r['precision']: r['size_bytes'] for r in result.rows}
     assert sizes['int8'] < sizes['fp16'] < sizes['fp32']
-    assert not [p for p in out.iterdir() if p.name not in FILENAMES.values()]  # no temporary files left
+    written = {*FILENAMES.values(), CALIBRATION_FILE}  # no temporary files left
+    assert not [p for p in out.iterdir() if p.name not in written]
+
+
+@pytest.fixture(scope='module')
+def views(trained_model):
+    """The 256 parity views (centre crops, random crops and flips) and PyTorch fp32 logits for them."""
+    _, x, _ = parity_views(trained_model)
+    with torch.no_grad():
+        return x.numpy(), trained_model(x).numpy()
 
 
 @pytest.mark.parametrize('precision', PRECISIONS)
-def test_graph_agrees_with_pytorch_within_its_gate(exported, photos, precision):
-    """An independent ONNX Runtime run of the written file, judged by the precision's gate."""
-    x, reference = photos
+def test_graph_agrees_with_pytorch_within_its_gate(exported, views, precision):
+    """An independent ONNX Runtime run of the written file on the parity views, judged by the precision's gate."""
+    x, reference = views
     logits = _session(exported[0].paths[precision]).run(['logits'], {'input': x})[0]
     assert logits.dtype == np.float32 and logits.shape == reference.shape
     figures = compare(reference, logits)
@@ -221,7 +230,8 @@ def softmax_run(trained_checkpoint, tmp_path_factory):
 def test_cli_softmax_adds_probabilities(softmax_run, photos):
     code, stdout, stderr, out = softmax_run
     assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ['model.fp16.onnx', 'model.int8.onnx']  # only those asked for
+    assert sorted(p.name for p in out.iterdir()) == [  # only those asked for, and int8's ranges
+        'model.fp16.onnx', 'model.int8.calibration.json', 'model.int8.onnx']
     assert 'int8' in stdout and 'fp16' in stdout and 'pass' in stdout and 'Traceback' not in stderr
     x, reference = photos
     for name in ('model.fp16.onnx', 'model.int8.onnx'):
@@ -261,6 +271,11 @@ def bad_runs(trained_model, trained_checkpoint, tmp_path_factory):
                                               '--calibration-images', root / 'not-images'],
         'output directory not writable': ['--checkpoint', trained_checkpoint],
         'opset out of range': ['--opset', 12],
+        'int8 fallback mixed': ['--int8-fallback', 'auto,features.8'],
+        'missing calibration cache': ['--checkpoint', trained_checkpoint, '--calibration-cache', root / 'none.json'],
+        'calibration cache not a cache': ['--checkpoint', trained_checkpoint, '--precisions', 'int8',
+                                          '--calibration-cache', root / 'a-file'],
+        'missing parity images': ['--checkpoint', trained_checkpoint, '--parity-images', root / 'missing'],
     }
     outputs = {name: root / 'a-file' / 'out' if 'writable' in name else root / f'out-{i}'
                for i, name in enumerate(cases)}
@@ -271,7 +286,8 @@ def bad_runs(trained_model, trained_checkpoint, tmp_path_factory):
 @pytest.mark.parametrize('case', [
     'unknown model', 'unknown precision', 'missing checkpoint', 'classifier mismatch (state dict)',
     'classifier mismatch (directory)', 'empty calibration folder', 'calibration folder without images',
-    'output directory not writable', 'opset out of range'])
+    'output directory not writable', 'opset out of range', 'int8 fallback mixed', 'missing calibration cache',
+    'calibration cache not a cache', 'missing parity images'])
 def test_cli_bad_input_is_one_error_line(bad_runs, case):
     code, stderr, out = bad_runs[case]
     assert code in (1, 2), (case, code, stderr)

@@ -1,0 +1,143 @@
+"""int8 that passes when it should, fails when it should, and says why.
+
+Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the gate fails (or ``explain`` asks),
+diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
+(function-preserving, full int8 speed), then up to MAX_FLOAT_LAYERS of the most damaging tensors kept in float,
+one more at a time, re-judged each time. ``none`` only judges; a list of layers keeps those in float.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+import torch
+
+from .calibration import PhotoCalibrationReader
+from .contract import INPUT_NAME
+from .diagnose import diagnose, float_nodes, module_path, resolve_layers
+from .equalize import equalize
+from .parity import compare, gate_misses, judge
+from .precision import Int8Quantizer
+
+MAX_FLOAT_LAYERS = 4
+
+Judge = Callable[[onnx.ModelProto], dict]  # a graph -> its parity figures with 'judged' and 'passed'
+
+
+@dataclass
+class Int8Result:
+    graph: onnx.ModelProto
+    figures: dict
+    quantizer: Int8Quantizer  # whose calibration produced ``graph``
+    float_layers: List[str] = field(default_factory=list)  # module paths (or node names) kept in float
+    float_nodes: List[str] = field(default_factory=list)
+    equalized: List[dict] = field(default_factory=list)
+    diagnosis: Optional[List[dict]] = None
+    attempts: List[dict] = field(default_factory=list)  # every graph judged, in order: what, SQNR, top-1, passed
+    plain: Optional[onnx.ModelProto] = None  # the first quantization, before any remedy
+
+
+def parse_fallback(text: Union[str, Sequence[str]]) -> Union[str, List[str]]:
+    """'auto', 'none', or the layers named in 'features.8,node_relu_2'."""
+    items = [s.strip() for s in (text.split(',') if isinstance(text, str) else text) if s.strip()]
+    if not items:
+        raise ValueError('--int8-fallback is empty (auto, none, or LAYER[,LAYER...])')
+    if items in (['auto'], ['none']):
+        return items[0]
+    if 'auto' in items or 'none' in items:
+        raise ValueError('--int8-fallback takes auto, none, or a list of layers, not a mix')
+    return items
+
+
+def make_int8(
+        model: torch.nn.Module,
+        fp32: onnx.ModelProto,
+        export: Callable[[torch.nn.Module], onnx.ModelProto],
+        crops: np.ndarray,
+        judge_graph: Judge,
+        views: np.ndarray,
+        workdir: Path,
+        method: str = 'minmax',
+        fallback: Union[str, List[str]] = 'auto',
+        explain: bool = False,
+        cache: Optional[Path] = None,
+        say: Callable[[str], None] = lambda message: None,
+) -> Int8Result:
+    """The int8 graph of ``fp32`` that passes ``judge_graph`` if one can, else the best failed attempt.
+
+    ``export`` turns a (rescaled) copy of ``model`` into its fp32 graph; ``crops`` calibrate; ``views`` are the
+    parity views the diagnosis runs on.
+    """
+    layers = resolve_layers(fp32, fallback) if isinstance(fallback, list) else None  # a wrong name fails at once
+    reader = PhotoCalibrationReader(crops, input_name=INPUT_NAME)
+    quantizer = Int8Quantizer(fp32, workdir / 'plain', method)
+    if cache is not None:
+        quantizer.use_cache(cache)
+    graph = quantizer.quantize(reader)
+    result = Int8Result(graph, judge_graph(graph), quantizer, plain=graph)
+    _attempt(result, 'int8', result.figures)
+    failed = result.figures['passed'] is False
+    if explain or failed:
+        say('diagnosing int8 per layer')
+        result.diagnosis = diagnose(quantizer.prepared_path, graph, views, workdir)
+    if layers is not None:
+        return _with_float(result, quantizer, reader, judge_graph, layers)
+    if not failed or fallback == 'none':
+        return result
+
+    say('int8 missed its gate: trying activation equalization')
+    rescaled, equalized = equalize(model, torch.from_numpy(crops))
+    if equalized:
+        eq_quantizer = Int8Quantizer(export(rescaled), workdir / 'equalized', method)
+        eq_graph = eq_quantizer.quantize(reader)
+        figures = judge_graph(eq_graph)
+        _attempt(result, f'equalized {", ".join(e["layer"] for e in equalized)}', figures)
+        if figures['passed']:
+            result.graph, result.figures, result.quantizer, result.equalized = eq_graph, figures, eq_quantizer, equalized
+            return result
+
+    layers = {}
+    for row in result.diagnosis:
+        if len(layers) == MAX_FLOAT_LAYERS:
+            break
+        nodes = float_nodes(quantizer.prepared, row['tensor'])
+        if not nodes:
+            continue
+        layers[row['module'] or row['node']] = nodes
+        say(f'int8 missed its gate: keeping {", ".join(layers)} in float')
+        attempt = _with_float(result, quantizer, reader, judge_graph, layers, keep_failed=False)
+        if attempt is not None:
+            return attempt
+    return result
+
+
+def _with_float(result: Int8Result, quantizer: Int8Quantizer, reader, judge_graph: Judge, layers: dict,
+                keep_failed: bool = True) -> Optional[Int8Result]:
+    """Re-quantize with ``layers`` ({name: nodes}) in float and judge; the new result if it passes (or if
+    ``keep_failed``), else None."""
+    nodes = sorted({n for group in layers.values() for n in group})
+    graph = quantizer.quantize(reader, exclude=nodes)
+    figures = judge_graph(graph)
+    _attempt(result, f'float: {", ".join(layers)}', figures)
+    if figures['passed'] is False and not keep_failed:
+        return None
+    names = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in nodes})
+    result.graph, result.figures, result.float_layers, result.float_nodes = graph, figures, names, nodes
+    return result
+
+
+def _attempt(result: Int8Result, what: str, figures: dict) -> None:
+    result.attempts.append({'what': what, 'sqnr_db': figures['sqnr_db'],
+                            'decisive_top1_agreement': figures['decisive_top1_agreement'],
+                            'passed': figures['passed'], 'misses': gate_misses('int8', figures)})
+
+
+def graph_judge(run: Callable[[onnx.ModelProto], np.ndarray], reference: np.ndarray, trained: bool,
+                extra: Callable[[np.ndarray], dict] = lambda logits: {}) -> Judge:
+    """A Judge from a way to run a graph on the parity views, and the reference logits on them."""
+    def judge_graph(graph: onnx.ModelProto) -> dict:
+        logits = run(graph)
+        figures = {**compare(reference, logits), **extra(logits)}
+        return {**figures, **judge('int8', figures, trained)}
+    return judge_graph

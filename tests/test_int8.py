@@ -1,0 +1,190 @@
+"""int8 that passes when it should, fails when it should, and says why: near-ties, an outlier channel, fp16
+overflow, reproducible graphs and reusable calibration, each on a checkpoint built here from the trained fixture."""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet_zoo.checkpoint import save_checkpoint_dir
+from alexnet_zoo.data import sample_batch
+from alexnet_zoo.samples import PHOTOGRAPHS
+from export.contract import CALIBRATION_FILE, FILENAMES, read_metadata
+from export.onnx import ParityGateError, export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
+OUTLIER_CHANNEL, K = 7, 100.0
+
+
+def _loaded(model):
+    from alexnet_zoo.checkpoint import LoadedModel
+    return LoadedModel(model, 'alexnet_bn', model.num_classes, True, 'test', list(PHOTOGRAPHS))
+
+
+def _cli(*args, cwd=REPO, env=None):
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})}
+    env.pop('ALEXNET_ZOO_DEBUG', None)
+    return subprocess.run([sys.executable, '-m', 'export.onnx', *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope='module')
+def outlier_model(trained_model):
+    """The trained model with conv 3's channel 7 scaled by K and the next BatchNorm's statistics with it: the same
+    function in fp32, and an activation channel K times the others that int8's per-tensor scale must cover."""
+    model = copy.deepcopy(trained_model)
+    with torch.no_grad():
+        conv, bn = model.features[8], model.features[10]
+        conv.weight[OUTLIER_CHANNEL] *= K
+        conv.bias[OUTLIER_CHANNEL] *= K
+        bn.running_mean[OUTLIER_CHANNEL] *= K
+        bn.running_var[OUTLIER_CHANNEL] *= K * K
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def outlier_checkpoint(outlier_model, tmp_path_factory):
+    return save_checkpoint_dir(outlier_model, tmp_path_factory.mktemp('outlier') / 'ckpt', list(PHOTOGRAPHS))
+
+
+def test_the_outlier_model_computes_the_same_function(trained_model, outlier_model):
+    _, x = sample_batch(trained_model)
+    with torch.no_grad():
+        torch.testing.assert_close(outlier_model(x), trained_model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_near_tie_passes_and_is_counted(trained_model, tmp_path):
+    """A photograph whose fp32 top-1/top-2 margin is 0.02 (any rounding may flip it) does not fail int8."""
+    model = copy.deepcopy(trained_model)
+    _, x = sample_batch(model)
+    with torch.no_grad():
+        logits = model(x[:1])[0]
+        first, second = torch.topk(logits, 2).indices.tolist()
+        model.head.fc.bias[second] += logits[first] - logits[second] - 0.02
+        margin = torch.topk(model(x[:1])[0], 2).values
+    assert 0 < float(margin[0] - margin[1]) < 0.03
+    result = export_onnx(_loaded(model), tmp_path, precisions=('int8',))
+    row, = result.rows
+    assert row['passed'] is True and row['views'] >= 256
+    assert row['near_ties'] >= 1 and row['decisive_top1_agreement'] >= 0.99
+    assert row['float_layers'] == [] and row['equalized'] == []  # nothing to repair
+
+
+def test_outlier_channel_is_named_and_equalized(outlier_model, tmp_path):
+    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',))
+    row, = result.rows
+    worst = result.diagnosis[0]
+    assert worst['module'] == 'features.8' and worst['op'] == 'Conv' and worst['quant_sqnr_db'] < 25
+    assert row['attempts'][0]['passed'] is False and row['attempts'][0]['sqnr_db'] < 25  # plain int8 is broken
+    assert row['passed'] is True and row['sqnr_db'] >= 25 and row['float_layers'] == []
+    assert any(e['layer'] == 'features.8' and e['max_scale'] > K / 2 for e in row['equalized'])
+    meta = read_metadata(tmp_path / FILENAMES['int8'])
+    assert meta['float_layers'] == [] and any(e['layer'] == 'features.8' for e in meta['equalized'])
+    layers = json.loads((tmp_path / 'model.int8.layers.json').read_text())
+    assert layers['layers'][0]['module'] == 'features.8'
+    assert (tmp_path / 'model.int8.layers.md').read_text().count('features.8') >= 1
+    assert (tmp_path / 'model.int8.layers.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_named_layer_is_kept_in_float(outlier_model, tmp_path):
+    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',), int8_fallback='features.8')
+    row, = result.rows
+    assert row['passed'] is True and row['float_layers'] == ['features.8'] and row['equalized'] == []
+    assert read_metadata(tmp_path / FILENAMES['int8'])['float_layers'] == ['features.8']
+    assert row['ms_b1'] > 0 and row['plain_ms_b1'] > 0  # the float layer's cost, beside the all-int8 graph's
+    with pytest.raises(ValueError, match=r"no quantized layer 'features\.99' \(module paths: .*features\.8"):
+        export_onnx(_loaded(outlier_model), tmp_path / 'again', precisions=('int8',), int8_fallback='features.99')
+
+
+def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoint, tmp_path):
+    proc = _cli('--checkpoint', outlier_checkpoint, '--output-dir', tmp_path / 'out', '--precisions', 'int8',
+                '--int8-fallback', 'none')
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'int8' in errors[0] and 'SQNR' in errors[0] and 'Traceback' not in proc.stderr
+    assert 'per-layer diagnosis' in proc.stdout and '| conv2d_2 | node_conv2d_2 | Conv | features.8 |' in proc.stdout
+    assert not (tmp_path / 'out' / FILENAMES['int8']).exists()
+    assert (tmp_path / 'out' / 'model.int8.layers.md').is_file()
+
+
+def test_fp16_overflow_fails_its_gate(trained_model, tmp_path):
+    """Logits beyond fp16's range (65504): ONNX Runtime's CPU kernels compute such an fp16 graph through fp32, and
+    its converter clamps weights, so they come out finite here but wrong (Inf on an fp16 GPU): the gate fails."""
+    model = copy.deepcopy(trained_model)
+    with torch.no_grad():
+        model.head.fc.weight *= 1e5  # the trained logits reach about 5: now 5e5
+        model.head.fc.bias *= 1e5
+    with pytest.raises(ParityGateError, match=r'fp16: .*SQNR [\d.]+ dB < 40 dB') as info:
+        export_onnx(_loaded(model), tmp_path, precisions=('fp16',))
+    row, = info.value.result.rows
+    assert row['passed'] is False and not row['identical']
+    assert not (tmp_path / FILENAMES['fp16']).exists()
+
+
+def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path):
+    """A NaN weight: PyTorch's own logits are not finite, so nothing can be judged or calibrated (ONNX Runtime's
+    calibrator would end in an assertion): one error line, exit 1, no file."""
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(trained_checkpoint / 'model.safetensors'))
+    weights['features.0.weight'][0, 0, 0, 0] = float('nan')
+    broken = tmp_path / 'broken.safetensors'
+    save_file(weights, str(broken))
+    proc = _cli('--checkpoint', broken, '--num-classes', len(PHOTOGRAPHS), '--output-dir', tmp_path / 'out')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'logits are not finite' in errors[0], proc.stderr
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
+
+
+def test_reexport_elsewhere_is_byte_identical_and_names_no_path(exported_graphs, trained_checkpoint, tmp_path):
+    """The same checkpoint exported from a copy of the code at another path: the same bytes, and no absolute path
+    of either machine layout in any file written."""
+    result, first = exported_graphs
+    copy_root = tmp_path / 'elsewhere'
+    for name in ('alexnet_zoo', 'export', 'benchmarks'):
+        shutil.copytree(REPO / name, copy_root / name, ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(REPO / '_alexnet_zoo_hook.py', copy_root)
+    proc = _cli('--checkpoint', trained_checkpoint, '--output-dir', tmp_path / 'out', '--precisions', 'fp32,int8',
+                cwd=copy_root, env={'PYTHONPATH': str(copy_root)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in (FILENAMES['fp32'], FILENAMES['int8'], CALIBRATION_FILE):
+        again = (tmp_path / 'out' / name).read_bytes()
+        assert again == (first / name).read_bytes(), name
+        for root in (REPO, copy_root, Path(sys.prefix), Path(torch.__file__).parent):
+            assert str(root).encode() not in again, (name, root)
+
+
+def test_calibration_cache_is_reused(exported_graphs, trained_model, outlier_model, tmp_path):
+    """Ranges read back from model.int8.calibration.json give the same graph without calibrating; a cache of
+    other weights is refused."""
+    _, first = exported_graphs
+    cache = first / CALIBRATION_FILE
+    saved = json.loads(cache.read_text())
+    assert saved['alexnet_zoo']['method'] == 'minmax' and 'sample photographs' in saved['alexnet_zoo']['source']
+    assert saved['data'] and saved['calibration_method']  # ORT's own cache format, readable by quantize_static
+    result = export_onnx(_loaded(trained_model), tmp_path / 'again', precisions=('int8',), calibration_cache=cache)
+    assert (tmp_path / 'again' / FILENAMES['int8']).read_bytes() == (first / FILENAMES['int8']).read_bytes()
+    assert 'model.int8.calibration.json' in result.calibration
+    with pytest.raises(ValueError, match='computed for another graph'):
+        export_onnx(_loaded(outlier_model), tmp_path / 'other', precisions=('int8',), calibration_cache=cache)
+    assert not (tmp_path / 'other' / FILENAMES['int8']).exists()
+
+
+def test_parity_images_with_labels_judge_accuracy(trained_model, tmp_path):
+    """--parity-images laid out as <class>/<image> with the model's label names: accuracy is judged too."""
+    from alexnet_zoo.samples import photographs
+    folder = tmp_path / 'labelled'
+    for name, image in photographs(['coffee', 'rocket', 'chelsea']):
+        (folder / name).mkdir(parents=True)
+        image.save(folder / name / f'{name}.png')
+    result = export_onnx(_loaded(trained_model), tmp_path / 'out', precisions=('fp32',), parity_images=folder)
+    row, = result.rows
+    assert row['views'] >= 256 and 'labelled' in result.parity_images and '3 image(s)' in result.parity_images
+    assert row['accuracy_top1'] == row['reference_accuracy_top1'] and np.isfinite(row['accuracy_top1'])
+    assert row['passed'] is True
