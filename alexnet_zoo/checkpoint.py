@@ -113,10 +113,12 @@ def check_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], orig
                               f'{tuple(own[bad[0]].shape)}')
 
 
-def save_checkpoint_dir(model: torch.nn.Module, directory: PathLike, label_names: Optional[List[str]] = None) -> Path:
-    """Write timm's Hugging Face layout (config.json + model.safetensors), reloadable with ``local-dir:``."""
-    model_config = {'label_names': list(label_names)} if label_names else None
-    save_for_hf(model, str(directory), model_config=model_config, safe_serialization=True)
+def save_checkpoint_dir(model: torch.nn.Module, directory: PathLike, label_names: Optional[List[str]] = None,
+                        extra: Optional[Dict[str, object]] = None) -> Path:
+    """Write timm's Hugging Face layout (config.json + model.safetensors), reloadable with ``local-dir:``; ``extra``
+    keys go into config.json as they are (timm's loader ignores them)."""
+    model_config = {**({'label_names': list(label_names)} if label_names else {}), **(extra or {})}
+    save_for_hf(model, str(directory), model_config=model_config or None, safe_serialization=True)
     return Path(directory)
 
 

@@ -37,9 +37,14 @@ def eval_transform(model: ModelOrName):
     return create_transform(**data_config(model), is_training=False)
 
 
-def train_transform(model: ModelOrName):
-    """timm's training transform (random resized crop and flip), without colour jitter or auto-augment."""
-    return create_transform(**data_config(model), is_training=True, color_jitter=None, auto_augment=None)
+def train_transform(model: ModelOrName, scale: Tuple[float, float] = (0.08, 1.0), hflip: float = 0.5,
+                    color_jitter: Optional[float] = None, auto_augment: Optional[str] = None):
+    """timm's training transform: random resized crop and flip, colour jitter and auto-augment when asked.
+
+    Without jitter by default: the calibration and parity crops are views of the photographs, not recolourings.
+    """
+    return create_transform(**data_config(model), is_training=True, scale=tuple(scale), hflip=hflip,
+                            color_jitter=color_jitter, auto_augment=auto_augment)
 
 
 def sample_batch(model: ModelOrName, images: Optional[List[Photo]] = None) -> Tuple[List[str], torch.Tensor]:

@@ -1,8 +1,10 @@
 """A training run's folder: the checkpoint others load, the state ``--resume`` goes on from, the metrics.
 
-``config.json`` + ``model.safetensors`` (timm's Hugging Face layout: ``timm.create_model("local-dir:RUN",
-pretrained=True)``, ``load_model(checkpoint=RUN)``), ``train_state.pt`` (optimizer, scheduler, epoch, settings;
-tensors and plain types only, so it loads with ``weights_only=True``), ``metrics.json`` and ``metrics.csv``.
+``config.json`` + ``model.safetensors``: the best validation epoch, in timm's Hugging Face layout
+(``timm.create_model("local-dir:RUN", pretrained=True)``, ``load_model(checkpoint=RUN)``), its ``config.json``
+saying which epoch and with which settings (``training``); ``last/``: the same for the last epoch; ``train_state.pt``
+(optimizer, scheduler, epoch, settings; tensors and plain types only, so it loads with ``weights_only=True``), to
+resume the last epoch from; ``metrics.json`` (with ``best_epoch``) and ``metrics.csv``.
 """
 import csv
 import io
@@ -11,7 +13,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -21,6 +23,7 @@ from .files import PathLike, atomic_path, write_text_atomic
 
 STATE_FILE = 'train_state.pt'
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
+LAST = 'last'  # RUN/last/: the last epoch's checkpoint, what --resume goes on from; RUN/ holds the best epoch
 METRIC_FIELDS = ('epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5', 'seconds')
 
 
@@ -40,6 +43,14 @@ class Settings:
     init: Optional[str] = None  # checkpoint to start from (any form load_model reads), with a new classifier
     pretrained: bool = False  # start from the model's pretrained cfg, with a new classifier
     freeze_features: bool = False  # train only the head
+    # augmentation, all through timm's create_transform / Mixup; the AlexNet recipe's three are on by default
+    scale: Tuple[float, float] = (0.08, 1.0)  # random resized crop: area range
+    hflip: float = 0.5  # horizontal flip probability
+    color_jitter: float = 0.4  # timm's brightness/contrast/saturation strength (0: off)
+    auto_augment: Optional[str] = None  # a timm policy such as rand-m9-mstd0.5 (replaces colour jitter)
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    amp: Optional[str] = None  # 'bf16': autocast on CUDA or on CPUs with native bf16
 
 
 def read_run_state(run: PathLike) -> dict:
@@ -51,19 +62,30 @@ def read_run_state(run: PathLike) -> dict:
                                 f'--resume takes an --output of this command')
     try:
         state = torch.load(run / STATE_FILE, map_location='cpu', weights_only=True, mmap=True)
-        Settings(**state['settings'])
+        state['settings'] = asdict(Settings(**state['settings']))  # a run of an older version: today's defaults
         int(state['epoch'])
     except Exception as e:  # any corrupt or foreign file
         raise ValueError(f'{run / STATE_FILE} is not a training state: {first_line(e)}') from None
     return state
 
 
-def save_run(output: Path, model, optimizer, scheduler, settings, classes, history, metrics) -> None:
-    """Checkpoint, then training state, then metrics; each file replaced atomically."""
-    with tempfile.TemporaryDirectory(dir=output, prefix='.checkpoint-') as tmp:
-        save_checkpoint_dir(model, tmp, classes)
-        for name in CHECKPOINT_FILES:
-            os.replace(Path(tmp) / name, output / name)
+def last_checkpoint(run: PathLike) -> Path:
+    """The checkpoint --resume loads: RUN/last/ (RUN itself in runs that kept only the last epoch)."""
+    run = Path(run)
+    return run / LAST if (run / LAST / CHECKPOINT_FILES[1]).is_file() else run
+
+
+def save_run(output: Path, model, optimizer, scheduler, settings, classes, history, metrics, best: bool) -> None:
+    """The last epoch's checkpoint (RUN/last/), the best epoch's (RUN/, when ``best``: what others load), then
+    training state, then metrics; each file replaced atomically."""
+    about = {'training': {**asdict(settings), 'epoch': len(history), 'val_top1': history[-1]['val_top1']}}
+    places = [output / LAST] + ([output] if best else [])
+    for place in places:
+        place.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output, prefix='.checkpoint-') as tmp:
+            save_checkpoint_dir(model, tmp, classes, about)
+            for name in CHECKPOINT_FILES:
+                os.replace(Path(tmp) / name, place / name)
     state = dict(epoch=len(history), settings=asdict(settings), label_names=list(classes),
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history)
     with atomic_path(output / STATE_FILE) as tmp:

@@ -11,6 +11,7 @@ settings; tensors and plain types only, so it loads with ``weights_only=True``) 
 Data-parallel under ``torchrun --nproc-per-node N``: gloo on CPU, NCCL on GPUs, each process reads its share of
 the images (``--batch-size`` is per process) and only rank 0 writes.
 """
+import contextlib
 import os
 import time
 from dataclasses import asdict, fields, replace
@@ -20,7 +21,8 @@ from typing import List, Optional, Sequence, Tuple
 import timm
 import torch
 import torch.distributed as dist
-from timm.loss import LabelSmoothingCrossEntropy
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import is_model
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
@@ -33,7 +35,7 @@ from .checkpoint import CheckpointError, create_pretrained, load_model, load_wei
 from .cli import ArgumentParser, UsageError, positive, run_cli
 from .data import eval_transform, image_folders, train_transform
 from .files import PathLike, ensure_writable_dir
-from .run import Settings, read_run_state, save_run
+from .run import Settings, last_checkpoint, read_run_state, save_run
 
 SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'poly', 'constant', 'wsd')  # timm's, stepped per epoch
 
@@ -59,6 +61,7 @@ def train(
         state = read_run_state(resume)
         settings = _check_resume(state, settings, classes, resume)
     settings = settings or Settings()
+    check_settings(settings)
     if settings.init and settings.pretrained:
         raise UsageError('--init and --pretrained both choose the starting weights; give one')
 
@@ -78,7 +81,7 @@ def build_model(settings: Settings, classes: Sequence[str], resume: Optional[Pat
     """The model to train: the resumed run's weights, ``init``'s or pretrained ones with a new classifier, or random."""
     torch.manual_seed(settings.seed)
     if resume is not None:
-        model = load_model(checkpoint=resume).model
+        model = load_model(checkpoint=last_checkpoint(resume)).model
     elif settings.init:
         model = _from_checkpoint(settings.init, settings.model, len(classes))
     else:
@@ -114,6 +117,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start.add_argument('--init', help='start from this checkpoint (.safetensors, .pth, run directory); new classifier')
     start.add_argument('--pretrained', action='store_true', default=None, help='start from the pretrained weights')
     parser.add_argument('--freeze-features', action='store_true', default=None, help='train only the head')
+    augment = parser.add_argument_group('augmentation (timm\'s; random resized crop, flip and colour jitter on by default)')
+    augment.add_argument('--scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
+                         help=f'random resized crop area range (default {Settings.scale[0]} {Settings.scale[1]})')
+    augment.add_argument('--hflip', type=float, help=f'horizontal flip probability (default {Settings.hflip})')
+    augment.add_argument('--color-jitter', type=float,
+                         help=f'colour jitter strength, 0 for none (default {Settings.color_jitter}, timm\'s)')
+    augment.add_argument('--auto-augment', help='timm auto-augment policy, e.g. rand-m9-mstd0.5 (default: off)')
+    augment.add_argument('--mixup', type=float, help='mixup alpha, e.g. 0.2 (default: off)')
+    augment.add_argument('--cutmix', type=float, help='cutmix alpha, e.g. 1.0 (default: off)')
+    parser.add_argument('--amp', choices=['bf16'],
+                        help='bf16 autocast for the training forward pass (CUDA, or a CPU with AMX or AVX512-BF16)')
     parser.add_argument('--resume', help='run directory to go on from (keeps its settings; --epochs may raise them)')
     parser.add_argument('--workers', type=int, default=2, help='data loading processes per process (default 2)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -133,12 +147,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UsageError(f'unknown model: {settings.model} (AlexNet models: {", ".join(timm.list_models("alexnet*"))})')
     if settings.opt not in list_optimizers():
         raise UsageError(f'unknown optimizer: {settings.opt} (timm.optim.list_optimizers() names them)')
+    check_settings(settings)
     train(args.data, args.output or args.resume, settings, args.resume, args.workers, not args.no_progress)
     return 0
 
 
+def check_settings(settings: Settings) -> None:
+    """What the command line cannot check alone: ranges, pairs, and the hardware --amp needs."""
+    low, high = settings.scale
+    if not 0 < low <= high <= 1:
+        raise UsageError(f'--scale needs 0 < MIN <= MAX <= 1, got {low} {high}')
+    if not 0 <= settings.hflip <= 1:
+        raise UsageError(f'--hflip is a probability, got {settings.hflip}')
+    if min(settings.color_jitter, settings.mixup, settings.cutmix) < 0:
+        raise UsageError('--color-jitter, --mixup and --cutmix cannot be negative')
+    if (settings.mixup > 0 or settings.cutmix > 0) and settings.batch_size % 2:
+        raise UsageError(f'--mixup/--cutmix mix pairs of images: --batch-size must be even, got {settings.batch_size}')
+    device = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
+    if settings.amp == 'bf16' and not native_bf16(device):
+        raise UsageError('--amp bf16 needs a CUDA GPU or a CPU with AMX or AVX512-BF16; this CPU has neither '
+                         '(PyTorch would emulate bf16, slower than fp32)')
+
+
 def _fit(model, settings, train_set, val_set, output, state, rank, world, device, workers, progress) -> dict:
-    train_set.transform = train_transform(model)
+    train_set.transform = train_transform(model, settings.scale, settings.hflip, settings.color_jitter or None,
+                                          settings.auto_augment)
     val_set.transform = eval_transform(model)
     model.to(device)
     optimizer = create_optimizer_v2(model, settings.opt, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -155,6 +188,8 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
 
     share = len(range(rank, len(train_set), world))
     batch_size = min(settings.batch_size, share)  # BatchNorm needs more than one image per batch
+    if settings.mixup > 0 or settings.cutmix > 0:
+        batch_size -= batch_size % 2  # timm's Mixup mixes pairs
     if batch_size < 2:
         raise ValueError(f'{len(train_set)} training images are too few for {world} process(es)')
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
@@ -162,6 +197,12 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
     train_loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **loader_args)
     val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), settings.batch_size, **loader_args)
     loss_fn = LabelSmoothingCrossEntropy(settings.smoothing) if settings.smoothing > 0 else torch.nn.CrossEntropyLoss()
+    mixup = None
+    if settings.mixup > 0 or settings.cutmix > 0:  # timm's Mixup mixes pairs (the batch size must be even) ...
+        mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix, label_smoothing=settings.smoothing,
+                      num_classes=len(train_set.classes))
+        loss_fn = SoftTargetCrossEntropy()  # ... into soft targets, with label smoothing folded in
+    autocast = _autocast(settings.amp, device)
     head = _head_prefixes(model)
 
     run = dict(model=settings.model, classes=train_set.classes, settings=asdict(settings), world_size=world,
@@ -182,8 +223,10 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
                    disable=not (progress and rank == 0), leave=False)
         for images, targets in bar:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            logits = net(images)
-            loss = loss_fn(logits, targets)
+            images, soft = mixup(images, targets) if mixup is not None else (images, targets)
+            with autocast():
+                logits = net(images)
+                loss = loss_fn(logits, soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -202,14 +245,37 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
                    train_top1=(100 * sums[1] / sums[2]).item(), val_loss=(val[0] / val[3]).item(),
                    val_top1=(100 * val[1] / val[3]).item(), val_top5=(100 * val[2] / val[3]).item(),
                    seconds=time.perf_counter() - began)
+        best = not history or row['val_top1'] > max(h['val_top1'] for h in history)
         history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-        metrics = dict(run, epochs=history, best_val_top1=max(h['val_top1'] for h in history))
+        metrics = _metrics(run, history)
         if rank == 0:
-            save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics)
+            save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics, best)
             print(f'epoch {epoch + 1}/{settings.epochs}: train loss {row["train_loss"]:.3f} '
                   f'top-1 {row["train_top1"]:.1f}%, val loss {row["val_loss"]:.3f} top-1 {row["val_top1"]:.1f}% '
-                  f'top-5 {row["val_top5"]:.1f}%, lr {lr:.2e}, {row["seconds"]:.1f} s', flush=True)
-    return dict(run, epochs=history, best_val_top1=max(h['val_top1'] for h in history))
+                  f'top-5 {row["val_top5"]:.1f}%, lr {lr:.2e}, {row["seconds"]:.1f} s'
+                  + (' (best so far: saved as the run\'s model)' if best else ''), flush=True)
+    return _metrics(run, history)
+
+
+def _metrics(run: dict, history: List[dict]) -> dict:
+    """The run's figures: every epoch, and which one is the run's model (the first with the best val top-1)."""
+    best = max(history, key=lambda h: h['val_top1'])
+    return dict(run, epochs=history, best_epoch=best['epoch'], best_val_top1=best['val_top1'],
+                last_epoch=history[-1]['epoch'])
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 that the hardware computes (CUDA, AMX or AVX512-BF16); elsewhere PyTorch emulates it, slower than fp32."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def _autocast(amp: Optional[str], device: torch.device):
+    """The forward pass's precision: ``torch.autocast`` in bf16 for ``--amp bf16``, else fp32."""
+    if amp is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -81,7 +82,13 @@ def test_fine_tune_reaches_accuracy_and_reloads(photo_folder, trained_checkpoint
     assert model.num_classes == loaded.num_classes == 4
     assert loaded.label_names == CLASSES and loaded.name == 'alexnet_bn'
 
-    # the reported validation accuracy is what the saved model scores on val/
+    # RUN holds the best validation epoch (what others load), RUN/last the last one (what --resume loads)
+    best = max(metrics['epochs'], key=lambda e: e['val_top1'])
+    assert metrics['best_epoch'] == best['epoch'] and metrics['last_epoch'] == 2
+    assert config['training']['epoch'] == best['epoch'] and config['training']['val_top1'] == best['val_top1']
+    assert json.loads((out / 'last' / 'config.json').read_text())['training']['epoch'] == 2
+    assert config['training']['color_jitter'] == 0.4 and config['training']['hflip'] == 0.5  # the defaults
+    # the reported validation accuracy is what the saved (best) model scores on val/
     images = folder_images(photo_folder / 'val')
     _, batch = sample_batch(model, images)
     with torch.no_grad():
@@ -89,7 +96,7 @@ def test_fine_tune_reaches_accuracy_and_reloads(photo_folder, trained_checkpoint
         torch.testing.assert_close(loaded.model(batch), logits)
     labels = torch.tensor([CLASSES.index(Path(name).parts[0]) for name, _ in images])
     correct = (logits.argmax(1) == labels).sum().item()
-    assert abs(100 * correct / len(images) - final['val_top1']) <= 100 / len(images) + 1e-6
+    assert abs(100 * correct / len(images) - best['val_top1']) <= 100 / len(images) + 1e-6
 
     state = torch.load(out / 'train_state.pt', weights_only=True)
     assert state['epoch'] == 2 and state['label_names'] == CLASSES
@@ -132,8 +139,10 @@ def test_resume_continues_exactly_with_frozen_features(small_folder, trained_mod
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.startswith('error: ') and message in err, err
 
-    a, b = load_file(tmp_path / 'full' / 'model.safetensors'), load_file(tmp_path / 'cut' / 'model.safetensors')
+    a, b = (load_file(tmp_path / run / 'last' / 'model.safetensors') for run in ('full', 'cut'))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    best_a, best_b = (load_file(tmp_path / run / 'model.safetensors') for run in ('full', 'cut'))
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
     # --freeze-features: the convolutional blocks (BatchNorm statistics included) are the init's, the head learned
     start = trained_model.state_dict()
     assert all(torch.equal(a[k], start[k]) for k in a if k.startswith('features.'))
@@ -155,7 +164,7 @@ def test_pretrained_alexnet_from_torch_hub_cache(small_folder, tmp_path, monkeyp
     settings = trainer.Settings(model='alexnet', pretrained=True, freeze_features=True, epochs=1, batch_size=8)
     metrics = trainer.train(small_folder, tmp_path / 'run', settings, workers=0, progress=False)
     assert metrics['model'] == 'alexnet' and metrics['settings']['pretrained']
-    weights = load_file(tmp_path / 'run' / 'model.safetensors')
+    weights = load_file(tmp_path / 'run' / 'last' / 'model.safetensors')
     assert torch.equal(weights['features.3.weight'], torchvision_weights['features.3.weight'])
     assert weights['head.fc.weight'].shape == (2, 4096)
 
@@ -170,7 +179,7 @@ def test_torchrun_two_processes(small_folder, tmp_path):
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('epoch 1/1') == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'metrics.csv', 'metrics.json',
+    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'last', 'metrics.csv', 'metrics.json',
                                                       'model.safetensors', 'train_state.pt']
     metrics = json.loads((out / 'metrics.json').read_text())
     assert (metrics['world_size'], metrics['batch_size'], metrics['device']) == (2, 8, 'cpu')
@@ -204,6 +213,9 @@ BAD = {
     'no published weights': (['--data', '{small}', '--pretrained'], 1, 'no published pretrained weights'),
     'zero epochs': (['--data', '{small}', '--epochs', '0'], 2, 'must be positive'),
     'unknown model': (['--data', '{small}', '--model', 'alexnet_xl'], 2, 'unknown model'),
+    'scale out of range': (['--data', '{small}', '--scale', '0.5', '1.5'], 2, '--scale needs 0 < MIN <= MAX <= 1'),
+    'odd batch with mixup': (['--data', '{small}', '--mixup', '0.2', '--batch-size', '5'], 2, 'must be even'),
+    'negative jitter': (['--data', '{small}', '--color-jitter', '-1'], 2, 'cannot be negative'),
 }
 
 
@@ -238,4 +250,50 @@ def test_cli_error_has_no_traceback(tmp_path):
     result = run(['--data', tmp_path / 'nowhere', '--output', tmp_path / 'run'])
     assert result.returncode == 1
     assert result.stderr == f'error: data directory not found: {tmp_path / "nowhere"}\n'
+    assert not (tmp_path / 'run').exists()
+
+
+def test_augmentations_reach_timms_transform(small_folder):
+    """Random resized crop, flip and colour jitter by default (the AlexNet recipe), each settable."""
+    from alexnet_zoo.data import train_transform
+    names = lambda t: [type(step).__name__ for step in t.transforms]  # noqa: E731
+    default = trainer.Settings()
+    steps = names(train_transform('alexnet_bn', default.scale, default.hflip, default.color_jitter))
+    assert steps[:3] == ['RandomResizedCropAndInterpolation', 'RandomHorizontalFlip', 'ColorJitter']
+    assert 'ColorJitter' not in names(train_transform('alexnet_bn', default.scale, 0.5, None))
+    assert 'RandomHorizontalFlip' not in names(train_transform('alexnet_bn', default.scale, 0.0, 0.4))
+    crop = train_transform('alexnet_bn', (0.5, 0.9), 0.5, None).transforms[0]
+    assert crop.scale == (0.5, 0.9)
+    assert 'RandAugment' in names(train_transform('alexnet_bn', default.scale, 0.5, None, 'rand-m9-mstd0.5'))
+
+
+@pytest.mark.parametrize('extra, recorded', [
+    (['--opt', 'sgd', '--lr', '0.01', '--mixup', '0.2', '--cutmix', '1.0'],
+     {'opt': 'sgd', 'lr': 0.01, 'mixup': 0.2, 'cutmix': 1.0, 'amp': None, 'color_jitter': 0.4}),
+    (['--opt', 'adamw', '--amp', 'bf16', '--color-jitter', '0', '--scale', '0.3', '1.0', '--hflip', '0'],
+     {'opt': 'adamw', 'amp': 'bf16', 'color_jitter': 0.0, 'scale': [0.3, 1.0], 'hflip': 0.0, 'mixup': 0.0}),
+])
+def test_optimizers_mixup_and_bf16_train(extra, recorded, small_folder, tmp_path, capsys):
+    """sgd with mixup/cutmix (timm's Mixup and soft-target loss), adamw under bf16 autocast: both train an epoch
+    and record their settings; --amp bf16 is refused where the CPU has no native bf16."""
+    if '--amp' in extra and not trainer.native_bf16(torch.device('cpu')):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(trainer.main, ['--data', str(small_folder), '--output', str(tmp_path / 'run'), *extra])
+        assert exit_.value.code == 2 and 'needs a CUDA GPU or a CPU with AMX or AVX512-BF16' in capsys.readouterr().err
+        assert not (tmp_path / 'run').exists()
+        return
+    assert trainer.main(['--data', str(small_folder), '--output', str(tmp_path / 'run'), '--epochs', '1',
+                         '--batch-size', '8', '--freeze-features', '--workers', '0', '--no-progress', *extra]) == 0
+    metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    settings = json.loads((tmp_path / 'run' / 'config.json').read_text())['training']
+    assert np.isfinite(metrics['epochs'][0]['train_loss']) and metrics['best_epoch'] == 1
+    assert {key: settings[key] for key in recorded} == recorded
+
+
+def test_amp_is_refused_without_native_bf16(small_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainer, 'native_bf16', lambda device: False)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(trainer.main, ['--data', str(small_folder), '--output', str(tmp_path / 'run'), '--amp', 'bf16'])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count('\n') == 1 and 'AMX or AVX512-BF16' in err
     assert not (tmp_path / 'run').exists()
