@@ -18,7 +18,8 @@ setup: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(PY) -m alexnet_zoo.samples --write-folder $(OUT)/photos
-	$(PY) -m alexnet_zoo.train --data $(OUT)/photos --model alexnet_bn --epochs 6 --lr 1e-3 --output $(OUT)/run
+	# no colour jitter here: several sample photographs differ mainly by colour (6 epochs: 98.9 % without, 77.8 % with)
+	$(PY) -m alexnet_zoo.train --data $(OUT)/photos --model alexnet_bn --epochs 6 --lr 1e-3 --color-jitter 0 --output $(OUT)/run
 	$(PY) -m benchmarks --checkpoint $(OUT)/run --data $(OUT)/photos/val --output-dir $(OUT)/report
 
 test: $(VENV)/.installed

@@ -1,13 +1,15 @@
 """PyTorch -> ONNX in fp32, fp16 and int8, each graph checked and compared with PyTorch before it is kept.
 
     python -m export.onnx --model alexnet_bn --num-classes 17 --checkpoint CK --output-dir OUT \\
-        [--precisions fp32,fp16,int8] [--calibration-images DIR] [--opset N] [--softmax]
+        [--precisions fp32,fp16,int8] [--parity-images DIR] [--calibration-images DIR] [--calibration-cache FILE]
+        [--int8-fallback auto|none|LAYER,...] [--explain] [--opset N] [--softmax]
 
-Writes OUT/model.onnx, OUT/model.fp16.onnx, OUT/model.int8.onnx. Every graph has the input ``input`` (float32
-NCHW, batch dimension ``batch``), the output ``logits`` (and ``probabilities`` with ``--softmax``), and the
-preprocessing and labels in its metadata, so a deployer needs nothing but the file. Parity is measured with ONNX
-Runtime on the sample photographs' centre crops against PyTorch fp32 and judged by ``export.parity``'s gates
-when the weights are trained; a failed gate leaves no file of that precision and raises ``ParityGateError``.
+Writes OUT/model.onnx, OUT/model.fp16.onnx, OUT/model.int8.onnx (and model.int8.calibration.json). Every graph
+has the input ``input`` (float32 NCHW, batch dimension ``batch``), the output ``logits`` (and ``probabilities``
+with ``--softmax``), and the preprocessing and labels in its metadata, so a deployer needs nothing but the file.
+Parity is measured with ONNX Runtime on 256 parity views against PyTorch fp32 and judged by ``export.parity``'s
+gates when the weights are trained; int8 is diagnosed and repaired by ``export.int8``; a failed gate leaves no
+file of that precision and raises ``ParityGateError``.
 """
 import os
 import sys
@@ -15,30 +17,27 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-import numpy as np
 import onnx
-import onnxruntime as ort
-import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, load_model
 from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
-from alexnet_zoo.data import data_config, parity_views
+from alexnet_zoo.data import data_config
 from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir, write_bytes_atomic
-from alexnet_zoo.samples import folder_images
 
 from .calibration import calibration_crops
-from .contract import (CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, INPUT_NAME, MAX_OPSET,
-                       MIN_OPSET, OUTPUT_NAME, check_graph, set_metadata, zero_point_problems)
+from .contract import (CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSET,
+                       MIN_OPSET, check_graph, set_metadata, zero_point_problems)
 from .contract import read_metadata  # noqa: F401  (export.onnx.read_metadata, as the docs once showed)
 from .diagnose import DIAGNOSIS_VIEWS, TOP
 from .diagnose import render as render_diagnosis
 from .diagnose import table as diagnosis_table
 from .int8 import Int8Result, make_int8, parse_fallback
-from .parity import accuracy_figures, compare, gate_failure, judge, margin_std, sqnr_text, verdict
+from .parity import gate_failure, judge, sqnr_text, verdict
 from .precision import CALIBRATION_METHODS, read_calibration_record, to_fp16
 from .torch_export import base_metadata, torch_to_onnx
+from .views import ParityViews, ort_ms_b1, run_onnx
 
 Progress = Optional[Callable[[str], None]]
 
@@ -163,85 +162,6 @@ def export_onnx(
     if failed:
         raise ParityGateError(f'parity gate failed, not written: {"; ".join(failed)}', result)
     return result
-
-
-@dataclass
-class ParityViews:
-    """The views every graph is judged on, PyTorch fp32's logits on them, and their labels where known."""
-    x: np.ndarray
-    reference: np.ndarray
-    description: str
-    labels: Optional[np.ndarray] = None
-
-    @classmethod
-    def of(cls, loaded: LoadedModel, folder: Optional[PathLike] = None) -> 'ParityViews':
-        images = folder_images(folder) if folder is not None else None
-        names, x, source = parity_views(loaded.model, images)
-        x = x.numpy()
-        with torch.no_grad():
-            reference = np.concatenate([loaded.model(torch.from_numpy(x[i:i + 32])).numpy()
-                                        for i in range(0, len(x), 32)])
-        bad = int(np.size(reference) - np.count_nonzero(np.isfinite(reference)))
-        if bad:
-            raise ValueError(f'{loaded.name}\'s own fp32 logits are not finite ({bad} NaN or Inf on the parity views: '
-                             f'NaN or Inf weights?); there is nothing to export against')
-        labels = folder_labels(images, loaded.label_names) if images is not None else None
-        where = f'{len(images)} image(s) in {folder}' if images is not None else 'the sample photographs'
-        description = (f'{len(x)} views of {where} (centre crops, random crops and flips), PyTorch fp32 median '
-                       f'top-1 margin {margin_std(reference):.2f} std' + (', labelled' if labels is not None else ''))
-        return cls(x, reference, description, labels[source.numpy()] if labels is not None else None)
-
-    def figures(self, logits: np.ndarray) -> dict:
-        """compare() against PyTorch fp32, and the accuracies where the views have labels."""
-        figures = compare(self.reference, logits)
-        if self.labels is not None:
-            figures.update(accuracy_figures(self.reference, logits, self.labels))
-        return figures
-
-    def judge_graph(self, precision: str, trained: bool):
-        """A graph -> its figures on these views, judged (ONNX Runtime on the CPU)."""
-        def judge_graph(graph: onnx.ModelProto) -> dict:
-            figures = self.figures(run_onnx(graph.SerializeToString(), self.x))
-            return {**figures, **judge(precision, figures, trained)}
-        return judge_graph
-
-
-def folder_labels(images: List[Tuple[str, object]], label_names: Optional[Sequence[str]]) -> Optional[np.ndarray]:
-    """Labels of images laid out as ``<class>/<image>`` with the model's class names; None when not so laid out."""
-    if not label_names:
-        return None
-    index = {name: i for i, name in enumerate(label_names)}
-    classes = [Path(name).parts[0] if len(Path(name).parts) > 1 else None for name, _ in images]
-    if not all(c in index for c in classes):
-        return None
-    return np.array([index[c] for c in classes])
-
-
-def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The ``logits`` of a graph (serialized, or a file) for ``x``, with ONNX Runtime on the CPU."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's buffer-reuse notes are not the user's business
-    source = graph if isinstance(graph, bytes) else str(graph)
-    session = ort.InferenceSession(source, options, providers=['CPUExecutionProvider'])
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
-
-
-def ort_ms_b1(graph: Union[bytes, PathLike], x: np.ndarray, runs: int = 20) -> float:
-    """Median ONNX Runtime CPU latency at batch 1, a quick figure for what a precision or a float layer costs
-    (the benchmark measures properly)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
-                                   providers=['CPUExecutionProvider'])
-    feed = {INPUT_NAME: np.ascontiguousarray(x[:1])}
-    times = []
-    for i in range(runs + 3):
-        started = time.perf_counter()
-        session.run([OUTPUT_NAME], feed)
-        if i >= 3:
-            times.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(times))
 
 
 def parse_precisions(precisions: Union[str, Iterable[str]]) -> List[str]:
