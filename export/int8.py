@@ -97,14 +97,14 @@ def make_int8(
             result.graph, result.figures, result.quantizer, result.equalized = eq_graph, figures, eq_quantizer, equalized
             return result
 
-    layers = {}
+    layers: dict = {}
     for row in result.diagnosis:
         if len(layers) == MAX_FLOAT_LAYERS:
             break
         nodes = float_nodes(quantizer.prepared, row['tensor'])
-        if not nodes:
-            continue
-        layers[row['module'] or row['node']] = nodes
+        if not nodes or set(nodes) <= {n for group in layers.values() for n in group}:
+            continue  # this tensor is already kept in float
+        layers.setdefault(row['module'] or row['node'], []).extend(nodes)
         say(f'int8 missed its gate: keeping {", ".join(layers)} in float')
         attempt = _with_float(result, quantizer, reader, judge_graph, layers, keep_failed=False)
         if attempt is not None:

@@ -102,6 +102,18 @@ def test_a_named_layer_is_kept_in_float(outlier_model, tmp_path):
         export_onnx(_loaded(outlier_model), tmp_path / 'again', precisions=('int8',), int8_fallback='features.99')
 
 
+def test_where_equalization_cannot_help_the_worst_layer_stays_float(outlier_model, tmp_path, monkeypatch):
+    """The remedy's second step: with equalization finding nothing to rescale, ``auto`` keeps the most damaging
+    tensor's layers in float, guided by the diagnosis, and passes."""
+    import export.int8
+    monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))
+    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',))
+    row, = result.rows
+    assert row['passed'] is True and row['equalized'] == []
+    assert 'features.8' in row['float_layers'] and len(row['attempts']) == 2  # plain, then one float step
+    assert read_metadata(tmp_path / FILENAMES['int8'])['float_layers'] == row['float_layers']
+
+
 def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoint, tmp_path):
     proc = _cli('--checkpoint', outlier_checkpoint, '--output-dir', tmp_path / 'out', '--precisions', 'int8',
                 '--int8-fallback', 'none')
