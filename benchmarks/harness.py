@@ -6,7 +6,6 @@ the ONNX graphs that an available row needs (``export.onnx``), then one runner a
 latency at each batch size, then close it (one backend's threads and memory never overlap another's timing).
 Report files are written only at the end, each one atomically.
 """
-import copy
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from alexnet_zoo.samples import PHOTOGRAPHS, Photo
 from export import parity
 from export.contract import GRAPH_PRECISIONS, read_metadata
 from export.runner import BackendUnavailable, Runner
+from export.views import reference_logits
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_threads, environment
@@ -60,14 +60,6 @@ def infer_in_batches(runner: Runner, x: np.ndarray, batch_sizes: Sequence[int]) 
 def tile(x: np.ndarray, batch_size: int) -> np.ndarray:
     """A batch of ``batch_size`` real images (the photographs repeated as needed)."""
     return np.ascontiguousarray(x[np.arange(batch_size) % len(x)])
-
-
-def reference_logits(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype, chunk: int = 32) -> np.ndarray:
-    """PyTorch eager logits in ``dtype`` (fp32, or fp64 on a float64 copy of the model), in chunks."""
-    model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    with torch.inference_mode():
-        out = [model(torch.from_numpy(x[i:i + chunk]).to(dtype)).double().numpy() for i in range(0, len(x), chunk)]
-    return np.concatenate(out)
 
 
 def labelled_views(folder: PathLike, model: torch.nn.Module, label_names: Optional[Sequence[str]],

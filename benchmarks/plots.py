@@ -15,6 +15,14 @@ def label(row: dict) -> str:
     return f'{row["backend"]} {row["precision"]}' + ('' if row.get('device', 'cpu') == 'cpu' else f' ({row["device"]})')
 
 
+def first_per_label(rows: List[dict]) -> Dict[str, dict]:
+    """Each backend, precision and device's first row (its parity figures are the same at every batch size)."""
+    seen: Dict[str, dict] = {}
+    for r in rows:
+        seen.setdefault(label(r), r)
+    return seen
+
+
 def render_plots(report: dict) -> Dict[str, bytes]:
     import matplotlib
     matplotlib.use('Agg')
@@ -87,9 +95,7 @@ def _plot_latency_vs_batch(plt, report: dict):
 def _plot_parity(plt, report: dict):
     """SQNR against PyTorch fp32 and against fp64 per backend and precision; identical logits drawn full length
     as 'exact', non-finite ones as an empty bar marked 'non-finite'."""
-    seen: Dict[str, dict] = {}
-    for r in report['results']:
-        seen.setdefault(label(r), r)
+    seen = first_per_label(report['results'])
     names = list(seen)
     values = [(r['parity'], r['parity_fp64']) for r in seen.values()]
     finite_values = [p['sqnr_db'] for pair in values for p in pair

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 from alexnet_zoo.files import PathLike, atomic_path
 from export.parity import sqnr_text, verdict
 
-from .plots import render_plots
+from .plots import first_per_label, render_plots
 from .summary import row_passed
 
 SCHEMA_VERSION = 2  # 2: parity on >= 256 views with near-ties, non-finite counts, accuracy gates, int8 remedies
@@ -114,13 +114,6 @@ def _percent(value: Optional[float]) -> str:
     return '–' if value is None else f'{value:.1%}'
 
 
-def _first_per_label(rows: list) -> list:
-    seen = {}
-    for r in rows:
-        seen.setdefault((r['backend'], r['precision'], r['device']), r)
-    return list(seen.values())
-
-
 def _row_notes(row: dict) -> list:
     """What a reader must know beside a row's figures: non-finite logits, int8 remedies, a failed export."""
     notes = []
@@ -203,8 +196,8 @@ def render_markdown(report: dict) -> str:
             cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
         cells.append(_gate(r))
         lines.append('| ' + ' | '.join(cells) + ' |')
-    notes = [f'- {r["backend"]} {r["precision"]} ({r["device"]}): {note}' for r in _first_per_label(report['results'])
-             for note in _row_notes(r)]
+    notes = [f'- {r["backend"]} {r["precision"]} ({r["device"]}): {note}'
+             for r in first_per_label(report['results']).values() for note in _row_notes(r)]
     if notes:
         lines += ['', *notes]
 

@@ -23,7 +23,7 @@ from onnxruntime.quantization.qdq_loss_debug import (collect_activations, comput
 
 from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
-from .precision import INT8_OP_TYPES, quiet
+from .precision import INT8_OP_TYPES, Int8Quantizer, quiet
 
 DIAGNOSIS_VIEWS = 32  # every tensor of both graphs is kept in memory: 32 views of alexnet_bn take about 1 GB
 TOP = 5
@@ -43,8 +43,9 @@ def module_path(node: Optional[onnx.NodeProto]) -> str:
     return ''
 
 
-def diagnose(prepared_path: Path, int8: onnx.ModelProto, views: np.ndarray, workdir: Path) -> List[dict]:
-    """One row per quantized tensor of ``int8`` (quantized from ``prepared_path``), sorted worst first."""
+def diagnose(quantizer: Int8Quantizer, int8: onnx.ModelProto, views: np.ndarray, workdir: Path) -> List[dict]:
+    """One row per quantized tensor of ``int8`` (made by ``quantizer`` from its prepared graph), worst first."""
+    prepared_path, prepared = quantizer.prepared_path, quantizer.prepared
     qdq_path = workdir / 'diagnosed.int8.onnx'
     onnx.save(int8, str(qdq_path))
     reader = PhotoCalibrationReader(views[:DIAGNOSIS_VIEWS], batch_size=DIAGNOSIS_VIEWS, input_name=INPUT_NAME)
@@ -58,9 +59,8 @@ def diagnose(prepared_path: Path, int8: onnx.ModelProto, views: np.ndarray, work
             augmented.unlink()
         matched = create_activation_matching(activations['qdq'], activations['float'])
         errors = compute_activation_error(matched)
-        weights = weight_sqnr(onnx.load(str(prepared_path)), int8)
+        weights = weight_sqnr(prepared, int8)
     del activations, matched
-    prepared = onnx.load(str(prepared_path), load_external_data=False)
     producers = {out: node for node in prepared.graph.node for out in node.output}
     order = {node.name: i for i, node in enumerate(prepared.graph.node)}
     rows = []

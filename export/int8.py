@@ -17,7 +17,7 @@ from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
 from .diagnose import diagnose, float_nodes, module_path, resolve_layers
 from .equalize import equalize
-from .parity import compare, gate_misses, judge
+from .parity import gate_misses
 from .precision import Int8Quantizer
 
 MAX_FLOAT_LAYERS = 4
@@ -31,7 +31,6 @@ class Int8Result:
     figures: dict
     quantizer: Int8Quantizer  # whose calibration produced ``graph``
     float_layers: List[str] = field(default_factory=list)  # module paths (or node names) kept in float
-    float_nodes: List[str] = field(default_factory=list)
     equalized: List[dict] = field(default_factory=list)
     diagnosis: Optional[List[dict]] = None
     attempts: List[dict] = field(default_factory=list)  # every graph judged, in order: what, SQNR, top-1, passed
@@ -80,7 +79,7 @@ def make_int8(
     failed = result.figures['passed'] is False
     if explain or failed:
         say('diagnosing int8 per layer')
-        result.diagnosis = diagnose(quantizer.prepared_path, graph, views, workdir)
+        result.diagnosis = diagnose(quantizer, graph, views, workdir)
     if layers is not None:
         return _with_float(result, quantizer, reader, judge_graph, layers)
     if not failed or fallback == 'none':
@@ -123,7 +122,7 @@ def _with_float(result: Int8Result, quantizer: Int8Quantizer, reader, judge_grap
     if figures['passed'] is False and not keep_failed:
         return None
     names = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in nodes})
-    result.graph, result.figures, result.float_layers, result.float_nodes = graph, figures, names, nodes
+    result.graph, result.figures, result.float_layers = graph, figures, names
     return result
 
 
@@ -132,12 +131,3 @@ def _attempt(result: Int8Result, what: str, figures: dict) -> None:
                             'decisive_top1_agreement': figures['decisive_top1_agreement'],
                             'passed': figures['passed'], 'misses': gate_misses('int8', figures)})
 
-
-def graph_judge(run: Callable[[onnx.ModelProto], np.ndarray], reference: np.ndarray, trained: bool,
-                extra: Callable[[np.ndarray], dict] = lambda logits: {}) -> Judge:
-    """A Judge from a way to run a graph on the parity views, and the reference logits on them."""
-    def judge_graph(graph: onnx.ModelProto) -> dict:
-        logits = run(graph)
-        figures = {**compare(reference, logits), **extra(logits)}
-        return {**figures, **judge('int8', figures, trained)}
-    return judge_graph

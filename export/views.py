@@ -1,5 +1,6 @@
 """The views every exported graph is judged on: PyTorch fp32's logits on them, their labels where known, and
 ONNX Runtime runs of a graph on them."""
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,7 @@ class ParityViews:
         images = folder_images(folder) if folder is not None else None
         names, x, source = parity_views(loaded.model, images)
         x = x.numpy()
-        with torch.no_grad():
-            reference = np.concatenate([loaded.model(torch.from_numpy(x[i:i + 32])).numpy()
-                                        for i in range(0, len(x), 32)])
+        reference = reference_logits(loaded.model, x, torch.float32)
         bad = int(np.size(reference) - np.count_nonzero(np.isfinite(reference)))
         if bad:
             raise ValueError(f'{loaded.name}\'s own fp32 logits are not finite ({bad} NaN or Inf on the parity views: '
@@ -71,12 +70,25 @@ def folder_labels(images: List[Tuple[str, object]], label_names: Optional[Sequen
     return np.array([index[c] for c in classes])
 
 
-def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The ``logits`` of a graph (serialized, or a file) for ``x``, with ONNX Runtime on the CPU."""
+def reference_logits(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype, chunk: int = 32) -> np.ndarray:
+    """PyTorch eager logits in ``dtype`` (fp32, or fp64 on a float64 copy of the model), in chunks, as float64."""
+    model = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    with torch.inference_mode():
+        out = [model(torch.from_numpy(x[i:i + chunk]).to(dtype)).double().numpy() for i in range(0, len(x), chunk)]
+    return np.concatenate(out)
+
+
+def cpu_session(graph: Union[bytes, PathLike]) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a graph, serialized or a file."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT's buffer-reuse notes are not the user's business
-    source = graph if isinstance(graph, bytes) else str(graph)
-    session = ort.InferenceSession(source, options, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                providers=['CPUExecutionProvider'])
+
+
+def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The ``logits`` of a graph (serialized, or a file) for ``x``, with ONNX Runtime on the CPU."""
+    session = cpu_session(graph)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
                            for i in range(0, len(x), batch)])
 
@@ -84,10 +96,7 @@ def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> n
 def ort_ms_b1(graph: Union[bytes, PathLike], x: np.ndarray, runs: int = 20) -> float:
     """Median ONNX Runtime CPU latency at batch 1, a quick figure for what a precision or a float layer costs
     (the benchmark measures properly)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
-                                   providers=['CPUExecutionProvider'])
+    session = cpu_session(graph)
     feed = {INPUT_NAME: np.ascontiguousarray(x[:1])}
     times = []
     for i in range(runs + 3):

@@ -56,6 +56,12 @@ def _loaded(model) -> LoadedModel:
 
 
 @pytest.fixture(scope='session')
+def as_loaded():
+    """Wraps an alexnet_bn of the photographs' classes (the fixture or a copy made in a test) as load_model would."""
+    return _loaded
+
+
+@pytest.fixture(scope='session')
 def exported_graphs(trained_model, tmp_path_factory):
     """fp32, fp16 and int8 graphs of the trained model, exported once: (ExportResult, output folder)."""
     out = tmp_path_factory.mktemp('onnx')

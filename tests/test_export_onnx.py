@@ -16,7 +16,6 @@ import torch
 from onnx import numpy_helper
 
 import alexnet_zoo
-from alexnet_zoo.checkpoint import LoadedModel
 from alexnet_zoo.data import parity_views, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS
 from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, read_metadata, zero_points
@@ -30,10 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-
-
-def _loaded(model) -> LoadedModel:
-    return LoadedModel(model, 'alexnet_bn', model.num_classes, True, 'test fixture', list(PHOTOGRAPHS))
 
 
 @pytest.fixture(scope='module')
@@ -164,22 +159,22 @@ def test_metadata_round_trips(exported, trained_model, precision):
         assert meta['calibration']['method'] == 'minmax' and meta['calibration']['crops'] >= 100
 
 
-def test_failed_gate_writes_nothing_and_removes_a_stale_file(trained_model, tmp_path, monkeypatch):
+def test_failed_gate_writes_nothing_and_removes_a_stale_file(as_loaded, trained_model, tmp_path, monkeypatch):
     stale = tmp_path / 'model.onnx'
     stale.write_bytes(b'from an earlier run')
     monkeypatch.setitem(GATES['fp32'], 'rel_err_max', -1.0)  # a gate nothing can pass
     with pytest.raises(ParityGateError, match='fp32') as info:
-        export_onnx(_loaded(trained_model), tmp_path, precisions=('fp32',))
+        export_onnx(as_loaded(trained_model), tmp_path, precisions=('fp32',))
     assert list(tmp_path.iterdir()) == []
     assert info.value.result.paths == {} and info.value.result.rows[0]['passed'] is False
 
 
-def test_library_rejects_bad_arguments_before_writing(trained_model, tmp_path):
+def test_library_rejects_bad_arguments_before_writing(as_loaded, trained_model, tmp_path):
     for kwargs, message in [({'precisions': ('fp8',)}, 'unknown precision'),
                             ({'opset': 12}, 'opset must be between'),
                             ({'calibration_method': 'entropy'}, 'unknown calibration method')]:
         with pytest.raises(ValueError, match=message):
-            export_onnx(_loaded(trained_model), tmp_path / 'out', **kwargs)
+            export_onnx(as_loaded(trained_model), tmp_path / 'out', **kwargs)
     assert not (tmp_path / 'out').exists()
 
 

@@ -22,11 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 OUTLIER_CHANNEL, K = 7, 100.0
 
 
-def _loaded(model):
-    from alexnet_zoo.checkpoint import LoadedModel
-    return LoadedModel(model, 'alexnet_bn', model.num_classes, True, 'test', list(PHOTOGRAPHS))
-
-
 def _cli(*args, cwd=REPO, env=None):
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})}
     env.pop('ALEXNET_ZOO_DEBUG', None)
@@ -59,7 +54,7 @@ def test_the_outlier_model_computes_the_same_function(trained_model, outlier_mod
         torch.testing.assert_close(outlier_model(x), trained_model(x), rtol=1e-4, atol=1e-4)
 
 
-def test_a_near_tie_passes_and_is_counted(trained_model, tmp_path):
+def test_a_near_tie_passes_and_is_counted(as_loaded, trained_model, tmp_path):
     """A photograph whose fp32 top-1/top-2 margin is 0.02 (any rounding may flip it) does not fail int8."""
     model = copy.deepcopy(trained_model)
     _, x = sample_batch(model)
@@ -69,15 +64,15 @@ def test_a_near_tie_passes_and_is_counted(trained_model, tmp_path):
         model.head.fc.bias[second] += logits[first] - logits[second] - 0.02
         margin = torch.topk(model(x[:1])[0], 2).values
     assert 0 < float(margin[0] - margin[1]) < 0.03
-    result = export_onnx(_loaded(model), tmp_path, precisions=('int8',))
+    result = export_onnx(as_loaded(model), tmp_path, precisions=('int8',))
     row, = result.rows
     assert row['passed'] is True and row['views'] >= 256
     assert row['near_ties'] >= 1 and row['decisive_top1_agreement'] >= 0.99
     assert row['float_layers'] == [] and row['equalized'] == []  # nothing to repair
 
 
-def test_outlier_channel_is_named_and_equalized(outlier_model, tmp_path):
-    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',))
+def test_outlier_channel_is_named_and_equalized(as_loaded, outlier_model, tmp_path):
+    result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',))
     row, = result.rows
     worst = result.diagnosis[0]
     assert worst['module'] == 'features.8' and worst['op'] == 'Conv' and worst['quant_sqnr_db'] < 25
@@ -92,22 +87,22 @@ def test_outlier_channel_is_named_and_equalized(outlier_model, tmp_path):
     assert (tmp_path / 'model.int8.layers.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_a_named_layer_is_kept_in_float(outlier_model, tmp_path):
-    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',), int8_fallback='features.8')
+def test_a_named_layer_is_kept_in_float(as_loaded, outlier_model, tmp_path):
+    result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',), int8_fallback='features.8')
     row, = result.rows
     assert row['passed'] is True and row['float_layers'] == ['features.8'] and row['equalized'] == []
     assert read_metadata(tmp_path / FILENAMES['int8'])['float_layers'] == ['features.8']
     assert row['ms_b1'] > 0 and row['plain_ms_b1'] > 0  # the float layer's cost, beside the all-int8 graph's
     with pytest.raises(ValueError, match=r"no quantized layer 'features\.99' \(module paths: .*features\.8"):
-        export_onnx(_loaded(outlier_model), tmp_path / 'again', precisions=('int8',), int8_fallback='features.99')
+        export_onnx(as_loaded(outlier_model), tmp_path / 'again', precisions=('int8',), int8_fallback='features.99')
 
 
-def test_where_equalization_cannot_help_the_worst_layer_stays_float(outlier_model, tmp_path, monkeypatch):
+def test_where_equalization_cannot_help_the_worst_layer_stays_float(as_loaded, outlier_model, tmp_path, monkeypatch):
     """The remedy's second step: with equalization finding nothing to rescale, ``auto`` keeps the most damaging
     tensor's layers in float, guided by the diagnosis, and passes."""
     import export.int8
     monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))
-    result = export_onnx(_loaded(outlier_model), tmp_path, precisions=('int8',))
+    result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',))
     row, = result.rows
     assert row['passed'] is True and row['equalized'] == []
     assert 'features.8' in row['float_layers'] and len(row['attempts']) == 2  # plain, then one float step
@@ -125,7 +120,7 @@ def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoin
     assert (tmp_path / 'out' / 'model.int8.layers.md').is_file()
 
 
-def test_fp16_overflow_fails_its_gate(trained_model, tmp_path):
+def test_fp16_overflow_fails_its_gate(as_loaded, trained_model, tmp_path):
     """Logits beyond fp16's range (65504): ONNX Runtime's CPU kernels compute such an fp16 graph through fp32, and
     its converter clamps weights, so they come out finite here but wrong (Inf on an fp16 GPU): the gate fails."""
     model = copy.deepcopy(trained_model)
@@ -133,7 +128,7 @@ def test_fp16_overflow_fails_its_gate(trained_model, tmp_path):
         model.head.fc.weight *= 1e5  # the trained logits reach about 5: now 5e5
         model.head.fc.bias *= 1e5
     with pytest.raises(ParityGateError, match=r'fp16: .*SQNR [\d.]+ dB < 40 dB') as info:
-        export_onnx(_loaded(model), tmp_path, precisions=('fp16',))
+        export_onnx(as_loaded(model), tmp_path, precisions=('fp16',))
     row, = info.value.result.rows
     assert row['passed'] is False and not row['identical']
     assert not (tmp_path / FILENAMES['fp16']).exists()
@@ -172,7 +167,7 @@ def test_reexport_elsewhere_is_byte_identical_and_names_no_path(exported_graphs,
             assert str(root).encode() not in again, (name, root)
 
 
-def test_calibration_cache_is_reused(exported_graphs, trained_model, outlier_model, tmp_path):
+def test_calibration_cache_is_reused(as_loaded, exported_graphs, trained_model, outlier_model, tmp_path):
     """Ranges read back from model.int8.calibration.json give the same graph without calibrating; a cache of
     other weights is refused."""
     _, first = exported_graphs
@@ -180,22 +175,22 @@ def test_calibration_cache_is_reused(exported_graphs, trained_model, outlier_mod
     saved = json.loads(cache.read_text())
     assert saved['alexnet_zoo']['method'] == 'minmax' and 'sample photographs' in saved['alexnet_zoo']['source']
     assert saved['data'] and saved['calibration_method']  # ORT's own cache format, readable by quantize_static
-    result = export_onnx(_loaded(trained_model), tmp_path / 'again', precisions=('int8',), calibration_cache=cache)
+    result = export_onnx(as_loaded(trained_model), tmp_path / 'again', precisions=('int8',), calibration_cache=cache)
     assert (tmp_path / 'again' / FILENAMES['int8']).read_bytes() == (first / FILENAMES['int8']).read_bytes()
     assert 'model.int8.calibration.json' in result.calibration
     with pytest.raises(ValueError, match='computed for another graph'):
-        export_onnx(_loaded(outlier_model), tmp_path / 'other', precisions=('int8',), calibration_cache=cache)
+        export_onnx(as_loaded(outlier_model), tmp_path / 'other', precisions=('int8',), calibration_cache=cache)
     assert not (tmp_path / 'other' / FILENAMES['int8']).exists()
 
 
-def test_parity_images_with_labels_judge_accuracy(trained_model, tmp_path):
+def test_parity_images_with_labels_judge_accuracy(as_loaded, trained_model, tmp_path):
     """--parity-images laid out as <class>/<image> with the model's label names: accuracy is judged too."""
     from alexnet_zoo.samples import photographs
     folder = tmp_path / 'labelled'
     for name, image in photographs(['coffee', 'rocket', 'chelsea']):
         (folder / name).mkdir(parents=True)
         image.save(folder / name / f'{name}.png')
-    result = export_onnx(_loaded(trained_model), tmp_path / 'out', precisions=('fp32',), parity_images=folder)
+    result = export_onnx(as_loaded(trained_model), tmp_path / 'out', precisions=('fp32',), parity_images=folder)
     row, = result.rows
     assert row['views'] >= 256 and 'labelled' in result.parity_images and '3 image(s)' in result.parity_images
     assert row['accuracy_top1'] == row['reference_accuracy_top1'] and np.isfinite(row['accuracy_top1'])

@@ -53,12 +53,13 @@ def default_plan(onnx_path: PathLike, precision: str) -> Path:
     return Path(onnx_path).with_name(f'model.{precision}.plan')
 
 
-def parse_network(trt, builder, onnx_path: Path):
-    """A strongly typed network from TensorRT's ONNX parser; every parser error on one line if it fails."""
+def parse_network(trt, builder, onnx_path: Path, data: bytes):
+    """A strongly typed network from TensorRT's ONNX parser (``data``: the file's bytes); every parser error on one
+    line if it fails."""
     # TensorRT 11 keeps the STRONGLY_TYPED flag for compatibility and ignores it (its networks always are).
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, runtime.trt_logger(trt))
-    if not parser.parse(onnx_path.read_bytes(), str(onnx_path.resolve())):  # the path locates external weights
+    if not parser.parse(data, str(onnx_path.resolve())):  # the path locates weights stored beside the graph
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise ValueError(f'TensorRT could not parse {onnx_path.name}: ' + '; '.join(
             f'node {e.node()}: {e.code()}: {" ".join(str(e.desc()).split())}' for e in errors))
@@ -83,8 +84,8 @@ def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]],
     return config
 
 
-def build_record(trt, model: onnx.ModelProto, onnx_path: Path, plan: Path, engine: bytes, gpu, precision: str,
-                 shapes: Dict[str, List[int]], workspace_gb: Optional[float], seconds: float) -> dict:
+def build_record(trt, model: onnx.ModelProto, onnx_path: Path, onnx_sha256: str, plan: Path, engine: bytes, gpu,
+                 precision: str, shapes: Dict[str, List[int]], workspace_gb: Optional[float], seconds: float) -> dict:
     """What built the engine, from which graph, for which inputs: checked before every load."""
     input_name, _ = input_chw(model)
     return {
@@ -94,7 +95,7 @@ def build_record(trt, model: onnx.ModelProto, onnx_path: Path, plan: Path, engin
         'strongly_typed': True,
         'input': {'name': input_name, **shapes},
         'outputs': [o.name for o in model.graph.output],
-        'onnx': {'file': onnx_path.name, 'sha256': hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        'onnx': {'file': onnx_path.name, 'sha256': onnx_sha256,
                  'model_name': {p.key: p.value for p in model.metadata_props}.get('model_name')},
         'engine': {'file': plan.name, 'sha256': hashlib.sha256(engine).hexdigest(), 'bytes': len(engine)},
         'workspace_bytes': None if workspace_gb is None else int(workspace_gb * (1 << 30)),
@@ -126,8 +127,9 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     if timing_cache is not None:
         ensure_writable_dir(timing_cache.parent)
 
+    data = onnx_path.read_bytes()
     builder = trt.Builder(runtime.trt_logger(trt))
-    network = parse_network(trt, builder, onnx_path)
+    network = parse_network(trt, builder, onnx_path, data)
     shapes = profile.shapes(chw)
     config = builder_config(trt, builder, input_name, shapes, workspace_gb, timing_cache)
     started = time.perf_counter()
@@ -137,7 +139,8 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
         raise RuntimeError(f'TensorRT could not build an engine from {onnx_path.name} (see its messages above)')
     engine = bytes(memoryview(serialized))
 
-    record = build_record(trt, model, onnx_path, plan, engine, gpu, precision, shapes, workspace_gb, seconds)
+    record = build_record(trt, model, onnx_path, hashlib.sha256(data).hexdigest(), plan, engine, gpu, precision,
+                          shapes, workspace_gb, seconds)
     with atomic_path(record_path(plan)) as tmp_record, atomic_path(plan) as tmp_plan:  # engine renamed first
         tmp_plan.write_bytes(engine)
         tmp_record.write_text(json.dumps(record, indent=2) + '\n')
