@@ -6,6 +6,7 @@ Accepted checkpoints: a ``.safetensors`` state dict, a ``.pth``/``.pt`` state di
 write), loaded by ``timm.create_model("local-dir:...", pretrained=True)``, which brings its own model name, classes
 and label names.
 """
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from timm.models import is_model, load_state_dict, save_for_hf
 from .alexnet import checkpoint_filter_fn
 from .cli import first_line
 from .files import PathLike
+from .manifest import MANIFEST, verify
 
 
 class CheckpointError(ValueError):
@@ -113,6 +115,17 @@ def check_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], orig
                               f'{tuple(own[bad[0]].shape)}')
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes and bytes, in name order), whatever file they came
+    from: what binds an exported graph to the checkpoint it was exported from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}:{tensor.dtype}:{tuple(tensor.shape)};'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_checkpoint_dir(model: torch.nn.Module, directory: PathLike, label_names: Optional[List[str]] = None,
                         extra: Optional[Dict[str, object]] = None) -> Path:
     """Write timm's Hugging Face layout (config.json + model.safetensors), reloadable with ``local-dir:``; ``extra``
@@ -126,10 +139,23 @@ def _classifier(model: torch.nn.Module) -> str:
     return model.pretrained_cfg.get('classifier', 'head.fc')
 
 
+def _check_belongs(path: Path) -> None:
+    """A checkpoint inside a training run (RUN/ or RUN/last/) must be the one the run's manifest lists."""
+    names = ('config.json', 'model.safetensors')
+    try:
+        if (path / MANIFEST).is_file():
+            verify(path, names)
+        elif (path.parent / MANIFEST).is_file():
+            verify(path.parent, [f'{path.name}/{name}' for name in names])
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
 def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
     config = path / 'config.json'
     if not config.is_file() or not any(path.glob('*.safetensors')) and not any(path.glob('*.bin')):
         raise CheckpointError(f'{path} is not a checkpoint directory (needs config.json and model.safetensors)')
+    _check_belongs(path)
     try:
         cfg = json.loads(config.read_text())
         name = cfg['architecture']

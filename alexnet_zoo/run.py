@@ -4,13 +4,14 @@
 (``timm.create_model("local-dir:RUN", pretrained=True)``, ``load_model(checkpoint=RUN)``), its ``config.json``
 saying which epoch and with which settings (``training``); ``last/``: the same for the last epoch; ``train_state.pt``
 (optimizer, scheduler, epoch, settings; tensors and plain types only, so it loads with ``weights_only=True``), to
-resume the last epoch from; ``metrics.json`` (with ``best_epoch``) and ``metrics.csv``.
+resume the last epoch from; ``metrics.json`` (with ``best_epoch``) and ``metrics.csv``; ``manifest.json``, which
+binds them all by hash. Each epoch's files are saved as one state (``alexnet_zoo.manifest``): a run interrupted
+while saving is either still the previous epoch's or is finished as the new one, and ``--resume`` refuses files
+that do not belong together.
 """
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,7 +20,8 @@ import torch
 
 from .checkpoint import save_checkpoint_dir
 from .cli import first_line
-from .files import PathLike, atomic_path, write_text_atomic
+from .files import PathLike
+from .manifest import save_set, verify
 
 STATE_FILE = 'train_state.pt'
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
@@ -56,6 +58,7 @@ class Settings:
 def read_run_state(run: PathLike) -> dict:
     """A run's training state (loaded with ``weights_only=True``); one clear line when ``run`` is not a run."""
     run = Path(run)
+    manifest = verify(run) if run.is_dir() else None  # every file of the run, or one line naming the stray one
     missing = [f for f in (STATE_FILE, *CHECKPOINT_FILES) if not (run / f).is_file()]
     if missing:
         raise FileNotFoundError(f'{run} is not a training run (no {missing[0]}); '
@@ -66,6 +69,9 @@ def read_run_state(run: PathLike) -> dict:
         int(state['epoch'])
     except Exception as e:  # any corrupt or foreign file
         raise ValueError(f'{run / STATE_FILE} is not a training state: {first_line(e)}') from None
+    if manifest is not None and manifest.get('epoch') != state['epoch']:
+        raise ValueError(f'{run}: {STATE_FILE} is from epoch {state["epoch"]}, its manifest.json from epoch '
+                         f'{manifest.get("epoch")}: the files do not belong together')
     return state
 
 
@@ -76,23 +82,24 @@ def last_checkpoint(run: PathLike) -> Path:
 
 
 def save_run(output: Path, model, optimizer, scheduler, settings, classes, history, metrics, best: bool) -> None:
-    """The last epoch's checkpoint (RUN/last/), the best epoch's (RUN/, when ``best``: what others load), then
-    training state, then metrics; each file replaced atomically."""
+    """The last epoch's checkpoint (RUN/last/), the best epoch's (RUN/, when ``best``: what others load), the
+    training state and the metrics, saved as one state with its manifest (``alexnet_zoo.manifest``)."""
     about = {'training': {**asdict(settings), 'epoch': len(history), 'val_top1': history[-1]['val_top1']}}
-    places = [output / LAST] + ([output] if best else [])
-    for place in places:
-        place.mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=output, prefix='.checkpoint-') as tmp:
-            save_checkpoint_dir(model, tmp, classes, about)
-            for name in CHECKPOINT_FILES:
-                os.replace(Path(tmp) / name, place / name)
     state = dict(epoch=len(history), settings=asdict(settings), label_names=list(classes),
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history)
-    with atomic_path(output / STATE_FILE) as tmp:
-        torch.save(state, tmp)
-    write_text_atomic(output / 'metrics.json', json.dumps(metrics, indent=2) + '\n')
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS, lineterminator='\n')
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(output / 'metrics.csv', text.getvalue())
+
+    def write(staging: Path) -> None:
+        for place in [staging / LAST] + ([staging] if best else []):
+            place.mkdir(exist_ok=True)
+            save_checkpoint_dir(model, place, classes, about)
+        torch.save(state, staging / STATE_FILE)
+        (staging / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
+        (staging / 'metrics.csv').write_text(text.getvalue())
+
+    kept = [] if best else [name for name in CHECKPOINT_FILES if (output / name).is_file()]
+    save_set(output, write, {'kind': 'training run', 'epoch': len(history), 'best_epoch': metrics.get('best_epoch')},
+             keep=kept)

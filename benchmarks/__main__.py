@@ -11,7 +11,8 @@ from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
 from alexnet_zoo.samples import folder_images
 
-from .harness import run_benchmark
+from .harness import run_benchmark, timing_config
+from .latency import DEFAULT_TIMING, QUICK_TIMING
 from .registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
 from .summary import exit_code
 
@@ -31,7 +32,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--threads', type=int, help='compute threads for every backend (default: usable cores)')
     parser.add_argument('--quick', action='store_true', help='under a minute: torch, onnxruntime, openvino, '
                                                               'tensorrt; fp32, int8; batch 1; short timing')
-    parser.add_argument('--compare', help='an earlier report.json to put beside this one, with ratios')
+    parser.add_argument('--rounds', type=int, help='timing rounds, each visiting every row once (default: '
+                                                   f'{DEFAULT_TIMING.rounds}; --quick: {QUICK_TIMING.rounds}); more '
+                                                   'rounds, tighter intervals')
+    parser.add_argument('--seconds-per-row', type=float, help='timed seconds per row and round (default: '
+                                                              f'{DEFAULT_TIMING.seconds_per_row}; --quick: '
+                                                              f'{QUICK_TIMING.seconds_per_row})')
+    parser.add_argument('--seed', type=int, help='seed of the rounds\' shuffled order (default: 0)')
+    parser.add_argument('--run-to-run', type=float, help='relative standard deviation between runs that one run\'s '
+                                                         f'rounds cannot see, added to every interval (default: '
+                                                         f'{DEFAULT_TIMING.run_to_run}, measured on 2-core shared '
+                                                         'machines; 0 on a dedicated one)')
+    parser.add_argument('--compare', help='an earlier report.json to put beside this one: changes named only '
+                                          'where the 95 %% intervals do not overlap')
     parser.add_argument('--output-dir', required=True, help='where report.json/.md/.csv and the plots go')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
@@ -47,6 +60,7 @@ def main(argv: Sequence[str] = None) -> int:
         parse_batch_sizes(args.batch_sizes)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f'--threads must be at least 1, got {args.threads}')
+    timing = timing_config(args.quick, args.rounds, args.seconds_per_row, args.seed, args.run_to_run)
     if args.num_classes is not None and args.num_classes < 1:
         raise UsageError(f'--num-classes must be at least 1, got {args.num_classes}')
     images = folder_images(args.images) if args.images else None
@@ -55,7 +69,7 @@ def main(argv: Sequence[str] = None) -> int:
         loaded, args.output_dir, backends=args.backends, precisions=args.precisions, batch_sizes=args.batch_sizes,
         images=images, **({'images_source': f'images from {args.images}'} if args.images else {}), data=args.data,
         calibration_images=args.images, onnx_dir=args.onnx_dir, threads=args.threads,
-        quick=args.quick, compare=args.compare, progress=not args.no_progress,
+        quick=args.quick, compare=args.compare, timing=timing, progress=not args.no_progress,
         command=' '.join(['python -m benchmarks'] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))
     print(f'wrote {args.output_dir}/report.md ({len(report["results"])} rows, {len(report["skipped"])} skipped)')
     return exit_code(report)

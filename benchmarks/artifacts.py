@@ -5,7 +5,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from alexnet_zoo.checkpoint import LoadedModel
+from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
 from alexnet_zoo.files import PathLike
 from export.contract import FILENAMES, read_metadata
 from export.onnx import ParityGateError, export_onnx
@@ -17,17 +17,24 @@ from .registry import Spec
 
 def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
     """Graphs that export.onnx already wrote in ``onnx_dir``, checked (from their metadata) to come from the same
-    model and classes; a precision whose file is absent is left out (to be exported there)."""
+    model, classes and weights (the hash export.onnx wrote); a precision whose file is absent is left out (to be
+    exported there). Graphs of other weights are refused, never measured against this checkpoint."""
     onnx_dir = Path(onnx_dir)
     if onnx_dir.exists() and not onnx_dir.is_dir():
         raise NotADirectoryError(f'--onnx-dir is not a folder: {onnx_dir}')
     graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
+    weights = weights_sha256(loaded.model) if graphs else None
     for path in graphs.values():
         meta = read_metadata(path)
         found = (meta.get('model_name'), meta.get('num_classes'))
         if found != (loaded.name, loaded.num_classes):
             raise ValueError(f'{path} was exported from {found[0]} with {found[1]} classes, not {loaded.name} with '
                              f'{loaded.num_classes}')
+        exported = meta.get('weights_sha256')
+        if exported != weights:
+            what = f'weights {exported[:12]}' if exported else 'weights of unknown hash (an older export)'
+            raise ValueError(f'--onnx-dir holds graphs of other weights: {path} was exported from {what}, this '
+                             f'checkpoint is {weights[:12]}; delete the folder\'s graphs or choose another folder')
     return graphs
 
 

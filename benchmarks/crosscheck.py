@@ -22,7 +22,7 @@ from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
 from export.contract import read_metadata
 
 from .environment import cpu_threads
-from .latency import TimingConfig, summarize, time_runner
+from .latency import summarize, time_runner
 from .openvino_runner import OpenVINORunner
 
 
@@ -64,8 +64,7 @@ def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) 
     with OpenVINORunner(onnx_path, 'int8', threads=threads) as runner:
         x = tile(sample_batch(graph_model(onnx_path)[0])[1].numpy(), batch_size)
         prepared = runner.prepare(x)
-        times = time_runner(runner, prepared, TimingConfig(warmup_iters=3, warmup_s=1.0, min_iters=10,
-                                                           min_time_s=seconds))
+        times = time_runner(runner, prepared, warmup_iters=3, warmup_s=1.0, min_iters=10, min_time_s=seconds)
         overhead = []
         for _ in range(100):
             start = time.perf_counter_ns()

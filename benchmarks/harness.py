@@ -2,13 +2,16 @@
 fp64 reference, latency per batch size, one report.
 
 Order of work: check every input (so a mistake costs seconds, not minutes), compute the references, export only
-the ONNX graphs that an available row needs (``export.onnx``), then one runner at a time: parity logits, then
-latency at each batch size, then close it (one backend's threads and memory never overlap another's timing).
-Report files are written only at the end, each one atomically.
+the ONNX graphs that an available row needs (``export.onnx``), then open every runner and take its parity logits
+and prepare its inputs at each batch size; then time all rows together in interleaved rounds (``latency``), so
+that a row and its baseline meet the same minute of a shared machine; then close the runners. Report files are
+written only at the end, each one atomically.
 """
+import dataclasses
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -29,10 +32,10 @@ from export.views import reference_logits
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_threads, environment
-from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, summarize, time_runner, timing_dict
+from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
 from .registry import BACKENDS, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import SCHEMA_VERSION, compare_reports, read_report, write_report
-from .summary import add_speedups
+from .summary import add_noise, add_speedups
 
 DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8')
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -100,6 +103,21 @@ def parity_figures(reference: np.ndarray, logits: np.ndarray, name: str, precisi
     return {'reference': name, **figures, **parity.judge(precision, figures, trained)}
 
 
+def timing_config(quick: bool = False, rounds: Optional[int] = None, seconds_per_row: Optional[float] = None,
+                  seed: Optional[int] = None, run_to_run: Optional[float] = None) -> TimingConfig:
+    """The default (or --quick) timing with a user's rounds, seconds per row, seed and run-to-run term; a usage
+    error for values that cannot time anything."""
+    if rounds is not None and rounds < 1:
+        raise UsageError(f'--rounds must be at least 1, got {rounds}')
+    if seconds_per_row is not None and not 0 <= seconds_per_row <= 60:
+        raise UsageError(f'--seconds-per-row must be between 0 and 60, got {seconds_per_row}')
+    if run_to_run is not None and not 0 <= run_to_run < 1:
+        raise UsageError(f'--run-to-run is a relative standard deviation from 0 to 1, got {run_to_run}')
+    given = {k: v for k, v in (('rounds', rounds), ('seconds_per_row', seconds_per_row), ('seed', seed),
+                               ('run_to_run', run_to_run)) if v is not None}
+    return dataclasses.replace(QUICK_TIMING if quick else DEFAULT_TIMING, **given)
+
+
 def run_benchmark(
         loaded: LoadedModel,
         output_dir: PathLike,
@@ -153,14 +171,14 @@ def run_benchmark(
     if onnx_dir:
         ensure_writable_dir(onnx_dir)
     torch.set_num_threads(threads)
-    steps = 1 + bool(graphs_needed) + sum(1 + len(batch_sizes) for _ in specs)
+    steps = 1 + bool(graphs_needed) + len(specs) + timing.rounds
     bar = tqdm(total=steps, desc='references', unit='step', file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
 
     references = References(model, x, labelled)
     bar.update()
-    results, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir:
+    results, skipped, windows = [], [], []
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir, ExitStack() as open_runners:
         workdir = Path(workdir)
         missing = [p for p in graphs_needed if p not in graphs]
         reused = sorted(graphs, key=GRAPH_PRECISIONS.index)
@@ -178,17 +196,26 @@ def run_benchmark(
                 if reasons[spec]:
                     raise BackendUnavailable(reasons[spec])
                 artifact = artifact_for(spec, model, graphs, workdir, batch_sizes)
-                runner = spec.runner(artifact, spec.precision, spec.device, threads)
+                runner = open_runners.enter_context(spec.runner(artifact, spec.precision, spec.device, threads))
             except BackendUnavailable as e:
                 skipped.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
                                 'reason': str(e)})
-                bar.update(1 + len(batch_sizes))
+                bar.update()
                 continue
-            about = graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))
-            with runner:
-                rows = _measure(runner, spec, x, references, batch_sizes, timing, loaded.trained, bar)
-            results.extend({**row, **about} for row in rows)
+            common = {**_parity(runner, spec, x, references, batch_sizes, loaded.trained),
+                      **graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))}
+            for batch_size in batch_sizes:
+                windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
+                                      runner.prepare(tile(x, batch_size))))
+                results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                                'batch_size': batch_size, **common})
+            bar.update()
+        bar.set_description(f'timing {len(windows)} rows in {timing.rounds} rounds')
+        rounds = time_rounds(windows, timing, lambda _: bar.update())
+        windows.clear()  # the prepared inputs go before their runners close
     bar.close()
+    for row, times in zip(results, rounds.times_ms):
+        row.update(round_figures(times, row['batch_size'], timing.run_to_run))
 
     report = {
         'schema_version': SCHEMA_VERSION,
@@ -210,8 +237,11 @@ def run_benchmark(
                      'accuracy_min_ratio': parity.ACCURACY_MIN_RATIO},
         'results': results,
         'skipped': skipped,
+        'timing': {'rows': rounds.labels, 'order': rounds.order, 'steal_per_round': rounds.steal,
+                   'steal': rounds.steal_total},
     }
     add_speedups(report)
+    add_noise(report)
     if old_report is not None:
         report['comparison'] = compare_reports(old_report, report, str(compare))
     report['duration_s'] = round(time.perf_counter() - started, 1)
@@ -244,9 +274,10 @@ def graph_notes(graph: Optional[Path], export_failure: Optional[str]) -> dict:
     return notes
 
 
-def _measure(runner: Runner, spec: Spec, x: np.ndarray, references: References, batch_sizes: Sequence[int],
-             timing: TimingConfig, trained: bool, bar) -> List[dict]:
-    """Parity (and accuracy) once for this runner, then one result row per batch size."""
+def _parity(runner: Runner, spec: Spec, x: np.ndarray, references: References, batch_sizes: Sequence[int],
+            trained: bool) -> dict:
+    """Parity against both references (and accuracy on the labelled views) of one runner: the same at every
+    batch size."""
     logits = infer_in_batches(runner, x, batch_sizes)
     common, accuracies = {}, None
     if references.labelled is not None:
@@ -256,14 +287,4 @@ def _measure(runner: Runner, spec: Spec, x: np.ndarray, references: References, 
         accuracies = parity.accuracy_figures(references.labelled_fp32, labelled_logits, labels)
     common['parity'] = parity_figures(references.fp32, logits, 'torch fp32', spec.precision, trained, accuracies)
     common['parity_fp64'] = parity_figures(references.fp64, logits, 'torch fp64', spec.precision, trained)
-    bar.update()
-    rows = []
-    for batch_size in batch_sizes:
-        bar.set_description(f'{spec.backend} {spec.precision} b{batch_size}')
-        prepared = runner.prepare(tile(x, batch_size))
-        times = time_runner(runner, prepared, timing)
-        del prepared
-        rows.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                     'batch_size': batch_size, **summarize(times, batch_size), **common})
-        bar.update()
-    return rows
+    return common

@@ -1,18 +1,14 @@
-"""The report's PNG plots (matplotlib, rendered in memory): latency per backend, latency against batch size,
-parity."""
+"""The report's PNG plots (matplotlib, rendered in memory): latency per backend and speed-up, each with its 95 %
+interval, latency against batch size, parity."""
 import io
 from typing import Dict, List
 
 from export.parity import sqnr_text
 
-from .summary import row_passed
+from .summary import label, row_passed
 
 
-PLOTS = ('latency.png', 'latency_vs_batch.png', 'parity.png')
-
-
-def label(row: dict) -> str:
-    return f'{row["backend"]} {row["precision"]}' + ('' if row.get('device', 'cpu') == 'cpu' else f' ({row["device"]})')
+PLOTS = ('latency.png', 'speedup.png', 'latency_vs_batch.png', 'parity.png')
 
 
 def first_per_label(rows: List[dict]) -> Dict[str, dict]:
@@ -28,10 +24,11 @@ def render_plots(report: dict) -> Dict[str, bytes]:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     plots = {}
-    for name, draw in zip(PLOTS, (_plot_latency, _plot_latency_vs_batch, _plot_parity)):
+    for name, draw in zip(PLOTS, (_plot_latency, _plot_speedup, _plot_latency_vs_batch, _plot_parity)):
         fig = draw(plt, report)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format='png', dpi=90)
+        fig.savefig(buffer, format='png', dpi=90,
+                    metadata={'Description': f'alexnet-zoo benchmark report, run {report.get("run_id")}'})
         plt.close(fig)
         plots[name] = buffer.getvalue()
     return plots
@@ -41,29 +38,42 @@ def _title(report: dict) -> str:
     return f'{report["model"]["name"]} on {report["environment"]["cpu"]["model"]}'
 
 
-def _plot_latency(plt, report: dict):
-    """Median latency per backend and precision, one panel per batch size; whiskers from min to p99."""
-    rows = report['results']
+def _bars(plt, report: dict, value: str, interval: str, xlabel: str, note: str):
+    """One panel per batch size: a bar per row at its ``value``, whiskers over its 95 % ``interval``."""
+    rows = [r for r in report['results'] if r.get(value) is not None]
     sizes = sorted({r['batch_size'] for r in rows}) or [1]
     height = max(2.5, 0.35 * max((sum(r['batch_size'] == b for r in rows) for b in sizes), default=1) + 1.5)
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), height), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         chosen = [r for r in rows if r['batch_size'] == size]
-        p50 = [r['latency_ms']['p50'] for r in chosen]
-        low = [r['latency_ms']['p50'] - r['latency_ms']['min'] for r in chosen]
-        high = [r['latency_ms']['p99'] - r['latency_ms']['p50'] for r in chosen]
+        values = [r[value] for r in chosen]
+        low = [max(0.0, r[value] - r[interval][0]) for r in chosen]
+        high = [max(0.0, r[interval][1] - r[value]) for r in chosen]
         colors = ['tab:green' if row_passed(r) else 'tab:red' if row_passed(r) is False else 'tab:blue'
                   for r in chosen]
-        ax.barh(range(len(chosen)), p50, xerr=[low, high], color=colors, capsize=3)
+        ax.barh(range(len(chosen)), values, xerr=[low, high], color=colors, capsize=3)
         ax.set_yticks(range(len(chosen)), [label(r) for r in chosen])
         ax.invert_yaxis()
-        for i, value in enumerate(p50):
-            ax.text(value, i, f' {value:.1f}', va='bottom', fontsize=8)
-        ax.set_xlabel('median latency, ms (whiskers: min to p99)')
+        for i, v in enumerate(values):
+            ax.text(v, i, f' {v:.1f}', va='bottom', fontsize=8)
+        ax.set_xlabel(xlabel)
         ax.set_title(f'batch {size}')
-    fig.suptitle(f'{_title(report)}\ngreen: passes its parity gates, red: fails them, blue: not judged', fontsize=9)
+    fig.suptitle(f'{_title(report)}\n{note}green: passes its parity gates, red: fails them, blue: not judged',
+                 fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _plot_latency(plt, report: dict):
+    """Median latency per backend and precision, one panel per batch size; whiskers: its 95 % interval."""
+    return _bars(plt, report, 'median_ms', 'median_ci95_ms', 'latency, ms: median over rounds (whiskers: 95 % '
+                 'interval)', '')
+
+
+def _plot_speedup(plt, report: dict):
+    """Speed-up over PyTorch eager fp32 per backend and precision; whiskers: its 95 % interval."""
+    return _bars(plt, report, 'speedup_vs_torch_fp32', 'speedup_ci95', 'speed-up over PyTorch eager fp32 '
+                 '(whiskers: 95 % interval)', 'ratios paired within each round; ')
 
 
 def _plot_latency_vs_batch(plt, report: dict):
@@ -72,7 +82,7 @@ def _plot_latency_vs_batch(plt, report: dict):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lines: Dict[str, List] = {}
     for r in sorted(report['results'], key=lambda r: r['batch_size']):
-        lines.setdefault(label(r), []).append((r['batch_size'], r['latency_ms']['p50'] / r['batch_size']))
+        lines.setdefault(label(r), []).append((r['batch_size'], r['median_ms'] / r['batch_size']))
     for name, points in lines.items():
         ax.plot(*zip(*points), marker='o', label=name)
     ax.set_xscale('log', base=2)

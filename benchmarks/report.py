@@ -1,23 +1,30 @@
 """The report's files: report.json (the schema), report.md (the table a person reads), report.csv, PNG plots.
 
-Everything is rendered in memory first and each file is written atomically (temporary file beside, then
-rename), so an interrupted run leaves the previous report or none, never half of one.
+Everything is rendered in memory first, every file carries the same run id, and the files are saved as one set
+with a manifest (``alexnet_zoo.manifest``): an interrupted run leaves the previous report or the new one, never a
+mix, and ``--compare`` refuses a folder whose files do not belong together.
 """
 import csv
 import io
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from alexnet_zoo.files import PathLike, atomic_path
+from alexnet_zoo.files import PathLike
+from alexnet_zoo.manifest import save_set, verify
 from export.parity import sqnr_text, verdict
 
-from .plots import first_per_label, render_plots
+from .plots import PLOTS, first_per_label, render_plots
 from .summary import row_passed
+from .uncertainty import change
 
-SCHEMA_VERSION = 2  # 2: parity on >= 256 views with near-ties, non-finite counts, accuracy gates, int8 remedies
-READABLE_SCHEMAS = (1, 2)  # --compare reads p50 and SQNR, which both carry
+# 2: parity on >= 256 views with near-ties, non-finite counts, accuracy gates, int8 remedies
+# 3: interleaved timing rounds; median over rounds with 95 % intervals, paired speed-ups, noise
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)  # --compare reads p50 (1, 2) or the median and its interval (3), and SQNR
+REPORT_FILES = ('report.md', 'report.csv', *PLOTS)
 LATENCY_KEYS = ('mean', 'std', 'min', 'p50', 'p90', 'p95', 'p99', 'max')
 PARITY_KEYS = ('views', 'max_abs_err', 'max_rel_err', 'sqnr_db', 'identical', 'nonfinite', 'cosine_min',
                'top1_agreement', 'decisive_top1_agreement', 'near_ties', 'near_tie_flips', 'top5_agreement',
@@ -40,17 +47,25 @@ def finite(value: Any) -> Any:
     return value
 
 
-def read_report(path: PathLike) -> dict:
-    """An earlier report.json, checked enough to compare against; one clear line if it is not one."""
+def read_report(path: PathLike, what: str = '--compare') -> dict:
+    """An earlier report.json, checked enough to compare against; one clear line (naming ``what`` gave it) if it
+    is not one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'--compare file not found: {path}')
+        raise FileNotFoundError(f'{what} file not found: {path}')
+    try:  # first: a save interrupted while moving its files is finished, a mixed folder refused
+        manifest = verify(path.parent, [path.name, *REPORT_FILES]) if path.name == 'report.json' else None
+    except ValueError as e:
+        raise ValueError(f'{what} {path} is in a folder that mixes reports: {e}') from None
     try:
         report = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f'--compare {path} is not a benchmark report (not JSON: {e})') from None
+        raise ValueError(f'{what} {path} is not a benchmark report (not JSON: {e})') from None
     if not isinstance(report, dict) or report.get('schema_version') not in READABLE_SCHEMAS:
-        raise ValueError(f'--compare {path} is not a benchmark report (no schema_version in {READABLE_SCHEMAS})')
+        raise ValueError(f'{what} {path} is not a benchmark report (no schema_version in {READABLE_SCHEMAS})')
+    if manifest is not None and manifest.get('run_id') != report.get('run_id'):
+        raise ValueError(f'{what} {path} is in a folder that mixes reports: report.json is run '
+                         f'{report.get("run_id")}, its manifest.json run {manifest.get("run_id")}')
     rows = report.get('results')
     try:
         if not isinstance(rows, list):
@@ -58,29 +73,57 @@ def read_report(path: PathLike) -> dict:
         for row in rows:
             row_key(row)
             float(row['latency_ms']['p50'])
+            _check_figures(row)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f'--compare {path} is not a benchmark report (bad results: {e})') from None
+        raise ValueError(f'{what} {path} is not a benchmark report (bad results: {e})') from None
     return report
+
+
+def _check_figures(row: dict) -> None:
+    """The schema-3 figures --compare reads: finite numbers, intervals of two (TypeError/ValueError if not)."""
+    for key in ('median_ms', 'speedup_vs_torch_fp32'):
+        if row.get(key) is not None and not math.isfinite(float(row[key])):
+            raise ValueError(f'{key} is not a finite number')
+    for key in ('median_ci95_ms', 'speedup_ci95'):
+        ci = row.get(key)
+        if ci is not None and (len(ci) != 2 or not all(math.isfinite(float(v)) for v in ci) or ci[0] > ci[1]):
+            raise ValueError(f'{key} is not an interval [low, high]')
+
+
+def latency_of(row: dict):
+    """A row's latency and its interval: the median over rounds (schema 3) or, from older reports, the p50 of one
+    window, which has no interval."""
+    if row.get('median_ms') is not None:
+        return row['median_ms'], row.get('median_ci95_ms')
+    return row['latency_ms']['p50'], None
 
 
 def compare_reports(old: dict, new: dict, name: str) -> dict:
     """Rows of both reports side by side, matched by backend, precision, device and batch size.
 
-    ``speedup`` = old p50 / new p50 (above 1: faster now); ``throughput_ratio`` = new / old images per second.
+    ``speedup`` = old / new latency (above 1: faster now). ``latency_change`` is 'faster' or 'slower' only where
+    the two latency intervals do not overlap, else 'within noise'; ``speedup_change`` the same for the speed-ups
+    over the baseline (ratios within each run, which a machine's slower minute does not move).
     """
     old_rows = {row_key(r): r for r in old['results']}
     new_rows = {row_key(r): r for r in new['results']}
     rows = []
     for key in list(new_rows) + [k for k in old_rows if k not in new_rows]:
         o, n = old_rows.get(key), new_rows.get(key)
-        old_p50 = o['latency_ms']['p50'] if o else None
-        new_p50 = n['latency_ms']['p50'] if n else None
+        old_ms, old_ci = latency_of(o) if o else (None, None)
+        new_ms, new_ci = latency_of(n) if n else (None, None)
+        both = bool(o and n)
         rows.append({
             'backend': key[0], 'precision': key[1], 'device': key[2], 'batch_size': key[3],
-            'old_p50_ms': old_p50, 'new_p50_ms': new_p50,
-            'speedup': old_p50 / new_p50 if o and n and new_p50 else None,
+            'old_ms': old_ms, 'new_ms': new_ms, 'old_ci95_ms': old_ci, 'new_ci95_ms': new_ci,
+            'speedup': old_ms / new_ms if both and new_ms else None,
+            'latency_change': change(old_ci, new_ci) if both else 'only in one report',
+            'old_speedup_vs_torch_fp32': o.get('speedup_vs_torch_fp32') if o else None,
+            'new_speedup_vs_torch_fp32': n.get('speedup_vs_torch_fp32') if n else None,
+            'speedup_change': (change(o.get('speedup_ci95'), n.get('speedup_ci95'), 'lower', 'higher')
+                               if both else 'only in one report'),
             'throughput_ratio': (n['throughput_ips'] / o['throughput_ips']
-                                 if o and n and o.get('throughput_ips') else None),
+                                 if both and o.get('throughput_ips') else None),
             'old_sqnr_db': o['parity'].get('sqnr_db') if o and o.get('parity') else None,
             'new_sqnr_db': n['parity'].get('sqnr_db') if n else None,
             'old_sqnr': sqnr_text(o['parity']) if o and o.get('parity') else '–',
@@ -91,19 +134,22 @@ def compare_reports(old: dict, new: dict, name: str) -> dict:
 
 
 def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
-    """Render every file in memory, then write each atomically; returns name -> path."""
+    """Render every file in memory with one run id, then save them as one set; returns name -> path."""
     output_dir = Path(output_dir)
+    report.setdefault('run_id', uuid.uuid4().hex[:12])
     report = finite(report)
     files = {'report.json': (json.dumps(report, indent=2, allow_nan=False) + '\n').encode(),
              'report.md': render_markdown(report).encode(),
              'report.csv': render_csv(report).encode()}
     files.update(render_plots(report))
-    paths = {}
-    for name, data in files.items():
-        with atomic_path(output_dir / name) as tmp:
-            tmp.write_bytes(data)
-        paths[name] = output_dir / name
-    return paths
+
+    def write(staging: Path) -> None:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+
+    save_set(output_dir, write, {'kind': 'benchmark report', 'run_id': report['run_id'],
+                                 'created_at': report.get('created_at')})
+    return {name: output_dir / name for name in files}
 
 
 def _fmt(value: Optional[float], digits: int = 2, kind: str = 'f') -> str:
@@ -162,7 +208,8 @@ def render_markdown(report: dict) -> str:
         _graphs_line(report.get('graphs') or {}),
         f'- machine: {cpu["model"]}, {cpu["usable_cores"]} cores ({features}), {env["memory_gb"]} GB, GPU: {gpu}; '
         f'{env["os"]}, Python {env["python"]}',
-        f'- {report["created_at"]}, {report.get("duration_s", "?")} s' + (' (`--quick`)' if settings['quick'] else ''),
+        f'- {report["created_at"]}, {report.get("duration_s", "?")} s' + (' (`--quick`)' if settings['quick'] else '')
+        + (f'; run `{report["run_id"]}` (every file of this report carries it)' if report.get('run_id') else ''),
     ]
     if report.get('command'):
         lines.append(f'- command: `{report["command"]}`')
@@ -174,23 +221,28 @@ def render_markdown(report: dict) -> str:
                      (f'; PyTorch fp32 top-1 {reference:.1%}, a row must keep '
                       f'{report["settings"].get("accuracy_min_ratio", 0.99):.0%} of it' if reference is not None else ''))
     lines += ['', '## Results', '',
-              'Latency in ms per batch (p50 = median); speed-up = PyTorch eager fp32 p50 / this p50 at the same batch '
-              'size. Parity against PyTorch fp32 (SQNR; top-1 agreement on the decisive views, with the near-ties '
-              'set aside and counted; max error relative to the largest logit) and against an fp64 PyTorch '
-              'reference (SQNR). docs/export.md explains the gates.', '']
-    header = ['backend', 'precision', 'device', 'batch', 'p50 ms', 'mean ± std ms', 'p99 ms', 'images/s',
-              'speed-up', 'SQNR dB', 'top-1', 'near-ties', 'max rel err', 'SQNR fp64 dB']
+              f'Latency in ms per batch: the median over {timing["rounds"]} interleaved rounds of each round\'s median, '
+              'with its 95 % interval in brackets (the rounds\' interval widened by a stated run-to-run term of '
+              f'{timing.get("run_to_run", 0):.0%}, for what persists over a whole run); CV = its coefficient of '
+              'variation across rounds; p99 over every '
+              'timed run. Speed-up = the median over rounds of PyTorch eager fp32\'s latency / this row\'s, both timed '
+              'in the same round, at the same batch size, with its 95 % interval. Parity against PyTorch fp32 (SQNR; '
+              'top-1 agreement on the decisive views, with the near-ties set aside and counted; max error relative '
+              'to the largest logit) and against an fp64 PyTorch reference (SQNR). docs/export.md explains the '
+              'gates; docs/benchmarks.md the rounds and intervals.', '']
+    header = ['backend', 'precision', 'device', 'batch', 'median ms (95 % CI)', 'CV', 'p99 ms', 'images/s',
+              'speed-up (95 % CI)', 'SQNR dB', 'top-1', 'near-ties', 'max rel err', 'SQNR fp64 dB']
     if data:
         header += ['acc top-1', 'acc top-5']
     header.append('gate')
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
-    for r in sorted(report['results'], key=lambda r: r['batch_size']):
+    for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
         lat, p = r['latency_ms'], r['parity']
-        speedup = r.get('speedup_vs_torch_fp32')
-        cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']), _fmt(lat['p50']),
-                 f'{lat["mean"]:.2f} ± {lat["std"]:.2f}', _fmt(lat['p99']), _fmt(r['throughput_ips'], 1),
-                 '–' if speedup is None else f'{speedup:.1f}×', sqnr_text(p), _percent(p.get('decisive_top1_agreement')),
-                 f'{p.get("near_ties", "–")}', _fmt(p['max_rel_err'], 1, 'e'), sqnr_text(r['parity_fp64'])]
+        cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']),
+                 f'{r["median_ms"]:.2f} ({_interval(r["median_ci95_ms"], "", 2)})', f'{r["cv"]:.0%}', _fmt(lat['p99']),
+                 _fmt(r['throughput_ips'], 1), speedup_text(r['speedup_vs_torch_fp32'], r.get('speedup_ci95')),
+                 sqnr_text(p), _percent(p.get('decisive_top1_agreement')), f'{p.get("near_ties", "–")}',
+                 _fmt(p['max_rel_err'], 1, 'e'), sqnr_text(r['parity_fp64'])]
         if data:
             acc = r.get('accuracy') or {}
             cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
@@ -198,6 +250,9 @@ def render_markdown(report: dict) -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
     notes = [f'- {r["backend"]} {r["precision"]} ({r["device"]}): {note}'
              for r in first_per_label(report['results']).values() for note in _row_notes(r)]
+    notes += [f'- batch {t["batch_size"]}: {t["rows"][0]} and {t["rows"][1]} cannot be ranked: the interval of '
+              f'their per-round latency ratio, {_interval(t["ratio_ci95"], "", 3)}, includes 1'
+              for t in report['summary'].get('ties', [])]
     if notes:
         lines += ['', *notes]
 
@@ -206,12 +261,15 @@ def render_markdown(report: dict) -> str:
               else '## Fastest row (gates not judged)', '']
     for f in summary['fastest_passing']:
         speed = f['speedup_vs_torch_fp32']
-        against = (f'{speed:.1f}× PyTorch eager fp32 ({f["baseline_p50_ms"]:.2f} ms)' if speed
-                   else 'no PyTorch eager fp32 row to compare with')
+        against = (f'{speedup_text(speed, f["speedup_ci95"])} PyTorch eager fp32 ({f["baseline_median_ms"]:.2f} ms)'
+                   if speed else 'no PyTorch eager fp32 row to compare with')
+        rank = ('' if f['ranked'] else f'; not told apart from {f["runner_up"]} (paired ratio '
+                f'{_interval(f["runner_up_ratio_ci95"], "", 3)})')
         lines.append(f'- batch {f["batch_size"]}: {f["backend"]} {f["precision"]} ({f["device"]}), '
-                     f'{f["p50_ms"]:.2f} ms, {against}')
+                     f'{f["median_ms"]:.2f} ms ({_interval(f["median_ci95_ms"], "", 2)}), {against}{rank}')
     if summary['gates_judged']:
         lines.append(f'- gates: {"all judged rows pass" if summary["passed"] else str(summary["rows_failed"]) + " row(s) FAIL"}')
+    lines += _noise_lines(report)
 
     lines += ['', '## Skipped', '']
     if report['skipped']:
@@ -224,25 +282,34 @@ def render_markdown(report: dict) -> str:
     if comparison:
         lines += ['', f'## Compared with `{comparison["file"]}` ({comparison.get("old_created_at")}, '
                       f'{comparison.get("old_cpu")})', '',
-                  'speed-up = old p50 / new p50 (above 1: faster now).', '',
-                  '| backend | precision | device | batch | old p50 ms | new p50 ms | speed-up | old SQNR | new SQNR |',
-                  '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+                  'ratio = old / new latency (above 1: faster now). A change is named only where the two 95 % '
+                  'intervals do not overlap; otherwise it is within noise. The speed-up over PyTorch eager fp32 is '
+                  'paired within each run, so a slower minute on one run does not move it.', '',
+                  '| backend | precision | device | batch | old ms | new ms | ratio | latency | old speed-up | '
+                  'new speed-up | speed-up | old SQNR | new SQNR |',
+                  '|' + ' --- |' * 13]
         for c in comparison['rows']:
             lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
-                         f'{_fmt(c["old_p50_ms"])} | {_fmt(c["new_p50_ms"])} | '
+                         f'{_fmt(c["old_ms"])} | {_fmt(c["new_ms"])} | '
                          f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
+                         f'{c["latency_change"]} | {_fmt(c["old_speedup_vs_torch_fp32"], 1)} | '
+                         f'{_fmt(c["new_speedup_vs_torch_fp32"], 1)} | {c["speedup_change"]} | '
                          f'{c["old_sqnr"]} | {c["new_sqnr"]} |')
 
     lines += ['', '## What is timed', '',
               f'- timed region: {timing["timed_region"]}.',
-              f'- warm-up: at least {timing["warmup_iters"]} runs and {timing["warmup_s"]} s; then timed runs until '
-              f'at least {timing["min_iters"]} runs and {timing["min_time_s"]} s; one perf_counter pair per run, '
-              f'garbage collector paused.',
+              f'- every row warmed up once (at least {timing["warmup_iters"]} runs and {timing["warmup_s"]} s), then '
+              f'{timing["rounds"]} rounds, each visiting every row once in an order shuffled by a generator seeded '
+              f'with {timing["seed"]} (recorded in report.json): {timing["window_warmup_iters"]} untimed run, then '
+              f'timed runs until at least {timing["min_iters"]} runs and {timing["seconds_per_row"]} s; one '
+              f'perf_counter pair per run, garbage collector paused.',
+              f'- intervals: {timing["interval"]}; run-to-run relative SD: {timing.get("run_to_run", 0):.0%}.',
               f'- {env["threads"]} compute threads for every backend, one stream: PyTorch set_num_threads, ONNX '
               f'Runtime intra-op threads (sequential), OpenVINO INFERENCE_NUM_THREADS with the LATENCY hint.',
               '- throughput = images per second over the summed timed runs.',
               '', '## Plots', '',
               '![latency per backend and precision](latency.png)', '',
+              '![speed-up over PyTorch eager fp32](speedup.png)', '',
               '![latency vs batch size](latency_vs_batch.png)', '',
               '![parity](parity.png)', '',
               '## Software', '',
@@ -250,22 +317,57 @@ def render_markdown(report: dict) -> str:
     return '\n'.join(lines)
 
 
+def _interval(ci, unit: str = '', digits: int = 1) -> str:
+    return '–' if not ci else f'{ci[0]:.{digits}f}–{ci[1]:.{digits}f}{unit}'
+
+
+def speedup_text(speedup: Optional[float], ci) -> str:
+    """``6.1× (5.4–6.8)``."""
+    if speedup is None:
+        return '–'
+    return f'{speedup:.1f}×' + (f' ({_interval(ci)})' if ci else '')
+
+
+def _noise_lines(report: dict) -> list:
+    noise = report.get('noise')
+    if not noise:
+        return []
+    steal = noise.get('steal')
+    cvs = ', '.join(f'{cv:.1%} at batch {b}' for b, cv in noise['baseline_cv'].items()) or 'no baseline row'
+    lines = ['', '## How noisy the machine was', '',
+             '- CPU steal time while timing (other guests of the hypervisor, from /proc/stat): '
+             + ('not exposed here' if steal is None else f'{steal:.1%}'),
+             f'- PyTorch eager fp32 across rounds (robust CV of its per-round medians: 1.4826 × MAD / median): '
+             f'{cvs}',
+             f'- rounds in which the typical row ran over 20 % slower than its usual: '
+             f'{len(noise["noisy_rounds"])} of {len(noise["round_noise"])}'
+             + (f' (rounds {", ".join(str(i + 1) for i in noise["noisy_rounds"])})' if noise['noisy_rounds'] else '')]
+    if noise['warnings']:
+        lines += ['', '**Too noisy to trust these figures:** ' + '; '.join(noise['warnings']) +
+                  '. Run again on a quieter machine, or with more `--rounds`.']
+    return lines
+
+
 def render_csv(report: dict) -> str:
     fields = (['backend', 'precision', 'device', 'batch_size'] + [f'{k}_ms' for k in LATENCY_KEYS]
-              + ['throughput_ips', 'iterations', 'speedup_vs_torch_fp32']
+              + ['median_ms', 'median_ci95_low_ms', 'median_ci95_high_ms', 'cv', 'throughput_ips', 'iterations',
+                 'speedup_vs_torch_fp32', 'speedup_ci95_low', 'speedup_ci95_high']
               + [f'parity_{k}' for k in PARITY_KEYS] + [f'parity_fp64_{k}' for k in PARITY_KEYS]
-              + ['accuracy_top1', 'accuracy_top5', 'float_layers', 'equalized', 'export_failure'])
+              + ['accuracy_top1', 'accuracy_top5', 'float_layers', 'equalized', 'export_failure', 'run_id'])
     out = io.StringIO()
     writer = csv.DictWriter(out, fields, lineterminator='\n')
     writer.writeheader()
     for r in report['results']:
-        row = {k: r[k] for k in ('backend', 'precision', 'device', 'batch_size', 'throughput_ips', 'iterations',
-                                 'speedup_vs_torch_fp32')}
+        row = {k: r[k] for k in ('backend', 'precision', 'device', 'batch_size', 'median_ms', 'cv', 'throughput_ips',
+                                 'iterations', 'speedup_vs_torch_fp32')}
+        row.update(median_ci95_low_ms=r['median_ci95_ms'][0], median_ci95_high_ms=r['median_ci95_ms'][1])
+        if r.get('speedup_ci95'):
+            row.update(speedup_ci95_low=r['speedup_ci95'][0], speedup_ci95_high=r['speedup_ci95'][1])
         row.update({f'{k}_ms': r['latency_ms'][k] for k in LATENCY_KEYS})
         row.update({f'parity_{k}': r['parity'].get(k) for k in PARITY_KEYS})
         row.update({f'parity_fp64_{k}': r['parity_fp64'].get(k) for k in PARITY_KEYS})
         row.update(float_layers=' '.join(r.get('float_layers') or []), equalized=' '.join(r.get('equalized') or []),
-                   export_failure=r.get('export_failure', ''))
+                   export_failure=r.get('export_failure', ''), run_id=report.get('run_id', ''))
         if r.get('accuracy'):
             row.update({'accuracy_top1': r['accuracy']['top1'], 'accuracy_top5': r['accuracy']['top5']})
         writer.writerow(row)

@@ -1,36 +1,81 @@
-"""The report's verdicts: each row's speed-up over the baseline, the fastest row that passes its gates, and the
-exit code a run ends with."""
+"""The report's verdicts: each row's speed-up over the baseline with its interval, which rows can be ranked, the
+fastest row that passes its gates, how noisy the machine was, and the exit code a run ends with."""
 from typing import Optional
 
 from .registry import BASELINE
+from .uncertainty import (NOISY_ROUND, median_ci, noise_warnings, paired_ratios, robust_cv, round_noise, separable,
+                          widen)
+
+
+def label(row: dict) -> str:
+    return f'{row["backend"]} {row["precision"]}' + ('' if row.get('device', 'cpu') == 'cpu' else f' ({row["device"]})')
 
 
 def add_speedups(report: dict) -> None:
-    """Each row's speed-up over PyTorch eager fp32 (CPU) at the same batch size, and per batch size the fastest
-    row that passes its gates (every row when the gates are not judged)."""
+    """Each row's speed-up over PyTorch eager fp32 (CPU) at the same batch size: the median over rounds of the
+    ratio to the baseline timed in the same round, with its interval; per batch size the neighbours (by median
+    latency) that cannot be ranked, and the fastest row that passes its gates (every row when the gates are
+    not judged)."""
     rows = report['results']
-    base = {r['batch_size']: r['latency_ms']['p50'] for r in rows
-            if (r['backend'], r['precision'], r['device']) == BASELINE}
+    run_to_run = ((report.get('settings') or {}).get('timing') or {}).get('run_to_run', 0.0)
+    base = {r['batch_size']: r for r in rows if (r['backend'], r['precision'], r['device']) == BASELINE}
     for r in rows:
         b = base.get(r['batch_size'])
-        r['speedup_vs_torch_fp32'] = b / r['latency_ms']['p50'] if b else None
-    fastest = []
+        speedup = (_ratio(b, r, 0.0 if r is b else run_to_run)) if b else None  # the baseline's own is 1 exactly
+        r['speedup_vs_torch_fp32'] = speedup['median'] if speedup else None
+        r['speedup_ci95'] = speedup['ci95'] if speedup else None
+        r['speedup_ci95_rounds'] = speedup['ci95_rounds'] if speedup else None
+        r['speedup_cv'] = speedup['cv'] if speedup else None
+        r['not_separable_from'] = []
+    ties, fastest = [], []
     for batch_size in sorted({r['batch_size'] for r in rows}):
-        candidates = [r for r in rows if r['batch_size'] == batch_size and row_passed(r) is not False]
-        if candidates:
-            best = min(candidates, key=lambda r: r['latency_ms']['p50'])
-            fastest.append({'batch_size': batch_size, 'backend': best['backend'], 'precision': best['precision'],
-                            'device': best['device'], 'p50_ms': best['latency_ms']['p50'],
-                            'baseline_p50_ms': base.get(batch_size),
-                            'speedup_vs_torch_fp32': best['speedup_vs_torch_fp32']})
+        ranked = sorted((r for r in rows if r['batch_size'] == batch_size), key=lambda r: r['median_ms'])
+        for faster, slower in zip(ranked, ranked[1:]):
+            ratio = _ratio(slower, faster, run_to_run)['ci95']
+            if not separable(ratio):
+                faster['not_separable_from'].append(label(slower))
+                slower['not_separable_from'].append(label(faster))
+                ties.append({'batch_size': batch_size, 'rows': [label(faster), label(slower)], 'ratio_ci95': ratio})
+        passing = [r for r in ranked if row_passed(r) is not False]
+        if passing:
+            best, b = passing[0], base.get(batch_size)
+            runner_up = passing[1] if len(passing) > 1 else None
+            fastest.append({
+                'batch_size': batch_size, 'backend': best['backend'], 'precision': best['precision'],
+                'device': best['device'], 'median_ms': best['median_ms'], 'median_ci95_ms': best['median_ci95_ms'],
+                'baseline_median_ms': b['median_ms'] if b else None,
+                'speedup_vs_torch_fp32': best['speedup_vs_torch_fp32'], 'speedup_ci95': best['speedup_ci95'],
+                'runner_up': label(runner_up) if runner_up else None,
+                'runner_up_ratio_ci95': _ratio(runner_up, best, run_to_run)['ci95'] if runner_up else None,
+                'ranked': separable(_ratio(runner_up, best, run_to_run)['ci95']) if runner_up else True})
     judged = [row_passed(r) for r in rows if row_passed(r) is not None]
     report['summary'] = {
         'baseline': ' '.join(BASELINE),
         'fastest_passing': fastest,
+        'ties': ties,
         'gates_judged': bool(judged),
         'rows_failed': sum(1 for p in judged if p is False),
         'passed': all(judged) if judged else None,
     }
+
+
+def _ratio(slower: dict, faster: dict, run_to_run: float) -> dict:
+    """The per-round latency ratio slower / faster, paired by round, with its interval: above 1 throughout when
+    ``faster`` is really faster."""
+    return widen(median_ci(paired_ratios(slower['round_medians_ms'], faster['round_medians_ms'])), run_to_run)
+
+
+def add_noise(report: dict) -> None:
+    """How noisy the machine was while timing: steal time, the baseline's spread across rounds, rounds in which
+    every row ran slower; and the warnings that say when not to trust the figures."""
+    rows, timing = report['results'], report.get('timing') or {}
+    noise = round_noise([r['round_medians_ms'] for r in rows]) if rows else []
+    baseline_cv = {r['batch_size']: robust_cv(r['round_medians_ms']) for r in rows
+                   if (r['backend'], r['precision'], r['device']) == BASELINE}
+    warnings = noise_warnings(timing.get('steal'), baseline_cv, noise)
+    report['noise'] = {'steal': timing.get('steal'), 'baseline_cv': {str(b): cv for b, cv in baseline_cv.items()},
+                       'round_noise': noise, 'noisy_rounds': [i for i, v in enumerate(noise) if v > NOISY_ROUND],
+                       'warnings': warnings, 'trusted': not warnings}
 
 
 def row_passed(row: dict) -> Optional[bool]:

@@ -27,7 +27,7 @@ MIN_OPSET, MAX_OPSET = 13, 25
 # The metadata schema. Everything in metadata_props is a string: these keys hold JSON, the others plain text.
 METADATA_KEYS = ('model_name', 'num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation',
                  'input_layout', 'opset', 'trained', 'softmax', 'version', 'label_names', 'precision', 'calibration',
-                 'float_layers', 'equalized')
+                 'float_layers', 'equalized', 'weights_sha256')
 JSON_KEYS = ('num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'label_names', 'opset', 'trained', 'softmax',
              'calibration', 'float_layers', 'equalized')
 QDQ_OPS = ('QuantizeLinear', 'DequantizeLinear')

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import alexnet_zoo
-from alexnet_zoo.checkpoint import LoadedModel
+from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
 from alexnet_zoo.data import data_config
 
 from .contract import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, output_names
@@ -152,6 +152,7 @@ def base_metadata(loaded: LoadedModel, model: nn.Module, opset: int, softmax: bo
         'trained': loaded.trained,
         'softmax': softmax,
         'version': alexnet_zoo.__version__,
+        'weights_sha256': weights_sha256(loaded.model),  # binds the graph to its checkpoint's weights
     }
     if loaded.label_names:
         meta['label_names'] = list(loaded.label_names)

@@ -1,8 +1,22 @@
 """Shared fixtures: a briefly trained alexnet_bn, so that parity gates are meaningful (random weights give
-logit margins too small to judge), and its checkpoint in timm's Hugging Face layout."""
+logit margins too small to judge), and its checkpoint in timm's Hugging Face layout.
+
+The trained weights are cached between runs in pytest's cache folder (``.pytest_cache``), under a key made of
+everything that decides them (torch and timm versions, the model, data and training code), behind a file lock
+so that parallel sessions train once; ``pytest --cache-clear`` retrains.
+"""
+import hashlib
+import importlib
+import inspect
+import os
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
 
 from alexnet_zoo.checkpoint import LoadedModel, save_checkpoint_dir
 from alexnet_zoo.data import random_crops, seeded
@@ -37,12 +51,31 @@ def fit_photographs(
     return model.eval()
 
 
+def _weights_key() -> str:
+    parts = [torch.__version__, timm.__version__, inspect.getsource(fit_photographs)]
+    parts += [Path(importlib.import_module(f'alexnet_zoo.{name}').__file__).read_text()
+              for name in ('alexnet', 'data', 'samples')]
+    return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
+
+
 @pytest.fixture(scope='session')
-def trained_model():
-    """alexnet_bn taught to tell the sample photographs apart (19 classes), in eval mode."""
+def trained_model(request):
+    """alexnet_bn taught to tell the sample photographs apart (19 classes), in eval mode; trained once per key."""
     torch.manual_seed(0)
     model = timm.create_model('alexnet_bn', num_classes=len(PHOTOGRAPHS))
-    return fit_photographs(model, steps=40, seed=0)
+    cache = getattr(request.config, 'cache', None)  # None under -p no:cacheprovider
+    if cache is None:
+        return fit_photographs(model, steps=40, seed=0)
+    path = cache.mkdir('alexnet-zoo') / f'trained-{_weights_key()}.safetensors'
+    with FileLock(f'{path}.lock'):
+        if path.is_file():
+            model.load_state_dict(load_file(path))
+            return model.eval()
+        fit_photographs(model, steps=40, seed=0)
+        tmp = path.with_suffix('.tmp')
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    return model
 
 
 @pytest.fixture(scope='session')
@@ -74,3 +107,15 @@ def softmax_graphs(trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp('softmax-graphs')
     export_onnx(_loaded(trained_model), out, precisions=('int8',), softmax=True)
     return out
+
+
+# Tests that export a graph, run a whole benchmark or train are ``slow``: ``pytest -m "not slow"`` is the quick
+# loop (pure logic, runners on small inputs, bad input), the full suite (the README's command) runs them all.
+SLOW_FIXTURES = {'exported_graphs', 'softmax_graphs', 'quick_run', 'bad_runs', 'softmax_run', 'photo_folder',
+                 'outlier_checkpoint', 'outlier_model', 'torchvision_checkpoint'}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.slow)

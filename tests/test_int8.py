@@ -21,6 +21,8 @@ from export.onnx import ParityGateError, export_onnx
 REPO = Path(__file__).resolve().parents[1]
 OUTLIER_CHANNEL, K = 7, 100.0
 
+pytestmark = pytest.mark.slow  # every test here exports an int8 graph
+
 
 def _cli(*args, cwd=REPO, env=None):
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})}

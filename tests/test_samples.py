@@ -21,8 +21,16 @@ def test_sample_batch_uses_the_models_data_config(name, size):
     # normalised with ImageNet mean/std: per-channel means sit near 0, not near the raw 0.4-0.5
     assert batch.mean(dim=(0, 2, 3)).abs().max() < 1.0
     assert abs(batch.mean().item() - sum(IMAGENET_DEFAULT_MEAN) / 3) > 0.2
-    transform = data.eval_transform(name)
-    torch.testing.assert_close(batch[0], transform(samples.photographs(['astronaut'])[0][1]))
+    # the same as torchvision's functional ops driven by the model's pretrained cfg, written out here
+    import math
+    import timm
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+    cfg = timm.create_model(name).pretrained_cfg
+    image = samples.photographs(['astronaut'])[0][1]
+    image = F.resize(image, math.floor(size / cfg['crop_pct']), InterpolationMode(cfg['interpolation']))
+    expected = F.normalize(F.to_tensor(F.center_crop(image, [size, size])), cfg['mean'], cfg['std'])
+    torch.testing.assert_close(batch[0], expected)
 
 
 def test_random_crops_are_deterministic_and_leave_the_rng_alone():

@@ -1,0 +1,113 @@
+"""A folder of files that belong together (a training run, a report), saved as one state.
+
+Every file of a save is written into ``FOLDER/.staging/``; then a manifest listing every file of the new set with
+its SHA-256 (files the save did not change included) is written there; then the files are moved into place and
+the manifest last. A save interrupted before its staged manifest exists changed nothing in the folder (the next
+save discards the staging folder); one interrupted while moving is finished by ``recover`` (roll forward: the
+staged set is complete). A reader checks files against ``FOLDER/manifest.json`` and refuses a mix in one line.
+
+Kept free of torch: reports use it too.
+"""
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional
+
+from .files import PathLike, write_text_atomic
+
+MANIFEST = 'manifest.json'
+STAGING = '.staging'
+
+
+def sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_set(folder: PathLike, write: Callable[[Path], None], about: Optional[dict] = None,
+             keep: Iterable[str] = ()) -> dict:
+    """``write(staging)`` writes the new files (paths relative to the folder); ``keep`` names files already in the
+    folder that belong to the new set unchanged. Returns the manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    recover(folder)
+    staging = folder / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier save that never reached its manifest
+    staging.mkdir()
+    try:
+        write(staging)
+        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob('*'))
+                 if p.is_file() and not p.name.startswith('.')}
+        for name in keep:
+            if name not in files:
+                files[name] = sha256_file(folder / name)
+        manifest = {**(about or {}), 'files': files}
+        write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + '\n')
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _commit(folder)
+    return manifest
+
+
+def _commit(folder: Path) -> None:
+    """Move a staged set into place, manifest last. Safe to repeat: files already moved are skipped."""
+    staging = folder / STAGING
+    staged = json.loads((staging / MANIFEST).read_text())
+    for name in staged['files']:
+        source = staging / name
+        if source.is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, folder / name)
+    os.replace(staging / MANIFEST, folder / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover(folder: PathLike) -> bool:
+    """Finish a save that was interrupted while moving its files into place; True if there was one."""
+    folder = Path(folder)
+    if not (folder / STAGING / MANIFEST).is_file():
+        return False
+    try:
+        _commit(folder)
+    except (OSError, ValueError):  # a read-only folder, or another process finishing it now: verify() will say
+        return False
+    return True
+
+
+def read_manifest(folder: PathLike) -> Optional[dict]:
+    """``FOLDER/manifest.json``, or None for a folder saved before manifests; one clear line if it is broken."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get('files'), dict):
+            raise ValueError('no files listed')
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f'{path} is not a manifest ({e})') from None
+    return manifest
+
+
+def verify(folder: PathLike, names: Optional[Iterable[str]] = None) -> Optional[dict]:
+    """The folder's manifest, after checking that each of ``names`` (default: every listed file) is the file it
+    lists; None for a folder without a manifest. A save interrupted while moving is finished first."""
+    folder = Path(folder)
+    recover(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    files: Dict[str, str] = manifest['files']
+    for name in (files if names is None else [n for n in names if n in files]):
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f'{folder}: {name} is missing (its {MANIFEST} lists it)')
+        if sha256_file(path) != files[name]:
+            raise ValueError(f'{folder}: {name} does not belong with the other files (it is not the one its '
+                             f'{MANIFEST} lists: written by another save, or changed since)')
+    return manifest

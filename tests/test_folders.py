@@ -1,0 +1,186 @@
+"""Every output folder is one state: a training run, a report, graphs bound to the weights they came from. Each
+guarantee is broken on purpose: a failure injected at every file move of a save, files mixed by hand, graphs of
+other weights."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from alexnet_zoo.checkpoint import CheckpointError, load_model, weights_sha256
+from alexnet_zoo.manifest import STAGING, verify
+from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
+from benchmarks.artifacts import graphs_in
+from benchmarks.report import read_report, write_report
+from export.contract import read_metadata
+from test_timing import complete, synthetic_report, synthetic_rounds
+
+REPLACES_PER_REPORT = 1 + 7 + 1  # the staged manifest, then 7 files and the manifest moved into place
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def fail_at(monkeypatch, k):
+    """os.replace (every file's final step, staged or moved into place) fails at its k-th call from now."""
+    real, calls = os.replace, [0]
+
+    def replace(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            raise Injected(f'injected failure at file move {k}')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(os, 'replace', replace)
+    return calls
+
+
+def leftovers(folder):
+    return [p.name for p in folder.rglob('*') if p.name == STAGING or p.name.endswith('.tmp')]
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def report(scale=1.0):
+    base, fast = synthetic_rounds(slow=())
+    rows = [('torch', 'fp32', base), ('openvino', 'int8', (np.array(fast) * scale).tolist())]
+    return {**complete(synthetic_report(rows)), 'schema_version': 3}
+
+
+def test_report_files_carry_one_run_id(tmp_path):
+    r = report()
+    paths = write_report(r, tmp_path)
+    run_id = r['run_id']
+    assert json.loads(paths['report.json'].read_text())['run_id'] == run_id
+    assert run_id in paths['report.md'].read_text()
+    assert all(line.endswith(run_id) for line in paths['report.csv'].read_text().splitlines()[1:])
+    assert run_id.encode() in paths['latency.png'].read_bytes()  # PNG text chunk
+    assert verify(tmp_path)['run_id'] == run_id and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('k', range(1, REPLACES_PER_REPORT + 1))
+def test_interrupted_report_is_the_old_one_or_the_new_one(tmp_path, monkeypatch, k):
+    old, new = report(), report(scale=1.5)
+    write_report(old, tmp_path)
+    calls = fail_at(monkeypatch, k)
+    with pytest.raises(Injected):
+        write_report(new, tmp_path)
+    monkeypatch.undo()
+    assert calls[0] == k
+    seen = read_report(tmp_path / 'report.json')  # a reader finishes a save that had staged everything
+    assert seen['run_id'] == (old['run_id'] if k == 1 else new['run_id'])
+    assert seen['run_id'] in (tmp_path / 'report.md').read_text()
+    assert verify(tmp_path) and leftovers(tmp_path) == []
+
+
+def test_compare_refuses_a_mixed_report_folder(tmp_path):
+    write_report(report(), tmp_path / 'a')
+    write_report(report(scale=1.5), tmp_path / 'b')
+    shutil.copy(tmp_path / 'b' / 'report.md', tmp_path / 'a' / 'report.md')
+    with pytest.raises(ValueError, match='mixes reports: .*report.md does not belong'):
+        read_report(tmp_path / 'a' / 'report.json')
+    shutil.copy(tmp_path / 'b' / 'report.json', tmp_path / 'a' / 'report.json')
+    with pytest.raises(ValueError, match='mixes reports'):
+        read_report(tmp_path / 'a' / 'report.json')
+    assert read_report(tmp_path / 'b' / 'report.json')['results']
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+class TinyRun:
+    """save_run on a small timm model; every epoch's weights differ from the last."""
+
+    def __init__(self, folder):
+        torch.manual_seed(0)
+        self.folder, self.epoch = folder, 0
+        self.model = timm.create_model('test_resnet', num_classes=3)
+        self.optimizer = torch.optim.AdamW(self.model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, 1)
+        self.saved = {}
+
+    def next_epoch(self):
+        self.epoch += 1
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.add_(0.01)
+        self.saved[self.epoch] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        history = [{'epoch': e, 'val_top1': 60.0 - e} for e in range(1, self.epoch + 1)]  # epoch 1 stays best
+        save_run(self.folder, self.model, self.optimizer, self.scheduler, Settings(model='test_resnet'),
+                 ['a', 'b', 'c'], history, {'best_epoch': 1, 'epochs': history}, best=self.epoch == 1)
+
+
+def same_weights(folder, state):
+    found = load_file(folder / 'model.safetensors')
+    return set(found) <= set(state) and all(torch.equal(found[k], state[k]) for k in found)
+
+
+def count_replaces(action):
+    real, calls = os.replace, [0]
+
+    def count(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, 'replace', count)
+        action()
+    return calls[0]
+
+
+def test_interrupted_epoch_resumes_from_one_epoch_exactly(tmp_path, monkeypatch):
+    """A failure at every file move of epoch 2's save: --resume then finds epoch 1 or epoch 2 whole (weights,
+    state, metrics, best checkpoint, manifest), and nothing left over."""
+    probe = TinyRun(tmp_path / 'probe')
+    probe.folder.mkdir()
+    probe.next_epoch()
+    moves = count_replaces(probe.next_epoch)
+    assert moves == 1 + 5 + 1  # the staged manifest; last/ (2 files), state, 2 metrics files moved; the manifest
+    for k in range(1, moves + 1):
+        run = TinyRun(tmp_path / f'run{k}')
+        run.folder.mkdir()
+        run.next_epoch()
+        calls = fail_at(monkeypatch, k)
+        with pytest.raises(Injected):
+            run.next_epoch()
+        monkeypatch.undo()
+        assert calls[0] == k
+        state = read_run_state(run.folder)
+        epoch = state['epoch']
+        assert epoch == (1 if k == 1 else 2), k  # before the staged manifest: the old epoch; after: finished
+        assert len(state['metrics']) == epoch and verify(run.folder)['epoch'] == epoch
+        assert same_weights(last_checkpoint(run.folder), run.saved[epoch])
+        assert same_weights(run.folder, run.saved[1])  # the best epoch's checkpoint, kept
+        assert json.loads((run.folder / 'metrics.json').read_text())['epochs'][-1]['epoch'] == epoch
+        assert leftovers(run.folder) == []
+
+
+def test_resume_refuses_files_that_do_not_belong_together(tmp_path):
+    a, b = TinyRun(tmp_path / 'a'), TinyRun(tmp_path / 'b')
+    for run in (a, b):
+        run.folder.mkdir()
+        run.next_epoch()
+    b.next_epoch()
+    shutil.copy(b.folder / 'train_state.pt', a.folder / 'train_state.pt')
+    with pytest.raises(ValueError, match='train_state.pt does not belong with the other files'):
+        read_run_state(a.folder)
+    shutil.copy(b.folder / 'last' / 'model.safetensors', tmp_path / 'a' / 'last' / 'model.safetensors')
+    with pytest.raises(CheckpointError, match='last/model.safetensors does not belong'):
+        load_model(checkpoint=last_checkpoint(a.folder))
+    assert load_model(checkpoint=b.folder).name == 'test_resnet' and read_run_state(b.folder)['epoch'] == 2
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+
+
+def test_graphs_are_bound_to_their_weights(exported_graphs, trained_model, as_loaded):
+    result, folder = exported_graphs
+    assert read_metadata(result.paths['int8'])['weights_sha256'] == weights_sha256(trained_model)
+    assert set(graphs_in(folder, as_loaded(trained_model), ['fp32', 'int8'])) == {'fp32', 'int8'}
+    other = timm.create_model('alexnet_bn', num_classes=trained_model.num_classes)
+    with pytest.raises(ValueError, match='--onnx-dir holds graphs of other weights'):
+        graphs_in(folder, as_loaded(other), ['fp32', 'int8'])
