@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup report test timm-suite clean
+.PHONY: setup report test test-gpu timm-suite clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ report: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# On a machine with an NVIDIA GPU: TensorRT too (the trt extra), then every GPU-marked test. A GPU test that skips
+# fails here (ALEXNET_ZOO_REQUIRE_GPU, tests/conftest.py), so a green run means every one of them ran.
+test-gpu: $(VENV)/.installed
+	$(PY) -m pip install -e '.[dev,trt]'
+	ALEXNET_ZOO_REQUIRE_GPU=1 $(PY) -m pytest -m 'gpu or tensorrt' -rs
 
 # timm's own model test suite (from the sdist of the installed timm) on the three AlexNets; needs the package index.
 # GITHUB_ACTIONS=1 skips timm's tests that download pretrained weights.

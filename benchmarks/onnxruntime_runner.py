@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from export.contract import INPUT_NAME, OUTPUT_NAME
-from export.runner import GraphRunner
+from export.runner import GraphRunner, cuda_index
 
 from .environment import cpu_threads
 
@@ -21,13 +21,16 @@ class OnnxRuntimeRunner(GraphRunner):
         import onnxruntime as ort
         self.precision, self.device = precision, str(device)
         self.ort_device = 'cuda' if self.device.startswith('cuda') else 'cpu'
+        self.device_id = cuda_index(self.device)  # cuda:N runs on GPU N (the CUDA EP's device_id)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.intra_op_num_threads = threads or cpu_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: the Q/DQ graph makes ORT chatty about fusions
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=[PROVIDERS[self.ort_device]])
+        provider = PROVIDERS[self.ort_device]
+        providers = [(provider, {'device_id': self.device_id})] if self.ort_device == 'cuda' else [provider]
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.outputs = self.session.get_outputs()
         if OUTPUT_NAME not in [o.name for o in self.outputs]:
             raise ValueError(f'{onnx_path} has no output {OUTPUT_NAME!r} (outputs: {[o.name for o in self.outputs]})')
@@ -54,14 +57,15 @@ class OnnxRuntimeRunner(GraphRunner):
         import onnxruntime as ort
         x = np.ascontiguousarray(x, dtype=np.float32)
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, self.ort_device))
+        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(x, self.ort_device, self.device_id))
         for output in self.outputs:
             classes = output.shape[-1]
             if isinstance(classes, int):  # pre-allocate the outputs too, so a run allocates nothing
-                value = ort.OrtValue.ortvalue_from_shape_and_type((len(x), classes), np.float32, self.ort_device)
+                value = ort.OrtValue.ortvalue_from_shape_and_type((len(x), classes), np.float32, self.ort_device,
+                                                                  self.device_id)
                 binding.bind_ortvalue_output(output.name, value)
             else:
-                binding.bind_output(output.name, self.ort_device)
+                binding.bind_output(output.name, self.ort_device, self.device_id)
         return binding, x  # x stays referenced: the CPU OrtValue shares its memory
 
     def run(self, prepared):
@@ -74,3 +78,4 @@ class OnnxRuntimeRunner(GraphRunner):
 
     def close(self) -> None:
         self.session = None
+

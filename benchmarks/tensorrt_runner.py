@@ -3,6 +3,8 @@
 Device memory comes from torch CUDA tensors (no pycuda): their addresses are bound to the engine's input and
 output tensors by name, and the engine runs on its own CUDA stream with ``execute_async_v3``.
 """
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 
 from export.contract import OUTPUT_NAME
-from export.runner import GraphRunner
+from export.runner import GraphRunner, cuda_index
 from export.trt import runtime
 
 
@@ -20,10 +22,12 @@ class TensorRTRunner(GraphRunner):
 
     def __init__(self, engine_path, precision: Optional[str] = None, device: str = 'cuda',
                  threads: Optional[int] = None):
-        """precision: None takes the engine's (from its build record); threads: unused (the GPU computes)."""
+        """precision: None takes the engine's (from its build record); threads: unused (the GPU computes);
+        device: 'cuda' or 'cuda:N' for the current device (the one the engine is deserialized on)."""
         if not str(device).startswith('cuda'):
             raise runtime.TensorRTUnavailable(f'TensorRT runs on CUDA devices only, not {device!r}')
         self.require(precision or 'fp32', device)  # no GPU or no TensorRT: BackendUnavailable before anything else
+        current_device(device)
         trt, self.engine, self.record = runtime.load_engine(engine_path)  # checks the build record first
         if precision and precision != self.record['precision']:
             raise ValueError(f'{Path(engine_path).name} is a {self.record["precision"]} engine, not {precision}')
@@ -71,9 +75,13 @@ class TensorRTRunner(GraphRunner):
                              f'rebuild with other --min-batch/--max-batch')
         with torch.cuda.stream(self.stream):
             tensors = {self.input_name: torch.from_numpy(x).to('cuda', self.dtypes[self.input_name]).contiguous()}
-            self._check(self.context.set_input_shape(self.input_name, tuple(x.shape)), 'set_input_shape')
+            self._check(self.context.set_input_shape(self.input_name, tuple(x.shape)),
+                        f'set_input_shape({self.input_name!r}, {tuple(x.shape)})')
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
+                if any(d < 0 for d in shape):  # TensorRT could not infer it from the input shape
+                    raise RuntimeError(f'TensorRT left output {name!r} with unknown dimensions {shape} for an input of '
+                                       f'shape {tuple(x.shape)}')
                 tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device='cuda')
         self.stream.synchronize()
         self.bound = None  # the shape changed with this batch: bind its addresses on the next run
@@ -83,10 +91,11 @@ class TensorRTRunner(GraphRunner):
         """Execute on the stream and wait; shapes and addresses are bound only when the prepared batch changes."""
         pointers = tuple(t.data_ptr() for t in prepared.values())
         if pointers != self.bound:
-            self._check(self.context.set_input_shape(self.input_name, tuple(prepared[self.input_name].shape)),
-                        'set_input_shape')
+            shape = tuple(prepared[self.input_name].shape)
+            self._check(self.context.set_input_shape(self.input_name, shape), f'set_input_shape({self.input_name!r}, {shape})')
             for name, tensor in prepared.items():
-                self._check(self.context.set_tensor_address(name, tensor.data_ptr()), f'set_tensor_address({name})')
+                self._check(self.context.set_tensor_address(name, tensor.data_ptr()),
+                            f'set_tensor_address({name!r}) for a tensor of shape {tuple(tensor.shape)}')
             self.bound = pointers
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError('TensorRT execute_async_v3 failed (see its messages above)')
@@ -96,6 +105,21 @@ class TensorRTRunner(GraphRunner):
     def fetch(self, output: torch.Tensor) -> np.ndarray:
         return output.float().cpu().numpy()
 
+    def layer_datatypes(self) -> Counter:
+        """How many layer inputs and outputs the engine runs in each data type (``int8``, ``half``, ``float``...),
+        from TensorRT's engine inspector (the engine is built with detailed profiling verbosity); call after
+        ``prepare`` so that the shapes, and with them the formats, are known. A silent fp32 fallback shows here."""
+        import tensorrt as trt
+        inspector = self.engine.create_engine_inspector()
+        for attribute in ('execution_context', 'context'):  # 11 renamed the property
+            if hasattr(inspector, attribute):
+                setattr(inspector, attribute, self.context)
+                break
+        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        return Counter(str(tensor.get('Format/Datatype', '')).split(' ')[0].lower()
+                       for layer in info.get('Layers', []) if isinstance(layer, dict)
+                       for tensor in layer.get('Inputs', []) + layer.get('Outputs', []))
+
     @staticmethod
     def _check(ok: bool, call: str) -> None:
         if not ok:
@@ -104,3 +128,13 @@ class TensorRTRunner(GraphRunner):
     def close(self) -> None:
         self.context = None
         self.engine = None
+
+
+def current_device(device: str) -> int:
+    """The CUDA device index ``device`` names, which must be the current device: an engine runs where it was
+    deserialized, and this runner does not switch devices. One line otherwise."""
+    index, asked = torch.cuda.current_device(), cuda_index(device)
+    if ':' in str(device) and asked != index:
+        raise ValueError(f'TensorRTRunner runs on the current CUDA device (cuda:{index}), not {device}: '
+                         f'select it with CUDA_VISIBLE_DEVICES={asked} or torch.cuda.set_device({asked})')
+    return index

@@ -4,8 +4,9 @@ fp32 on the CPU; bf16 on CPUs with AMX (without it PyTorch emulates bf16, slower
 Reduced precision converts a copy of the model once (weights and activations), never autocast per call: autocast
 re-casts all 62 M weights on every call.
 """
+import contextlib
 import copy
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ class TorchRunner(Runner):
         self.precision, self.device = precision, str(device)
         self.dtype = torch_dtype(precision, self.device)
         self.model = copy.deepcopy(model).eval().to(device=self.device, dtype=self.dtype)
+        # fp32 on a GPU computes in fp32: cuDNN convolutions (and matmuls, where enabled) would use TF32
+        self.math = exact_fp32 if self.device.startswith('cuda') and self.dtype == torch.float32 else contextlib.nullcontext
         self.compiled_shapes = set() if self.compile else None
         if self.compile:
             # dynamic=False: one static graph per batch size; the benchmark runs a few fixed sizes, each at its
@@ -55,16 +58,17 @@ class TorchRunner(Runner):
             # CPU) is read when a graph compiles, and torch.compile(options=...) does not reach it: set it for
             # this first call only, so the process's global config is left as it was.
             import torch._inductor.config as inductor_config
-            with inductor_config.patch(freezing=True), torch.inference_mode():
+            with inductor_config.patch(freezing=True), torch.inference_mode(), self.math():
                 self.model(prepared)
             self.compiled_shapes.add(prepared.shape)
         return prepared
 
     @torch.inference_mode()
     def run(self, prepared: torch.Tensor) -> torch.Tensor:
-        out = self.model(prepared)
-        if self.device.startswith('cuda'):
-            torch.cuda.synchronize()
+        with self.math():
+            out = self.model(prepared)
+            if self.device.startswith('cuda'):
+                torch.cuda.synchronize()
         return out
 
     def fetch(self, output: torch.Tensor) -> np.ndarray:
@@ -78,6 +82,18 @@ class TorchCompileRunner(TorchRunner):
     """``torch.compile`` (Inductor, frozen weights) on the model."""
     backend = 'torch-compile'
     compile = True
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off for cuDNN and CUDA matmuls inside the block, the process's settings restored after: an fp32 row
+    on an Ampere-or-newer GPU otherwise carries ~1e-3 relative error, ten times the fp32 gate."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def torch_dtype(precision: str, device: str) -> torch.dtype:

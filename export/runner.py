@@ -92,3 +92,13 @@ class GraphRunner(Runner):
     @classmethod
     def available(cls, precision: str, device: str) -> Optional[str]:
         return None if cls.graph_for(precision) else NO_BF16_GRAPH
+
+
+def cuda_index(device: str) -> int:
+    """0 for 'cpu' and 'cuda', N for 'cuda:N'; one line for anything else."""
+    if ':' not in str(device):
+        return 0
+    try:
+        return int(str(device).split(':', 1)[1])
+    except ValueError:
+        raise ValueError(f'not a device: {device!r} (cpu, cuda or cuda:N)') from None

@@ -119,3 +119,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """``make test-gpu`` sets ALEXNET_ZOO_REQUIRE_GPU: there a GPU or TensorRT test that skips is a failure, so a
+    machine without TensorRT (or without a visible GPU) cannot look green."""
+    outcome = yield
+    report = outcome.get_result()
+    gpu_test = item.get_closest_marker('gpu') or item.get_closest_marker('tensorrt')
+    if os.environ.get('ALEXNET_ZOO_REQUIRE_GPU') and gpu_test and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome, report.longrepr = 'failed', f'a GPU test skipped under make test-gpu: {reason}'

@@ -630,3 +630,30 @@ def test_random_weights_end_to_end(tmp_path):
     assert report['summary']['passed'] is None and report['summary']['rows_failed'] == 0 and exit_code(report) == 0
     table = [line for line in (tmp_path / 'report.md').read_text().splitlines() if line.startswith('| torch |')]
     assert table and all(line.rstrip(' |').endswith('not judged') for line in table)
+
+
+# --- CUDA paths, checked on the CPU ------------------------------------------------------------------------------
+
+def test_fp32_on_a_gpu_switches_tf32_off_only_inside_the_runner():
+    from benchmarks.torch_runner import exact_fp32
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with pytest.raises(KeyboardInterrupt), exact_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise KeyboardInterrupt
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored, even so
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_device_indices_are_honoured_or_refused_in_one_line(monkeypatch):
+    from benchmarks.tensorrt_runner import current_device
+    from export.runner import cuda_index
+    assert (cuda_index('cpu'), cuda_index('cuda'), cuda_index('cuda:3')) == (0, 0, 3)
+    with pytest.raises(ValueError, match="not a device: 'cuda:x'"):
+        cuda_index('cuda:x')
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    assert current_device('cuda') == current_device('cuda:0') == 0
+    with pytest.raises(ValueError, match=r'current CUDA device \(cuda:0\), not cuda:1: .*CUDA_VISIBLE_DEVICES=1'):
+        current_device('cuda:1')

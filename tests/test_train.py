@@ -174,7 +174,7 @@ def test_pretrained_alexnet_from_torch_hub_cache(small_folder, tmp_path, monkeyp
 @pytest.mark.slow
 def test_torchrun_two_processes(small_folder, tmp_path):
     out = tmp_path / 'ddp'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}  # two CPU processes, even on a 1-GPU box
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m',
          'alexnet_zoo.train', '--data', str(small_folder), '--output', str(out), '--epochs', '1', '--batch-size', '4',
@@ -185,7 +185,7 @@ def test_torchrun_two_processes(small_folder, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ['config.json', 'last', 'manifest.json', 'metrics.csv',
                                                       'metrics.json', 'model.safetensors', 'train_state.pt']
     metrics = json.loads((out / 'metrics.json').read_text())
-    assert (metrics['world_size'], metrics['batch_size'], metrics['device']) == (2, 8, 'cpu')
+    assert (metrics['world_size'], metrics['batch_size'], metrics['device']) == (2, 8, 'cpu')  # pinned to the CPU
     assert (metrics['train_images'], metrics['val_images']) == (16, 4)
     loaded = load_model(checkpoint=out)
     assert loaded.label_names == ['astronaut', 'coffee']

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from enum import IntEnum
 from types import ModuleType
 
 import numpy as np
@@ -334,57 +335,117 @@ def test_runner_without_gpu_is_unavailable_with_the_reason(tmp_path):
             TensorRTRunner(fake_engine(tmp_path))
 
 
-class _ParserError:
-    def __init__(self, node, desc):
-        self._node, self._desc = node, desc
+class ErrorCode(IntEnum):  # nvonnxparser::ErrorCode
+    SUCCESS = 0
+    INTERNAL_ERROR = 1
+    INVALID_VALUE = 2
+    INVALID_GRAPH = 3
+    INVALID_NODE = 4
+    UNSUPPORTED_GRAPH = 5
+    UNSUPPORTED_NODE = 6
 
-    def node(self):
+
+class _ParserError:
+    """nvonnxparser::IParserError as the Python bindings expose it (10.0+): an enum code, node -1 when the error is
+    not tied to a node."""
+
+    def __init__(self, node, desc, name='', operator='', code=ErrorCode.UNSUPPORTED_NODE):
+        self._node, self._desc, self._name, self._operator, self._code = node, desc, name, operator, code
+
+    def node(self) -> int:
         return self._node
 
-    def code(self):
-        return 'UNSUPPORTED_NODE'
+    def node_name(self) -> str:
+        return self._name
 
-    def desc(self):
+    def node_operator(self) -> str:
+        return self._operator
+
+    def code(self) -> ErrorCode:
+        return self._code
+
+    def desc(self) -> str:
         return self._desc
 
 
-def _recording_tensorrt(parse_errors=(), engine=b'serialized engine'):
-    """A stand-in for the tensorrt module that records the build calls (the real one needs a GPU)."""
+# The creation flags of the two layouts TensorRT has shipped: in 10, EXPLICIT_BATCH (ignored) is bit 0 and
+# STRONGLY_TYPED bit 1 (flags = 2); in 11, STRONGLY_TYPED is bit 0 (flags = 1).
+LAYOUTS = {
+    '10.13.0': IntEnum('NetworkDefinitionCreationFlag', {'EXPLICIT_BATCH': 0, 'STRONGLY_TYPED': 1}),
+    '11.1.0': IntEnum('NetworkDefinitionCreationFlag', {'STRONGLY_TYPED': 0}),
+}
+BuilderFlag = IntEnum('BuilderFlag', {'DEBUG': 2, 'GPU_FALLBACK': 3, 'REFIT': 4, 'DISABLE_TIMING_CACHE': 5, 'TF32': 6})
+ProfilingVerbosity = IntEnum('ProfilingVerbosity', {'LAYER_NAMES_ONLY': 0, 'NONE': 1, 'DETAILED': 2})
+MemoryPoolType = IntEnum('MemoryPoolType', {'WORKSPACE': 0})
+
+
+def host_memory(data: bytes) -> np.ndarray:
+    """IHostMemory: a read-only buffer (memoryview works), not bytes."""
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _recording_tensorrt(parse_errors=(), engine=b'serialized engine', version='10.13.0', profile_index=0,
+                        cache_accepted=True, honours_flags=True):
+    """A stand-in for the tensorrt module with the published signatures (positional arguments as the bindings
+    name them, enums with TensorRT's values for ``version``'s layout) that records the build calls (the real one
+    needs a GPU)."""
     calls = {}
+    flags_enum = LAYOUTS[version]
 
     class Profile:
-        def set_shape(self, name, min, opt, max):
-            calls['profile'] = (name, min, opt, max)
+        def set_shape(self, input, min, opt, max):
+            calls['profile'] = (input, min, opt, max)
 
     class Cache:
         def serialize(self):
-            return b'timing cache'
+            return host_memory(b'timing cache')
 
     class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls['workspace'] = (pool, size)
+        def __init__(self):
+            self.flags = {BuilderFlag.TF32}  # TF32 is on by default
+            self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
 
-        def add_optimization_profile(self, profile):
-            return 0
+        def set_flag(self, flag: BuilderFlag):
+            self.flags.add(BuilderFlag(flag))
 
-        def create_timing_cache(self, data):
-            calls['cache_in'] = data
+        def clear_flag(self, flag: BuilderFlag):
+            self.flags.discard(BuilderFlag(flag))
+
+        def get_flag(self, flag: BuilderFlag) -> bool:
+            return BuilderFlag(flag) in self.flags
+
+        def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int):
+            calls['workspace'] = (MemoryPoolType(pool), pool_size)
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            calls['config'] = self
+            return profile_index
+
+        def create_timing_cache(self, serialized_timing_cache: bytes):
+            calls['cache_in'] = serialized_timing_cache
             return Cache()
 
-        def set_timing_cache(self, cache, ignore_mismatch):
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
             calls['ignore_mismatch'] = ignore_mismatch
-            return True
+            return cache_accepted
 
         def get_timing_cache(self):
             return Cache()
+
+    class Network:
+        def __init__(self, flags: int):
+            self.flags = flags
+
+        def get_flag(self, flag) -> bool:
+            return bool(self.flags >> int(flags_enum(flag)) & 1)
 
     class Builder:
         def __init__(self, logger):
             pass
 
-        def create_network(self, flags):
+        def create_network(self, flags: int = 0):
             calls['network_flags'] = flags
-            return object()
+            return Network(flags if honours_flags else 0)
 
         def create_builder_config(self):
             return Config()
@@ -392,28 +453,27 @@ def _recording_tensorrt(parse_errors=(), engine=b'serialized engine'):
         def create_optimization_profile(self):
             return Profile()
 
-        def build_serialized_network(self, network, config):
-            return engine
+        def build_serialized_network(self, network: Network, config: Config):
+            calls['network'] = network
+            return None if engine is None else host_memory(engine)
 
     class OnnxParser:
         num_errors = len(parse_errors)
 
-        def __init__(self, network, logger):
+        def __init__(self, network: Network, logger):
             pass
 
-        def parse(self, data, path):
-            calls['parsed'] = (len(data), path)
+        def parse(self, model: bytes, path: str = None) -> bool:
+            calls['parsed'] = (len(model), path)
             return not parse_errors
 
-        def get_error(self, i):
-            return _ParserError(*parse_errors[i])
+        def get_error(self, index: int) -> _ParserError:
+            return _ParserError(*parse_errors[index])
 
-    trt = _fake_tensorrt()
-    trt.Builder, trt.OnnxParser, trt.__version__ = Builder, OnnxParser, '10.7.0'
-    trt.NetworkDefinitionCreationFlag = ModuleType('flags')
-    trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED = 0
-    trt.MemoryPoolType = ModuleType('pools')
-    trt.MemoryPoolType.WORKSPACE = 'WORKSPACE'
+    trt = _fake_tensorrt(version=version)
+    trt.Builder, trt.OnnxParser = Builder, OnnxParser
+    trt.NetworkDefinitionCreationFlag, trt.BuilderFlag = flags_enum, BuilderFlag
+    trt.ProfilingVerbosity, trt.MemoryPoolType = ProfilingVerbosity, MemoryPoolType
     return trt, calls
 
 
@@ -427,46 +487,77 @@ def recording_build(monkeypatch):
     return use
 
 
-def test_build_sequence_writes_engine_record_and_timing_cache(tmp_path, recording_build):
-    """The build's bookkeeping, with TensorRT's calls recorded rather than run (the GPU test runs them)."""
-    calls = recording_build()
+@pytest.mark.parametrize('version, flags', [('10.13.0', 2), ('11.1.0', 1)])
+def test_build_sequence_writes_engine_record_and_timing_cache(tmp_path, recording_build, version, flags):
+    """The build's bookkeeping under both enum layouts, with TensorRT's calls recorded rather than run (the GPU
+    test runs them): a strongly typed network (the flag from the enum, never a constant), TF32 off for fp32."""
+    calls = recording_build(version=version)
     onnx_path = tiny_convnet(tmp_path)
     (tmp_path / 'caches').mkdir()
     cache = tmp_path / 'caches' / 'timing.cache'
     cache.write_bytes(b'earlier cache')
     result = build_engine(onnx_path, tmp_path / 'out' / 'model.fp32.plan', BatchProfile(2, 4, 16),
-                                     timing_cache=cache, workspace_gb=0.5)
-    assert calls['network_flags'] == 1  # 1 << STRONGLY_TYPED
+                          timing_cache=cache, workspace_gb=0.5)
+    assert calls['network_flags'] == flags and calls['network'].get_flag(LAYOUTS[version].STRONGLY_TYPED)
+    assert not calls['config'].get_flag(BuilderFlag.TF32) and result.record['tf32'] is False
+    assert calls['config'].profiling_verbosity == ProfilingVerbosity.DETAILED
     assert calls['parsed'] == (onnx_path.stat().st_size, str(onnx_path.resolve()))
     assert calls['profile'] == ('input', [2, 3, 8, 8], [4, 3, 8, 8], [16, 3, 8, 8])
-    assert calls['workspace'] == ('WORKSPACE', 1 << 29)
+    assert calls['workspace'] == (MemoryPoolType.WORKSPACE, 1 << 29)
     assert calls['cache_in'] == b'earlier cache' and calls['ignore_mismatch'] is False
     assert cache.read_bytes() == b'timing cache'
     assert result.plan.read_bytes() == b'serialized engine'
     record = read_record(result.plan)
-    assert record == result.record
+    assert record == result.record and record['tensorrt_version'] == version
     assert record['precision'] == 'fp32' and record['gpu'] == {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'}
     assert record['input'] == {'name': 'input', 'min': [2, 3, 8, 8], 'opt': [4, 3, 8, 8], 'max': [16, 3, 8, 8]}
     assert record['onnx']['sha256'] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert sorted(p.name for p in result.plan.parent.iterdir()) == ['model.fp32.plan', 'model.fp32.plan.json']
 
 
+def test_a_reduced_precision_engine_keeps_tf32_and_says_so(tmp_path, recording_build):
+    calls = recording_build()
+    fp16 = tmp_path / 'model.fp16.onnx'
+    from export.precision import to_fp16
+    onnx.save(to_fp16(onnx.load(str(tiny_convnet(tmp_path)))), str(fp16))
+    result = build_engine(fp16, tmp_path / 'out' / 'model.fp16.plan', BatchProfile(1, 1, 2))
+    assert result.record['precision'] == 'fp16' and result.record['tf32'] is True
+    assert calls['config'].get_flag(BuilderFlag.TF32)
+
+
+def test_a_weakly_typed_network_is_refused(tmp_path, recording_build, capsys):
+    recording_build(honours_flags=False)
+    code, out, err = cli(['--onnx', tiny_convnet(tmp_path), '--output', tmp_path / 'out' / 'm.plan'], capsys)
+    assert code == 1 and len(err) == 1 and 'did not create a strongly typed network' in err[0]
+
+
 def test_build_reports_every_parser_error_in_one_line_and_writes_nothing(tmp_path, recording_build, capsys):
-    recording_build(parse_errors=[(0, 'Conv: unsupported padding'), (4, 'Gemm: bad transpose')])
+    recording_build(parse_errors=[(0, 'Conv: unsupported padding', '/features/conv0/Conv', 'Conv'),
+                                  (-1, 'opset 99 is not supported', '', '', ErrorCode.UNSUPPORTED_GRAPH)])
     onnx_path = tiny_convnet(tmp_path)
     code, out, err = cli(['--onnx', onnx_path, '--output', tmp_path / 'out' / 'm.plan'], capsys)
     assert code == 1 and len(err) == 1
-    assert 'node 0: UNSUPPORTED_NODE: Conv: unsupported padding; node 4: UNSUPPORTED_NODE: Gemm: bad transpose' in err[0]
+    assert ("node 0 '/features/conv0/Conv' (Conv): unsupported node: Conv: unsupported padding; "
+            "the graph: unsupported graph: opset 99 is not supported") in err[0]
+    assert 'ErrorCode' not in err[0] and 'node -1' not in err[0]
     assert list((tmp_path / 'out').iterdir()) == []  # checked writable before the build; no file in it
 
 
-def test_failed_build_writes_nothing(tmp_path, recording_build, capsys):
-    recording_build(engine=None)  # build_serialized_network returns None when TensorRT cannot build
+@pytest.mark.parametrize('failure, message', [
+    ({'engine': None}, 'could not build an engine'),
+    ({'profile_index': -1}, 'rejected the batch profile'),
+    ({'cache_accepted': False}, 'was written for another GPU or TensorRT version')])
+def test_failed_build_writes_nothing(tmp_path, recording_build, capsys, failure, message):
+    recording_build(**failure)
     onnx_path = tiny_convnet(tmp_path)
-    code, out, err = cli(['--onnx', onnx_path, '--output', tmp_path / 'out' / 'm.plan',
-                          '--timing-cache', tmp_path / 'timing.cache'], capsys)
-    assert code == 1 and len(err) == 1 and 'could not build an engine' in err[0]
-    assert list((tmp_path / 'out').iterdir()) == [] and not (tmp_path / 'timing.cache').exists()
+    cache = tmp_path / 'timing.cache'
+    if 'cache_accepted' in failure:
+        cache.write_bytes(b'a cache of TensorRT 10.7')
+    code, out, err = cli(['--onnx', onnx_path, '--output', tmp_path / 'out' / 'm.plan', '--timing-cache', cache],
+                         capsys)
+    assert code == 1 and len(err) == 1 and message in err[0], err
+    assert list((tmp_path / 'out').iterdir()) == []
+    assert cache.read_bytes() == b'a cache of TensorRT 10.7' if 'cache_accepted' in failure else not cache.exists()
 
 
 # ------------------------------------------------------------------------------ on an NVIDIA GPU with TensorRT
@@ -476,13 +567,17 @@ def test_failed_build_writes_nothing(tmp_path, recording_build, capsys):
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAVE_GPU_TRT, reason='needs an NVIDIA GPU and TensorRT (pip install .[trt])')
 @pytest.mark.parametrize('precision', ['fp32', 'fp16', 'int8'])
-def test_engine_build_record_and_runner(real_graphs, tmp_path, precision, capsys):
-    import onnxruntime as ort
-    from export.parity import compare
+def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, precision, capsys):
+    """A real engine per precision, judged by the project's own gate against PyTorch fp32 on the 256 parity views
+    of the photographs, and its layers' data types read back from the engine inspector: an int8 engine that
+    silently ran in fp32 (or an fp32 engine in TF32) fails here."""
+    from alexnet_zoo.data import parity_views
+    from benchmarks.harness import infer_in_batches
     from benchmarks.tensorrt_runner import TensorRTRunner
+    from export.parity import compare, judge
 
     onnx_path, plan, cache = real_graphs[precision], tmp_path / f'model.{precision}.plan', tmp_path / 'timing.cache'
-    code, out, err = cli(['--onnx', onnx_path, '--output', plan, '--min-batch', 1, '--opt-batch', 4,
+    code, out, err = cli(['--onnx', onnx_path, '--output', plan, '--min-batch', 1, '--opt-batch', 8,
                           '--max-batch', 8, '--timing-cache', cache], capsys)
     assert code == 0, err
     assert plan.is_file() and cache.is_file() and cache.stat().st_size > 0
@@ -491,15 +586,33 @@ def test_engine_build_record_and_runner(real_graphs, tmp_path, precision, capsys
     assert record['tensorrt_version'] == tensorrt.__version__ and record['precision'] == precision
     assert record['input']['min'] == [1, 3, 227, 227] and record['input']['max'] == [8, 3, 227, 227]
     assert record['onnx']['sha256'] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert record['tf32'] is (precision != 'fp32')
     assert cli(['--verify', plan], capsys)[0] == 0
 
-    x = np.random.default_rng(0).standard_normal((3, 3, 227, 227)).astype(np.float32)
-    reference = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider']).run(None, {'input': x})[0]
-    with TensorRTRunner(plan) as runner:
+    _, views, _ = parity_views(trained_model)
+    with torch.no_grad():
+        reference = trained_model(views).numpy()
+    with TensorRTRunner(plan, device=f'cuda:{torch.cuda.current_device()}') as runner:
         assert runner.precision == precision
-        logits = runner.infer(x)
-        again = runner.fetch(runner.run(runner.prepare(x)))
+        logits = infer_in_batches(runner, views.numpy(), (1, 8))
+        again = runner.fetch(runner.run(runner.prepare(views.numpy()[:8])))
+        datatypes = runner.layer_datatypes()
     assert logits.shape == reference.shape and logits.dtype == np.float32
-    np.testing.assert_array_equal(logits, again)
-    figures = compare(reference, logits)
-    assert figures['cosine_min'] > {'fp32': 0.9999, 'fp16': 0.999, 'int8': 0.99}[precision], figures
+    np.testing.assert_array_equal(logits[:8], again)
+    verdict = judge(precision, compare(reference, logits), trained=True)
+    assert verdict['passed'], (precision, verdict)
+    expected = {'fp32': 'float', 'fp16': 'half', 'int8': 'int8'}[precision]
+    assert datatypes[expected] > 0, datatypes
+    if precision == 'fp32':
+        assert not datatypes['int8'] and not datatypes['half'], datatypes
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAVE_GPU_TRT, reason='needs an NVIDIA GPU and TensorRT (pip install .[trt])')
+def test_runner_refuses_another_device_in_one_line(real_graphs, tmp_path):
+    from benchmarks.tensorrt_runner import TensorRTRunner
+    plan = build_engine(real_graphs['fp32'], tmp_path / 'model.fp32.plan', BatchProfile(1, 1, 1)).plan
+    other = torch.cuda.current_device() + 1
+    with pytest.raises(ValueError, match=f'runs on the current CUDA device .*CUDA_VISIBLE_DEVICES={other}'):
+        TensorRTRunner(plan, device=f'cuda:{other}')

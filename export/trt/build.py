@@ -56,20 +56,42 @@ def default_plan(onnx_path: PathLike, precision: str) -> Path:
 def parse_network(trt, builder, onnx_path: Path, data: bytes):
     """A strongly typed network from TensorRT's ONNX parser (``data``: the file's bytes); every parser error on one
     line if it fails."""
-    # TensorRT 11 keeps the STRONGLY_TYPED flag for compatibility and ignores it (its networks always are).
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    # The flag's value differs by version (10: EXPLICIT_BATCH 0, STRONGLY_TYPED 1; 11: STRONGLY_TYPED 0): take it
+    # from the enum, never a constant. TensorRT 11 networks are always strongly typed and keep the flag.
+    strongly_typed = trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    network = builder.create_network(1 << int(strongly_typed))
+    if not network.get_flag(strongly_typed):
+        raise RuntimeError(f'TensorRT {trt.__version__} did not create a strongly typed network')
     parser = trt.OnnxParser(network, runtime.trt_logger(trt))
     if not parser.parse(data, str(onnx_path.resolve())):  # the path locates weights stored beside the graph
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
-        raise ValueError(f'TensorRT could not parse {onnx_path.name}: ' + '; '.join(
-            f'node {e.node()}: {e.code()}: {" ".join(str(e.desc()).split())}' for e in errors))
+        raise ValueError(f'TensorRT could not parse {onnx_path.name}: ' + '; '.join(map(parser_error_text, errors)))
     return network
 
 
-def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]],
+def parser_error_text(error) -> str:
+    """One parser error in words: where (node index, name and operator, or 'the graph' when it is tied to no node),
+    what (the error code's name in words), and TensorRT's description."""
+    code = error.code()
+    what = getattr(code, 'name', str(code).rsplit('.', 1)[-1]).lower().replace('_', ' ')
+    index = error.node()
+    if index < 0:
+        where = 'the graph'
+    else:
+        name = error.node_name() if hasattr(error, 'node_name') else ''
+        operator = error.node_operator() if hasattr(error, 'node_operator') else ''
+        where = f'node {index}' + (f' {name!r}' if name else '') + (f' ({operator})' if operator else '')
+    return f'{where}: {what}: {" ".join(str(error.desc()).split())}'
+
+
+def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]], precision: str = 'fp32',
                    workspace_gb: Optional[float] = None, timing_cache: Optional[Path] = None):
-    """The builder config: the batch profile, the workspace limit, and the timing cache read from disk."""
+    """The builder config: the batch profile, fp32 kept fp32 (TF32 off), layer details for the engine inspector,
+    the workspace limit, and the timing cache read from disk."""
     config = builder.create_builder_config()
+    if precision == 'fp32' and hasattr(trt.BuilderFlag, 'TF32'):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: ~1e-3 relative error, beyond the fp32 gate
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for create_engine_inspector
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     profile = builder.create_optimization_profile()
@@ -84,8 +106,13 @@ def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]],
     return config
 
 
+def tf32_allowed(trt, config) -> bool:
+    return hasattr(trt.BuilderFlag, 'TF32') and bool(config.get_flag(trt.BuilderFlag.TF32))
+
+
 def build_record(trt, model: onnx.ModelProto, onnx_path: Path, onnx_sha256: str, plan: Path, engine: bytes, gpu,
-                 precision: str, shapes: Dict[str, List[int]], workspace_gb: Optional[float], seconds: float) -> dict:
+                 precision: str, shapes: Dict[str, List[int]], workspace_gb: Optional[float], seconds: float,
+                 tf32: bool = False) -> dict:
     """What built the engine, from which graph, for which inputs: checked before every load."""
     input_name, _ = input_chw(model)
     return {
@@ -93,6 +120,7 @@ def build_record(trt, model: onnx.ModelProto, onnx_path: Path, onnx_sha256: str,
         'gpu': {'name': gpu[0], 'compute_capability': gpu[1]},
         'precision': precision,
         'strongly_typed': True,
+        'tf32': tf32,  # whether fp32 layers were allowed TF32 (cleared for fp32 engines)
         'input': {'name': input_name, **shapes},
         'outputs': [o.name for o in model.graph.output],
         'onnx': {'file': onnx_path.name, 'sha256': onnx_sha256,
@@ -131,16 +159,16 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
     builder = trt.Builder(runtime.trt_logger(trt))
     network = parse_network(trt, builder, onnx_path, data)
     shapes = profile.shapes(chw)
-    config = builder_config(trt, builder, input_name, shapes, workspace_gb, timing_cache)
+    config = builder_config(trt, builder, input_name, shapes, precision, workspace_gb, timing_cache)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - started
     if serialized is None:
         raise RuntimeError(f'TensorRT could not build an engine from {onnx_path.name} (see its messages above)')
-    engine = bytes(memoryview(serialized))
+    engine = bytes(memoryview(serialized))  # IHostMemory: a buffer, not bytes
 
     record = build_record(trt, model, onnx_path, hashlib.sha256(data).hexdigest(), plan, engine, gpu, precision,
-                          shapes, workspace_gb, seconds)
+                          shapes, workspace_gb, seconds, tf32_allowed(trt, config))
     with atomic_path(record_path(plan)) as tmp_record, atomic_path(plan) as tmp_plan:  # engine renamed first
         tmp_plan.write_bytes(engine)
         tmp_record.write_text(json.dumps(record, indent=2) + '\n')
