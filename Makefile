@@ -6,12 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup report test test-gpu timm-suite clean
+.PHONY: setup report test test-gpu gpu-check timm-suite clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	# TensorRT's type stubs, for the type check of its calls (no dependencies: they would pull TensorRT itself)
+	$(PY) -m pip install --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
 setup: $(VENV)/.installed
@@ -30,6 +32,12 @@ test: $(VENV)/.installed
 test-gpu: $(VENV)/.installed
 	$(PY) -m pip install -e '.[dev,trt]'
 	ALEXNET_ZOO_REQUIRE_GPU=1 $(PY) -m pytest -m 'gpu or tensorrt' -rs
+
+# On a lent GPU machine whose python3 already has CUDA PyTorch, timm, onnx and onnxruntime (no install, no index):
+# one CUDA training epoch, the PyTorch rows on CUDA with parity, the GPU tests without TensorRT; all in one folder.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m benchmarks.gpu_check --output-dir $(OUT)/gpu-check
 
 # timm's own model test suite (from the sdist of the installed timm) on the three AlexNets; needs the package index.
 # GITHUB_ACTIONS=1 skips timm's tests that download pretrained weights.

@@ -19,7 +19,7 @@ from timm.models import is_model, load_state_dict, save_for_hf
 from .alexnet import checkpoint_filter_fn
 from .cli import first_line
 from .files import PathLike
-from .manifest import MANIFEST, verify
+from .manifest import MANIFEST, RUN_KIND, verify
 
 
 class CheckpointError(ValueError):
@@ -140,15 +140,20 @@ def _classifier(model: torch.nn.Module) -> str:
 
 
 def _check_belongs(path: Path) -> None:
-    """A checkpoint inside a training run (RUN/ or RUN/last/) must be the one the run's manifest lists."""
+    """A checkpoint inside a training run (RUN/ or RUN/last/) must be the one the run's manifest lists; a
+    manifest.json that is not a training run's (another tool's) is none of our business."""
     names = ('config.json', 'model.safetensors')
-    try:
-        if (path / MANIFEST).is_file():
-            verify(path, names)
-        elif (path.parent / MANIFEST).is_file():
-            verify(path.parent, [f'{path.name}/{name}' for name in names])
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    for run, prefix in ((path, ''), (path.parent, f'{path.name}/')):
+        try:
+            manifest = json.loads((run / MANIFEST).read_text()) if (run / MANIFEST).is_file() else None
+        except (OSError, ValueError):
+            manifest = None
+        if isinstance(manifest, dict) and manifest.get('kind') == RUN_KIND:
+            try:
+                verify(run, [prefix + name for name in names])
+            except ValueError as e:
+                raise CheckpointError(str(e)) from None
+            return
 
 
 def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:

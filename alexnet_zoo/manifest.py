@@ -5,20 +5,57 @@ its SHA-256 (files the save did not change included) is written there; then the 
 the manifest last. A save interrupted before its staged manifest exists changed nothing in the folder (the next
 save discards the staging folder); one interrupted while moving is finished by ``recover`` (roll forward: the
 staged set is complete). A reader checks files against ``FOLDER/manifest.json`` and refuses a mix in one line.
+Saves, recoveries and checks take an exclusive lock on ``FOLDER/.lock`` (where the folder is writable), so a
+reader never finishes a save that its writer is still finishing, nor hashes files while they are moved. Staged
+files are flushed to disk (fsync) before the staged manifest is written.
 
 Kept free of torch: reports use it too.
 """
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 from .files import PathLike, write_text_atomic
 
 MANIFEST = 'manifest.json'
 STAGING = '.staging'
+LOCK = '.lock'
+RUN_KIND = 'training run'  # the manifest's 'kind' in a training run's folder
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the folder's saves and checks (POSIX ``flock``); none where it cannot be taken (a
+    read-only folder, or no ``fcntl``): then nothing can save there either."""
+    try:
+        import fcntl
+        handle = open(folder / LOCK, 'a')
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a folder on a file system that does not sync directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: PathLike) -> str:
@@ -35,23 +72,27 @@ def save_set(folder: PathLike, write: Callable[[Path], None], about: Optional[di
     folder that belong to the new set unchanged. Returns the manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    recover(folder)
     staging = folder / STAGING
-    shutil.rmtree(staging, ignore_errors=True)  # an earlier save that never reached its manifest
-    staging.mkdir()
-    try:
-        write(staging)
-        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob('*'))
-                 if p.is_file() and not p.name.startswith('.')}
-        for name in keep:
-            if name not in files:
-                files[name] = sha256_file(folder / name)
-        manifest = {**(about or {}), 'files': files}
-        write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + '\n')
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _commit(folder)
+    with locked(folder):
+        if (staging / MANIFEST).is_file():
+            _commit(folder)  # an earlier save staged completely: finish it first (its errors are this save's)
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier save that never reached its manifest
+        staging.mkdir()
+        try:
+            write(staging)
+            staged = [p for p in sorted(staging.rglob('*')) if p.is_file() and not p.name.startswith('.')]
+            files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in staged}
+            for name in keep:
+                if name not in files:
+                    files[name] = sha256_file(folder / name)
+            for path in [*staged, *{p.parent for p in staged}]:
+                _fsync(path)  # the data is on disk before the manifest that vouches for it
+            manifest = {**(about or {}), 'files': files}
+            write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + '\n')
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _commit(folder)
     return manifest
 
 
@@ -65,6 +106,7 @@ def _commit(folder: Path) -> None:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, folder / name)
     os.replace(staging / MANIFEST, folder / MANIFEST)
+    _fsync(folder)
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -73,10 +115,13 @@ def recover(folder: PathLike) -> bool:
     folder = Path(folder)
     if not (folder / STAGING / MANIFEST).is_file():
         return False
-    try:
-        _commit(folder)
-    except (OSError, ValueError):  # a read-only folder, or another process finishing it now: verify() will say
-        return False
+    with locked(folder):
+        if not (folder / STAGING / MANIFEST).is_file():  # finished by another process meanwhile
+            return False
+        try:
+            _commit(folder)
+        except OSError:  # a read-only folder: verify() names the pending save
+            return False
     return True
 
 
@@ -98,16 +143,23 @@ def verify(folder: PathLike, names: Optional[Iterable[str]] = None) -> Optional[
     """The folder's manifest, after checking that each of ``names`` (default: every listed file) is the file it
     lists; None for a folder without a manifest. A save interrupted while moving is finished first."""
     folder = Path(folder)
+    if not (folder / MANIFEST).is_file() and not (folder / STAGING / MANIFEST).is_file():
+        return None  # not a folder saved as a set: nothing to check, and nothing written (no lock file)
     recover(folder)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    files: Dict[str, str] = manifest['files']
-    for name in (files if names is None else [n for n in names if n in files]):
-        path = folder / name
-        if not path.is_file():
-            raise ValueError(f'{folder}: {name} is missing (its {MANIFEST} lists it)')
-        if sha256_file(path) != files[name]:
-            raise ValueError(f'{folder}: {name} does not belong with the other files (it is not the one its '
-                             f'{MANIFEST} lists: written by another save, or changed since)')
+    with locked(folder):
+        manifest = read_manifest(folder)
+        if manifest is None:
+            return None
+        pending = (folder / STAGING / MANIFEST).is_file()
+        files: Dict[str, str] = manifest['files']
+        for name in (files if names is None else [n for n in names if n in files]):
+            path = folder / name
+            if not path.is_file():
+                raise ValueError(f'{folder}: {name} is missing (its {MANIFEST} lists it)')
+            if sha256_file(path) != files[name]:
+                if pending:
+                    raise ValueError(f'{folder}: a save was interrupted while moving its files into place and could '
+                                     f'not be finished here (no write access?); its new files wait in {STAGING}/')
+                raise ValueError(f'{folder}: {name} does not belong with the other files (it is not the one its '
+                                 f'{MANIFEST} lists: written by another save, or changed since)')
     return manifest

@@ -21,7 +21,7 @@ import torch
 from .checkpoint import save_checkpoint_dir
 from .cli import first_line
 from .files import PathLike
-from .manifest import save_set, verify
+from .manifest import RUN_KIND, save_set, verify
 
 STATE_FILE = 'train_state.pt'
 CHECKPOINT_FILES = ('config.json', 'model.safetensors')
@@ -101,5 +101,5 @@ def save_run(output: Path, model, optimizer, scheduler, settings, classes, histo
         (staging / 'metrics.csv').write_text(text.getvalue())
 
     kept = [] if best else [name for name in CHECKPOINT_FILES if (output / name).is_file()]
-    save_set(output, write, {'kind': 'training run', 'epoch': len(history), 'best_epoch': metrics.get('best_epoch')},
+    save_set(output, write, {'kind': RUN_KIND, 'epoch': len(history), 'best_epoch': metrics.get('best_epoch')},
              keep=kept)

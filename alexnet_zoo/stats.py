@@ -9,15 +9,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def flops_per_image(model: torch.nn.Module) -> int:
+    """FLOPs of one image at the model's input size, counted by PyTorch's FlopCounterMode (1 multiply-add = 2)."""
+    size = model.pretrained_cfg['input_size']
+    parameter = next(model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *size, dtype=parameter.dtype, device=parameter.device))
+    return int(counter.get_total_flops())
+
+
 def model_stats(name: str, num_classes: int = 1000) -> Dict[str, float]:
     """Parameters, FLOPs per image at the default input size (1 multiply-add = 2 FLOPs), share of FC weights."""
     model = timm.create_model(name, num_classes=num_classes).eval()
     params = sum(p.numel() for p in model.parameters())
     fc = sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     size = model.pretrained_cfg['input_size']
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *size))
-    flops = counter.get_total_flops()
+    flops = flops_per_image(model)
     return {'params': params, 'flops': flops, 'macs': flops / 2, 'fc_share': fc / params, 'input': size[-1]}
 
 

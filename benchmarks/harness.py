@@ -8,6 +8,7 @@ that a row and its baseline meet the same minute of a shared machine; then close
 written only at the end, each one atomically.
 """
 import dataclasses
+import importlib.util
 import sys
 import tempfile
 import time
@@ -25,18 +26,22 @@ from alexnet_zoo.cli import UsageError, first_line
 from alexnet_zoo.data import parity_views
 from alexnet_zoo.files import PathLike, ensure_writable_dir
 from alexnet_zoo.samples import PHOTOGRAPHS, Photo
+from alexnet_zoo.stats import flops_per_image
 from export import parity
 from export.contract import GRAPH_PRECISIONS, read_metadata
 from export.runner import BackendUnavailable, Runner
 from export.views import reference_logits
 
 from .artifacts import artifact_for, export_graphs, graphs_in
-from .environment import cpu_threads, environment
+from .environment import cpu_features, cpu_threads, environment
 from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
-from .registry import BACKENDS, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
+from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import SCHEMA_VERSION, compare_reports, read_report, write_report
-from .summary import add_noise, add_speedups
+from .limits import measure_limits
+from .summary import add_noise, add_roofline, add_speedups, row_passed
+from .uncertainty import median_ci_rank
 
+MIN_ROUNDS = 6  # the fewest rounds whose [min, max] covers the median with at least 95 % (96.9 %)
 DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8')
 DEFAULT_BATCH_SIZES = (1, 32)
 # --quick: no torch.compile (its compilation alone takes longer than the whole quick run), batch 1, short timing.
@@ -107,8 +112,9 @@ def timing_config(quick: bool = False, rounds: Optional[int] = None, seconds_per
                   seed: Optional[int] = None, run_to_run: Optional[float] = None) -> TimingConfig:
     """The default (or --quick) timing with a user's rounds, seconds per row, seed and run-to-run term; a usage
     error for values that cannot time anything."""
-    if rounds is not None and rounds < 1:
-        raise UsageError(f'--rounds must be at least 1, got {rounds}')
+    if rounds is not None and rounds < MIN_ROUNDS:
+        raise UsageError(f'--rounds must be at least {MIN_ROUNDS} (fewer rounds cannot give a 95 % interval of a '
+                         f'median), got {rounds}')
     if seconds_per_row is not None and not 0 <= seconds_per_row <= 60:
         raise UsageError(f'--seconds-per-row must be between 0 and 60, got {seconds_per_row}')
     if run_to_run is not None and not 0 <= run_to_run < 1:
@@ -135,6 +141,7 @@ def run_benchmark(
         timing: Optional[TimingConfig] = None,
         progress: bool = True,
         command: Optional[str] = None,
+        devices: Optional[Sequence[str]] = None,
 ) -> dict:
     """Benchmark ``loaded`` on every requested backend and precision; write the report files into
     ``output_dir``; return the report. ``--quick`` changes the defaults of the lists it is not given.
@@ -144,7 +151,8 @@ def run_benchmark(
     ``data`` an ImageFolder for accuracy; ``onnx_dir`` where the graphs are kept: those export.onnx already
     wrote there for this model are reused, missing ones are exported there (default: a temporary folder, so
     every run exports afresh); ``threads`` compute threads for every backend
-    (default: the usable cores). Parity is judged on at least 256 views of ``images`` (centre crops, random
+    (default: the usable cores); ``devices`` keeps only the rows on these devices (and the baseline, which every
+    speed-up needs). Parity is judged on at least 256 views of ``images`` (centre crops, random
     crops and flips). A graph that fails its parity gate at export is not written where graphs are kept, but
     its rows are measured from the failed file and fail, with ``export_failure`` saying why.
     """
@@ -164,7 +172,8 @@ def run_benchmark(
     labelled = labelled_views(data, model, loaded.label_names, loaded.num_classes) if data else None
 
     threads = threads or cpu_threads()
-    specs = plan(backends, precisions, torch.cuda.is_available())
+    specs = [s for s in plan(backends, precisions, torch.cuda.is_available())
+             if devices is None or s.device in devices or tuple(s) == BASELINE]
     reasons = {spec: spec.unavailable() for spec in specs}
     graphs_needed = sorted({s.graph for s in specs if not reasons[s] and s.graph}, key=GRAPH_PRECISIONS.index)
     graphs = graphs_in(onnx_dir, loaded, graphs_needed) if onnx_dir else {}
@@ -208,14 +217,18 @@ def run_benchmark(
                 windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
                                       runner.prepare(tile(x, batch_size))))
                 results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                                'batch_size': batch_size, **common})
+                                'batch_size': batch_size, 'weight_bytes': runner.weight_bytes(), **common})
             bar.update()
+        bar.set_description('the machine\'s limits')
+        limits = measure_limits(threads, cpu_features(), openvino=importlib.util.find_spec('openvino') is not None)
         bar.set_description(f'timing {len(windows)} rows in {timing.rounds} rounds')
         rounds = time_rounds(windows, timing, lambda _: bar.update())
+        for row, times in zip(results, rounds.times_ms):
+            row.update(round_figures(times, row['batch_size'], timing.run_to_run))
+        bar.set_description('per-layer times of the fastest rows')
+        profiles = layer_profiles(results, windows, x)
         windows.clear()  # the prepared inputs go before their runners close
     bar.close()
-    for row, times in zip(results, rounds.times_ms):
-        row.update(round_figures(times, row['batch_size'], timing.run_to_run))
 
     report = {
         'schema_version': SCHEMA_VERSION,
@@ -224,7 +237,7 @@ def run_benchmark(
         'environment': environment(threads),
         'model': {'name': loaded.name, 'num_classes': loaded.num_classes, 'source': loaded.source,
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
-                  'margin_std': parity.margin_std(references.fp32)},
+                  'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model)},
         'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
                    'names': names},
         'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,
@@ -233,15 +246,20 @@ def run_benchmark(
                                                 'classes': labelled[2],
                                                 'reference_accuracy': references.accuracy},
         'settings': {'backends': list(backends), 'precisions': list(precisions), 'batch_sizes': list(batch_sizes),
-                     'quick': quick, 'timing': timing_dict(timing), 'gates': parity.GATES,
+                     'quick': quick, 'timing': {**timing_dict(timing),
+                                                'interval_coverage': round(median_ci_rank(timing.rounds)[1], 4)},
+                     'gates': parity.GATES,
                      'accuracy_min_ratio': parity.ACCURACY_MIN_RATIO},
         'results': results,
         'skipped': skipped,
         'timing': {'rows': rounds.labels, 'order': rounds.order, 'steal_per_round': rounds.steal,
                    'steal': rounds.steal_total},
+        'limits': limits,
+        'layer_profiles': profiles,
     }
     add_speedups(report)
     add_noise(report)
+    add_roofline(report)
     if old_report is not None:
         report['comparison'] = compare_reports(old_report, report, str(compare))
     report['duration_s'] = round(time.perf_counter() - started, 1)
@@ -288,3 +306,29 @@ def _parity(runner: Runner, spec: Spec, x: np.ndarray, references: References, b
     common['parity'] = parity_figures(references.fp32, logits, 'torch fp32', spec.precision, trained, accuracies)
     common['parity_fp64'] = parity_figures(references.fp64, logits, 'torch fp64', spec.precision, trained)
     return common
+
+
+TOP_LAYERS = 8
+
+
+def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray) -> List[dict]:
+    """For the fastest row that passes its gates at each batch size, the time per layer from its runtime's own
+    profiler (OpenVINO's performance counters, ONNX Runtime's profiling), top layers with their share."""
+    profiles = []
+    for batch_size in sorted({r['batch_size'] for r in rows}):
+        ranked = sorted((i for i, r in enumerate(rows) if r['batch_size'] == batch_size and row_passed(r) is not False),
+                        key=lambda i: rows[i]['median_ms'])
+        if not ranked:
+            continue
+        row, runner = rows[ranked[0]], windows[ranked[0]].runner
+        layers = runner.layer_times(tile(x, batch_size))
+        entry = {'batch_size': batch_size, 'backend': row['backend'], 'precision': row['precision'],
+                 'device': row['device']}
+        if not layers:
+            profiles.append({**entry, 'layers': None, 'reason': f'{row["backend"]} has no per-layer profiler here'})
+            continue
+        total = sum(layer['ms'] for layer in layers)
+        profiles.append({**entry, 'total_ms': total, 'layer_count': len(layers),
+                         'layers': [{**layer, 'share': layer['ms'] / total if total else 0.0}
+                                    for layer in layers[:TOP_LAYERS]]})
+    return profiles

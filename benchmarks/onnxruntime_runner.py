@@ -1,4 +1,6 @@
 """ONNX Runtime behind the one runner interface, on one of the exported graphs, CPU or CUDA execution provider."""
+import json
+import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
@@ -19,7 +21,7 @@ class OnnxRuntimeRunner(GraphRunner):
     def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
         self.require(precision, device)
         import onnxruntime as ort
-        self.precision, self.device = precision, str(device)
+        self.precision, self.device, self.graph = precision, str(device), onnx_path
         self.ort_device = 'cuda' if self.device.startswith('cuda') else 'cpu'
         self.device_id = cuda_index(self.device)  # cuda:N runs on GPU N (the CUDA EP's device_id)
         options = ort.SessionOptions()
@@ -29,8 +31,11 @@ class OnnxRuntimeRunner(GraphRunner):
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: the Q/DQ graph makes ORT chatty about fusions
         provider = PROVIDERS[self.ort_device]
-        providers = [(provider, {'device_id': self.device_id})] if self.ort_device == 'cuda' else [provider]
+        # fp32 on the CUDA EP computes in fp32: its use_tf32 defaults to on (~1e-3 error, beyond the fp32 gate)
+        cuda_options = {'device_id': self.device_id, **({'use_tf32': 0} if precision == 'fp32' else {})}
+        providers = [(provider, cuda_options)] if self.ort_device == 'cuda' else [provider]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.options, self.providers = options, providers
         self.outputs = self.session.get_outputs()
         if OUTPUT_NAME not in [o.name for o in self.outputs]:
             raise ValueError(f'{onnx_path} has no output {OUTPUT_NAME!r} (outputs: {[o.name for o in self.outputs]})')
@@ -75,6 +80,31 @@ class OnnxRuntimeRunner(GraphRunner):
     def fetch(self, binding) -> np.ndarray:
         index = [o.name for o in self.outputs].index(OUTPUT_NAME)
         return np.asarray(binding.copy_outputs_to_cpu()[index], dtype=np.float32)
+
+    def layer_times(self, x: np.ndarray, runs: int = 10):
+        """ONNX Runtime's own profiler (``enable_profiling``) on a second session: node kernel times per run."""
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        for name in ('graph_optimization_level', 'execution_mode', 'intra_op_num_threads', 'inter_op_num_threads',
+                     'log_severity_level'):
+            setattr(options, name, getattr(self.options, name))
+        with tempfile.TemporaryDirectory(prefix='alexnet-zoo-ort-profile-') as folder:
+            options.enable_profiling, options.profile_file_prefix = True, f'{folder}/profile'
+            session = ort.InferenceSession(str(self.graph), options, providers=self.providers)
+            feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
+            for _ in range(runs):
+                session.run([OUTPUT_NAME], feed)
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        layers: dict = {}
+        for e in events:
+            if e.get('cat') == 'Node' and str(e.get('name', '')).endswith('_kernel_time'):
+                name = e['name'][:-len('_kernel_time')]
+                args = e.get('args') or {}
+                entry = layers.setdefault(name, {'name': name, 'type': args.get('op_name', ''),
+                                                 'kernel': args.get('provider', ''), 'ms': 0.0})
+                entry['ms'] += e.get('dur', 0) / 1e3 / runs
+        return sorted(layers.values(), key=lambda layer: -layer['ms'])
 
     def close(self) -> None:
         self.session = None

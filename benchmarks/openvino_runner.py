@@ -3,7 +3,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from export.contract import OUTPUT_NAME
+from export.contract import OUTPUT_NAME, weight_bytes
 from export.runner import GraphRunner
 
 from .environment import cpu_threads
@@ -21,7 +21,7 @@ class OpenVINORunner(GraphRunner):
     def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
         self.require(precision, device)
         import openvino as ov
-        self.precision, self.device = precision, str(device)
+        self.precision, self.device, self.graph = precision, str(device), onnx_path
         self.core = ov.Core()
         self.model = self.core.read_model(str(onnx_path))
         self.config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads or cpu_threads(),
@@ -67,6 +67,26 @@ class OpenVINORunner(GraphRunner):
 
     def fetch(self, request) -> np.ndarray:
         return np.array(request.get_tensor(OUTPUT_NAME).data, dtype=np.float32)
+
+    def weight_bytes(self) -> Optional[int]:
+        """bf16 runs the fp32 graph's float weights as 2 bytes each (OpenVINO converts them when compiling)."""
+        return weight_bytes(self.graph, float_bytes=2 if self.precision == 'bf16' else None)
+
+    def layer_times(self, x: np.ndarray, runs: int = 10):
+        """OpenVINO's performance counters (``PERF_COUNT``) on a second compilation of the same shape."""
+        import openvino as ov
+        model = self.model.clone()
+        model.reshape({model.inputs[0].any_name: list(x.shape)})
+        request = self.core.compile_model(model, 'CPU', {**self.config, 'PERF_COUNT': True}).create_infer_request()
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        layers: Dict[str, Dict[str, Any]] = {}
+        for _ in range(runs):
+            request.infer()
+            for info in request.profiling_info:
+                entry = layers.setdefault(info.node_name, {'name': info.node_name, 'type': info.node_type,
+                                                           'kernel': info.exec_type, 'ms': 0.0})
+                entry['ms'] += info.real_time.total_seconds() * 1e3 / runs
+        return sorted((layer for layer in layers.values() if layer['ms'] > 0), key=lambda layer: -layer['ms'])
 
     def close(self) -> None:
         self.compiled.clear()

@@ -8,7 +8,7 @@ from export.parity import sqnr_text
 from .summary import label, row_passed
 
 
-PLOTS = ('latency.png', 'speedup.png', 'latency_vs_batch.png', 'parity.png')
+PLOTS = ('latency.png', 'speedup.png', 'latency_vs_batch.png', 'parity.png', 'roofline.png')
 
 
 def first_per_label(rows: List[dict]) -> Dict[str, dict]:
@@ -24,7 +24,7 @@ def render_plots(report: dict) -> Dict[str, bytes]:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     plots = {}
-    for name, draw in zip(PLOTS, (_plot_latency, _plot_speedup, _plot_latency_vs_batch, _plot_parity)):
+    for name, draw in zip(PLOTS, (_plot_latency, _plot_speedup, _plot_latency_vs_batch, _plot_parity, _plot_roofline)):
         fig = draw(plt, report)
         buffer = io.BytesIO()
         fig.savefig(buffer, format='png', dpi=90,
@@ -131,5 +131,35 @@ def _plot_parity(plt, report: dict):
     ax.set_xlabel('SQNR of the logits, dB (gates: int8 25 dB dotted, fp16/bf16 40 dB dashed)')
     ax.legend(fontsize=8, loc='lower right')
     ax.set_title(f'parity on {report["images"].get("views", report["images"]["count"])} views', fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_roofline(plt, report: dict):
+    """Log-log: arithmetic intensity (operations per weight byte) against the rate achieved, one point per CPU row;
+    the measured ceilings drawn (memory bandwidth as a slope, each precision's peak as a level)."""
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    limits = report.get('limits')
+    rows = [r for r in report['results'] if r.get('roofline')]
+    if limits and rows:
+        x = np.geomspace(min(r['roofline']['intensity'] for r in rows) / 3, max(r['roofline']['intensity'] for r in rows) * 3)
+        bandwidth = limits['memory_read_bytes_per_s']
+        ax.plot(x, bandwidth * x, color='grey', label=f'memory read {bandwidth / 1e9:.0f} GB/s')
+        for (precision, peak), style in zip(limits['peak'].items(), ('-', '--', ':', '-.')):
+            ax.plot(x, np.minimum(bandwidth * x, peak['ops_per_s']), color='black', linestyle=style, linewidth=1,
+                    label=f'{precision} peak {peak["ops_per_s"] / 1e9:.0f} GOP/s')
+        markers = {size: marker for size, marker in zip(sorted({r['batch_size'] for r in rows}), 'os^Dv')}
+        for r in rows:
+            f = r['roofline']
+            ax.scatter(f['intensity'], f['ops_per_s'], marker=markers[r['batch_size']], zorder=3)
+            ax.annotate(f' {label(r)} b{r["batch_size"]}', (f['intensity'], f['ops_per_s']), fontsize=7)
+        ax.legend(fontsize=7, loc='lower right')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('arithmetic intensity: operations per weight byte read')
+    ax.set_ylabel('operations per second achieved')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.set_title(f'roofline: {_title(report)}', fontsize=9)
     fig.tight_layout()
     return fig

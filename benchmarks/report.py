@@ -270,6 +270,7 @@ def render_markdown(report: dict) -> str:
     if summary['gates_judged']:
         lines.append(f'- gates: {"all judged rows pass" if summary["passed"] else str(summary["rows_failed"]) + " row(s) FAIL"}')
     lines += _noise_lines(report)
+    lines += _limits_lines(report)
 
     lines += ['', '## Skipped', '']
     if report['skipped']:
@@ -303,7 +304,9 @@ def render_markdown(report: dict) -> str:
               f'with {timing["seed"]} (recorded in report.json): {timing["window_warmup_iters"]} untimed run, then '
               f'timed runs until at least {timing["min_iters"]} runs and {timing["seconds_per_row"]} s; one '
               f'perf_counter pair per run, garbage collector paused.',
-              f'- intervals: {timing["interval"]}; run-to-run relative SD: {timing.get("run_to_run", 0):.0%}.',
+              f'- intervals: {timing["interval"]}; the rounds\' interval covers the median with '
+              f'{timing.get("interval_coverage", 0.95):.1%} at {timing["rounds"]} rounds; run-to-run relative SD: '
+              f'{timing.get("run_to_run", 0):.0%}.',
               f'- {env["threads"]} compute threads for every backend, one stream: PyTorch set_num_threads, ONNX '
               f'Runtime intra-op threads (sequential), OpenVINO INFERENCE_NUM_THREADS with the LATENCY hint.',
               '- throughput = images per second over the summed timed runs.',
@@ -326,6 +329,49 @@ def speedup_text(speedup: Optional[float], ci) -> str:
     if speedup is None:
         return '–'
     return f'{speedup:.1f}×' + (f' ({_interval(ci)})' if ci else '')
+
+
+def _gops(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value / 1e9:.0f}'
+
+
+def _limits_lines(report: dict) -> list:
+    limits = report.get('limits')
+    if not limits:
+        return []
+    lines = ['', '## Against the machine\'s limits', '',
+             f'Measured in the same run ({limits["seconds"]} s): memory read '
+             f'**{limits["memory_read_bytes_per_s"] / 1e9:.1f} GB/s** ({limits["memory_method"]}).']
+    for precision, peak in limits['peak'].items():
+        others = '; '.join(f'{name}: {value / 1e9:.0f}' for name, value in peak['measured'].items())
+        lines.append(f'- peak {precision}: **{peak["ops_per_s"] / 1e9:.0f} GOP/s** (best of: {others})')
+    lines += [f'- no {precision} ceiling: {reason}' for precision, reason in limits.get('peak_skipped', {}).items()]
+    flops = report['model'].get('flops_per_image')
+    lines += ['', f'The model: {flops / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2). A row\'s '
+              'bound is the longer of reading its weights once at the measured bandwidth and computing its FLOPs '
+              'at the measured peak of its precision; "× bound" is its median latency over that.', '',
+              '| backend | precision | batch | median ms | GOP/s | weights MB | weights GB/s | ops per weight byte | '
+              'bound | bound ms | × bound |', '|' + ' --- |' * 11]
+    for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
+        f = r.get('roofline')
+        if not f:
+            continue
+        lines.append(f'| {r["backend"]} | {r["precision"]} | {r["batch_size"]} | {r["median_ms"]:.2f} | '
+                     f'{_gops(f["ops_per_s"])} | {r["weight_bytes"] / 1e6:.1f} | {f["weight_bytes_per_s"] / 1e9:.1f} | '
+                     f'{f["intensity"]:.1f} | {f["bound"]} ({f["ceiling"] or "no peak"}) | {f["bound_ms"]:.2f} | '
+                     f'{f["times_bound"]:.1f}× |')
+    lines += ['', '![roofline](roofline.png)']
+    for p in report.get('layer_profiles') or []:
+        lines += ['', f'### Per layer: {p["backend"]} {p["precision"]} at batch {p["batch_size"]} (the fastest row)', '']
+        if not p.get('layers'):
+            lines.append(p.get('reason', 'no per-layer profile'))
+            continue
+        lines += [f'{p["total_ms"]:.2f} ms per inference in {p["layer_count"]} layers by the runtime\'s own profiler '
+                  '(outside the timed rounds); the top ones:', '',
+                  '| layer | type | kernel | ms | share |', '| --- | --- | --- | --- | --- |']
+        lines += [f'| `{layer["name"]}` | {layer["type"]} | {layer["kernel"]} | {layer["ms"]:.2f} | {layer["share"]:.0%} |'
+                  for layer in p['layers']]
+    return lines
 
 
 def _noise_lines(report: dict) -> list:

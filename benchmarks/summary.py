@@ -90,3 +90,25 @@ def row_passed(row: dict) -> Optional[bool]:
 def exit_code(report: dict) -> int:
     """0 when every judged gate passed (or none was judged), 1 when one failed."""
     return 1 if report['summary']['rows_failed'] else 0
+
+
+def add_roofline(report: dict) -> None:
+    """Each CPU row placed against the machine's measured limits: operations per second achieved (from the model's
+    FLOPs), weight bytes read per second, its arithmetic intensity, the bound that applies (reading the weights
+    at the measured bandwidth, or the FLOPs at the measured peak of its precision, whichever takes longer) and its
+    time as a multiple of that bound."""
+    limits, flops = report.get('limits'), report['model'].get('flops_per_image')
+    for r in report['results']:
+        r['roofline'] = None
+        if not limits or not flops or r['device'] != 'cpu' or not r.get('weight_bytes'):
+            continue
+        ceiling = r['precision'] if r['precision'] in limits['peak'] else 'fp32'
+        peak = (limits['peak'].get(ceiling) or {}).get('ops_per_s')
+        ops, seconds = flops * r['batch_size'], r['median_ms'] / 1e3
+        memory_s = r['weight_bytes'] / limits['memory_read_bytes_per_s']
+        compute_s = ops / peak if peak else 0.0
+        bound_s = max(memory_s, compute_s)
+        r['roofline'] = {'ops_per_s': ops / seconds, 'weight_bytes_per_s': r['weight_bytes'] / seconds,
+                         'intensity': ops / r['weight_bytes'], 'ceiling': ceiling if peak else None,
+                         'peak_ops_per_s': peak, 'bound': 'compute' if compute_s > memory_s else 'memory',
+                         'bound_ms': bound_s * 1e3, 'times_bound': seconds / bound_s}

@@ -6,7 +6,7 @@ output tensors by name, and the engine runs on its own CUDA stream with ``execut
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ import torch
 from export.contract import OUTPUT_NAME
 from export.runner import GraphRunner, cuda_index
 from export.trt import runtime
+
+if TYPE_CHECKING:  # TensorRT's published stubs: the tests type-check the calls below against them
+    import tensorrt
 
 
 class TensorRTRunner(GraphRunner):
@@ -28,11 +31,12 @@ class TensorRTRunner(GraphRunner):
             raise runtime.TensorRTUnavailable(f'TensorRT runs on CUDA devices only, not {device!r}')
         self.require(precision or 'fp32', device)  # no GPU or no TensorRT: BackendUnavailable before anything else
         current_device(device)
-        trt, self.engine, self.record = runtime.load_engine(engine_path)  # checks the build record first
+        trt, engine, self.record = runtime.load_engine(engine_path)  # checks the build record first
+        self.engine: 'tensorrt.ICudaEngine' = engine
         if precision and precision != self.record['precision']:
             raise ValueError(f'{Path(engine_path).name} is a {self.record["precision"]} engine, not {precision}')
         self.precision, self.device = self.record['precision'], 'cuda'
-        self.context = self.engine.create_execution_context()
+        self.context: 'tensorrt.IExecutionContext' = self.engine.create_execution_context()
         if self.context is None:
             raise RuntimeError(f'TensorRT could not create an execution context for {Path(engine_path).name}')
 
@@ -78,7 +82,8 @@ class TensorRTRunner(GraphRunner):
             self._check(self.context.set_input_shape(self.input_name, tuple(x.shape)),
                         f'set_input_shape({self.input_name!r}, {tuple(x.shape)})')
             for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
+                dims = self.context.get_tensor_shape(name)
+                shape = tuple(dims[i] for i in range(len(dims)))
                 if any(d < 0 for d in shape):  # TensorRT could not infer it from the input shape
                     raise RuntimeError(f'TensorRT left output {name!r} with unknown dimensions {shape} for an input of '
                                        f'shape {tuple(x.shape)}')
@@ -105,12 +110,16 @@ class TensorRTRunner(GraphRunner):
     def fetch(self, output: torch.Tensor) -> np.ndarray:
         return output.float().cpu().numpy()
 
+    def weight_bytes(self) -> Optional[int]:
+        """The engine's size: its weights at the precisions TensorRT chose, and a little more."""
+        return self.record['engine']['bytes']
+
     def layer_datatypes(self) -> Counter:
         """How many layer inputs and outputs the engine runs in each data type (``int8``, ``half``, ``float``...),
         from TensorRT's engine inspector (the engine is built with detailed profiling verbosity); call after
         ``prepare`` so that the shapes, and with them the formats, are known. A silent fp32 fallback shows here."""
         import tensorrt as trt
-        inspector = self.engine.create_engine_inspector()
+        inspector: 'tensorrt.EngineInspector' = self.engine.create_engine_inspector()
         for attribute in ('execution_context', 'context'):  # 11 renamed the property
             if hasattr(inspector, attribute):
                 setattr(inspector, attribute, self.context)
@@ -126,8 +135,8 @@ class TensorRTRunner(GraphRunner):
             raise RuntimeError(f'TensorRT {call} failed (see its messages above)')
 
     def close(self) -> None:
-        self.context = None
-        self.engine = None
+        self.context = None  # type: ignore[assignment]  # closed: any later use fails at once
+        self.engine = None  # type: ignore[assignment]
 
 
 def current_device(device: str) -> int:

@@ -39,7 +39,10 @@ class TorchRunner(Runner):
 
     @classmethod
     def devices(cls, precision: str, gpu: bool) -> Tuple[str, ...]:
-        return ('cuda',) if precision == 'fp16' else ('cpu',)
+        """fp16 on CUDA only; fp32 and bf16 on the CPU, and on CUDA too where a GPU is."""
+        if precision == 'fp16':
+            return ('cuda',)
+        return ('cpu', 'cuda') if gpu else ('cpu',)
 
     @classmethod
     def available(cls, precision: str, device: str) -> Optional[str]:
@@ -73,6 +76,9 @@ class TorchRunner(Runner):
 
     def fetch(self, output: torch.Tensor) -> np.ndarray:
         return output.float().cpu().numpy()
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def close(self) -> None:
         self.model = None

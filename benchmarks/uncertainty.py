@@ -12,8 +12,8 @@ cache and memory bandwidth changes over minutes and moves a row that streams 62 
 one that streams 244 MB of fp32: repeated runs of the same benchmark differ by more than any one run's rounds
 show. That term is added as a stated, measured relative standard deviation between runs (``RUN_TO_RUN``,
 docs/benchmarks.md; ``--run-to-run``), combined with each side of the rounds' interval as metrology combines a
-statistical and a systematic uncertainty (GUM): half-width = sqrt(rounds' half-width^2 + (1.96 * run_to_run *
-median)^2).
+statistical and a systematic uncertainty (GUM), on a log scale: each side's log-distance from the median becomes
+sqrt(its rounds' log-distance^2 + (1.96 * ln(1 + run_to_run))^2).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -53,11 +53,15 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Dict[s
 
 
 def widen(figures: Dict[str, object], run_to_run: float) -> Dict[str, object]:
-    """``median_ci`` figures with the run-to-run term combined into each side of the interval; the rounds' own
-    interval stays as ``ci95_rounds``."""
+    """``median_ci`` figures with the run-to-run term combined into each side of the interval, on a log scale (the
+    term is relative, latencies and ratios are positive: the interval stays above zero); the rounds' own interval
+    stays as ``ci95_rounds``."""
     median, (low, high) = figures['median'], figures['ci95']
-    extra = Z95 * run_to_run * abs(median)
-    return {**figures, 'ci95': [median - math.hypot(median - low, extra), median + math.hypot(high - median, extra)],
+    extra = Z95 * math.log1p(run_to_run)
+    if median <= 0 or low <= 0:
+        return {**figures, 'ci95_rounds': [low, high]}
+    return {**figures, 'ci95': [median * math.exp(-math.hypot(math.log(median / low), extra)),
+                                median * math.exp(math.hypot(math.log(high / median), extra))],
             'ci95_rounds': [low, high]}
 
 

@@ -176,3 +176,17 @@ def graph_precision(model: onnx.ModelProto) -> str:
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
         return 'fp16'
     return 'fp32'
+
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def weight_bytes(path: PathLike, float_bytes: Optional[int] = None) -> int:
+    """Bytes of the graph's initializers (what an inference reads at least once); ``float_bytes`` counts float
+    initializers at that width instead (a runtime that executes the fp32 graph in bf16 reads 2 bytes each)."""
+    total = 0
+    for init in read_onnx(path).graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        width = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += count * (float_bytes if float_bytes and init.data_type in FLOAT_TYPES else width)
+    return total

@@ -10,11 +10,11 @@ Each runner class answers ``available(precision, device)`` once, with the reason
 what it is made from (``artifact``), so that the benchmark's registry needs no code that names a backend. The
 interface lives beside the exporter (which needs ``BackendUnavailable``), below the benchmark that runs it.
 """
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .contract import GRAPH_PRECISIONS
+from .contract import GRAPH_PRECISIONS, weight_bytes
 
 
 class BackendUnavailable(RuntimeError):
@@ -65,6 +65,16 @@ class Runner:
         """What ``run`` returned, as float32 logits on the host."""
         return np.asarray(output, dtype=np.float32)
 
+    def weight_bytes(self) -> Optional[int]:
+        """Bytes of weights one inference reads at least once, at the precision this runner computes in (what
+        bounds a batch-1 inference by memory bandwidth); None when unknown."""
+        return None
+
+    def layer_times(self, x: np.ndarray, runs: int = 10) -> Optional[List[Dict[str, Any]]]:
+        """Time per layer (ms per inference, largest first: name, type, kernel) from the runtime's own profiler
+        on the batch ``x``, outside any timed region; None for a runtime without one."""
+        return None
+
     def close(self) -> None:
         """Release sessions, engines and device memory."""
 
@@ -84,6 +94,10 @@ NO_BF16_GRAPH = 'not supported: export.onnx writes no bf16 graph (bf16 is an exe
 class GraphRunner(Runner):
     """A runner made from an exported graph (or an engine built from one): the graph holds the precision."""
     artifact = 'onnx'
+    graph = None  # the graph file, for its weight bytes
+
+    def weight_bytes(self) -> Optional[int]:
+        return weight_bytes(self.graph) if self.graph else None
 
     @classmethod
     def graph_for(cls, precision: str) -> Optional[str]:

@@ -397,6 +397,21 @@ def check_schema(report: dict):
         assert set(row['parity']) - ACCURACY_KEYS == PARITY_KEYS and row['parity']['reference'] == 'torch fp32'
         assert row['parity']['views'] >= 256
         assert set(row['parity_fp64']) == PARITY_KEYS and row['parity_fp64']['reference'] == 'torch fp64'
+    limits = report['limits']
+    assert math.isfinite(limits['memory_read_bytes_per_s']) and limits['memory_read_bytes_per_s'] > 0
+    assert limits['peak']['fp32']['ops_per_s'] > 0 and limits['seconds'] < 15
+    assert report['model']['flops_per_image'] > 1e9  # alexnet_bn: about 2.3 GFLOPs at 227 x 227
+    for row in report['results']:
+        f = row['roofline']
+        if row['device'] != 'cpu':
+            continue
+        assert f and all(math.isfinite(v) and v > 0 for v in (f['ops_per_s'], f['weight_bytes_per_s'], f['intensity'],
+                                                               f['bound_ms'], f['times_bound']))
+        assert f['bound'] in ('memory', 'compute') and row['weight_bytes'] > 1e6
+        # consistent: no row beats the measured ceilings by more than the measurement's noise
+        slowest = report['model']['flops_per_image'] * row['batch_size'] / (row['median_ci95_ms'][1] / 1e3)
+        assert slowest <= 1.25 * f['peak_ops_per_s'], (row['backend'], row['precision'], slowest, f)
+        assert f['times_bound'] * f['bound_ms'] == pytest.approx(row['median_ms'])
     timing = report['timing']
     assert len(timing['rows']) == len(report['results']) and len(timing['order']) == rounds
     assert all(sorted(visit) == list(range(len(report['results']))) for visit in timing['order'])
@@ -435,6 +450,43 @@ def test_quick_run_report(quick_run, trained_model):
     assert report['data']['count'] == len(PHOTOGRAPHS) and report['data']['views'] >= 256
     assert report['images']['views'] >= 256
     assert 'report.md' in proc.stdout
+
+
+def test_quick_run_per_layer_profile_of_the_fastest_row(quick_run):
+    _, out, _ = quick_run
+    report = json.loads((out / 'report.json').read_text())
+    (profile,) = report['layer_profiles']  # --quick: batch 1 only
+    fastest = report['summary']['fastest_passing'][0]
+    assert (profile['backend'], profile['precision']) == (fastest['backend'], fastest['precision'])
+    if profile['backend'] in ('openvino', 'onnxruntime'):  # the runtimes with a profiler
+        layers = profile['layers']
+        assert layers and profile['layer_count'] >= len(layers) and profile['total_ms'] > 0
+        assert all(layer['name'] and layer['ms'] >= 0 for layer in layers)
+        assert [layer['ms'] for layer in layers] == sorted((layer['ms'] for layer in layers), reverse=True)
+        assert 0 < sum(layer['share'] for layer in layers) <= 1 + 1e-9
+        assert '### Per layer:' in (out / 'report.md').read_text()
+
+
+def test_roofline_bound_from_known_limits():
+    from benchmarks.summary import add_roofline
+    limits = {'memory_read_bytes_per_s': 50e9, 'peak': {'fp32': {'ops_per_s': 500e9}, 'int8': {'ops_per_s': 2e12}}}
+    rows = [{'backend': 'b', 'precision': p, 'device': 'cpu', 'batch_size': b, 'median_ms': ms, 'weight_bytes': w}
+            for p, b, ms, w in (('fp32', 1, 10.0, 250e6), ('int8', 32, 40.0, 62.5e6), ('int8', 1, 2.0, 62.5e6))]
+    report = {'results': rows, 'limits': limits, 'model': {'flops_per_image': 2e9}}
+    add_roofline(report)
+    fp32_b1, int8_b32, int8_b1 = (r['roofline'] for r in rows)
+    assert fp32_b1['bound'] == 'memory' and fp32_b1['bound_ms'] == pytest.approx(5.0)  # 250 MB at 50 GB/s
+    assert fp32_b1['times_bound'] == pytest.approx(2.0) and fp32_b1['ops_per_s'] == pytest.approx(200e9)
+    assert int8_b32['bound'] == 'compute' and int8_b32['bound_ms'] == pytest.approx(32.0)  # 64 GOP at 2 TOP/s
+    assert int8_b1['bound'] == 'memory' and int8_b1['intensity'] == pytest.approx(2e9 / 62.5e6)
+    assert int8_b1['weight_bytes_per_s'] == pytest.approx(62.5e6 / 2e-3)
+
+
+def test_limits_skip_what_the_cpu_does_not_run_natively():
+    from benchmarks.limits import native
+    assert native('fp32', {}) is None
+    assert 'bf16' in native('bf16', {'avx512_vnni': True}) and native('bf16', {'amx': True}) is None
+    assert 'VNNI' in native('int8', {'avx2': True}) and native('int8', {'avx512_vnni': True}) is None
 
 
 def test_quick_run_skips_with_reasons(quick_run):
@@ -615,7 +667,7 @@ def test_bad_input_subprocess_has_no_traceback(tmp_path):
 
 # --- whole runs the quick run does not cover ---------------------------------------------------------------
 
-TINY_TIMING = dict(rounds=2, seconds_per_row=0.0)
+TINY_TIMING = dict(rounds=6, seconds_per_row=0.0)
 
 
 @pytest.mark.slow
@@ -628,7 +680,7 @@ def test_random_weights_end_to_end(tmp_path):
     assert not report['model']['trained'] and not report['model']['gates_judged']
     assert len(report['results']) == 2 and all(r['parity']['judged'] is False for r in report['results'])
     assert report['summary']['passed'] is None and report['summary']['rows_failed'] == 0 and exit_code(report) == 0
-    table = [line for line in (tmp_path / 'report.md').read_text().splitlines() if line.startswith('| torch |')]
+    table = [line for line in (tmp_path / 'report.md').read_text().splitlines() if line.startswith('| torch | fp32 | cpu |')]
     assert table and all(line.rstrip(' |').endswith('not judged') for line in table)
 
 

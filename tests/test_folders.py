@@ -15,11 +15,12 @@ from alexnet_zoo.checkpoint import CheckpointError, load_model, weights_sha256
 from alexnet_zoo.manifest import STAGING, verify
 from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
 from benchmarks.artifacts import graphs_in
+from benchmarks.plots import PLOTS
 from benchmarks.report import read_report, write_report
 from export.contract import read_metadata
 from test_timing import complete, synthetic_report, synthetic_rounds
 
-REPLACES_PER_REPORT = 1 + 7 + 1  # the staged manifest, then 7 files and the manifest moved into place
+REPLACES_PER_REPORT = 1 + 3 + len(PLOTS) + 1  # the staged manifest, then the files and the manifest moved into place
 
 
 class Injected(RuntimeError):
@@ -184,3 +185,55 @@ def test_graphs_are_bound_to_their_weights(exported_graphs, trained_model, as_lo
     other = timm.create_model('alexnet_bn', num_classes=trained_model.num_classes)
     with pytest.raises(ValueError, match='--onnx-dir holds graphs of other weights'):
         graphs_in(folder, as_loaded(other), ['fp32', 'int8'])
+
+
+def test_a_reader_waits_for_the_writer_it_meets(tmp_path, monkeypatch):
+    """A reader arriving while a save moves its files waits on the folder's lock and then sees the new set whole,
+    instead of finishing the move under the writer (which then failed)."""
+    import threading
+    from alexnet_zoo import manifest
+    write_report(report(), tmp_path)
+    new = report(scale=1.5)
+    staged, release, seen = threading.Event(), threading.Event(), {}
+    real_commit = manifest._commit
+
+    def slow_commit(folder):
+        staged.set()
+        release.wait(10)
+        real_commit(folder)
+    monkeypatch.setattr(manifest, '_commit', slow_commit)
+
+    def reader():
+        staged.wait(10)
+        seen['report'] = read_report(tmp_path / 'report.json')
+    thread = threading.Thread(target=reader)
+    thread.start()
+    writer = threading.Thread(target=write_report, args=(new, tmp_path))
+    writer.start()
+    staged.wait(10)
+    thread.join(0.5)
+    assert thread.is_alive(), 'the reader did not wait for the save it met'
+    release.set()
+    writer.join(10)
+    thread.join(10)
+    assert seen['report']['run_id'] == new['run_id'] and leftovers(tmp_path) == []
+
+
+def test_a_pending_save_is_finished_before_the_next(tmp_path, monkeypatch):
+    run = TinyRun(tmp_path / 'run')
+    run.folder.mkdir()
+    run.next_epoch()
+    fail_at(monkeypatch, 2)  # epoch 2 staged completely, interrupted while moving
+    with pytest.raises(Injected):
+        run.next_epoch()
+    monkeypatch.undo()
+    run.next_epoch()  # epoch 3 finishes epoch 2's move, then saves itself
+    assert read_run_state(run.folder)['epoch'] == 3 and verify(run.folder)['epoch'] == 3
+    assert same_weights(last_checkpoint(run.folder), run.saved[3]) and leftovers(run.folder) == []
+
+
+def test_another_tools_manifest_beside_a_checkpoint_is_not_ours(tmp_path):
+    from alexnet_zoo.checkpoint import save_checkpoint_dir
+    save_checkpoint_dir(timm.create_model('test_resnet', num_classes=3), tmp_path / 'ckpt')
+    (tmp_path / 'manifest.json').write_text('["a list from another tool"]')
+    assert load_model(checkpoint=tmp_path / 'ckpt').num_classes == 3

@@ -57,8 +57,10 @@ def test_run_to_run_term_widens_each_side():
     figures = median_ci([9.0, 10.0, 12.0, 10.0, 11.0, 9.5, 10.5])  # 7 rounds: [min, max]
     assert figures['ci95'] == [9.0, 12.0] and figures['median'] == 10.0
     wide = widen(figures, 0.05)
-    extra = 1.959964 * 0.05 * 10
-    assert wide['ci95'] == pytest.approx([10 - math.hypot(1, extra), 10 + math.hypot(2, extra)])
+    extra = 1.959964 * math.log(1.05)
+    assert wide['ci95'] == pytest.approx([10 * math.exp(-math.hypot(math.log(10 / 9), extra)),
+                                          10 * math.exp(math.hypot(math.log(12 / 10), extra))])
+    assert widen(figures, 0.9)['ci95'][0] > 0  # a large term still keeps the interval above zero
     assert wide['ci95_rounds'] == [9.0, 12.0] and widen(figures, 0.0)['ci95'] == [9.0, 12.0]
 
 
@@ -75,7 +77,7 @@ def test_run_to_run_term_in_speedups_and_rankings():
     assert wide['results'][0]['speedup_ci95'] == [1.0, 1.0]
     speedup = wide['results'][1]
     assert speedup['speedup_ci95'][0] < speedup['speedup_ci95_rounds'][0] <= speedup['speedup_vs_torch_fp32']
-    assert speedup['speedup_ci95'][1] - speedup['speedup_ci95'][0] > 2 * 1.96 * 0.06 * speedup['speedup_vs_torch_fp32']
+    assert speedup['speedup_ci95'][1] / speedup['speedup_ci95'][0] > math.exp(2 * 1.96 * math.log(1.06))
 
 
 def test_paired_speedup_cancels_a_noisy_phase():
@@ -261,11 +263,11 @@ def test_compare_refuses_a_report_with_broken_figures(tmp_path, field, value):
 
 
 def test_timing_options():
-    assert timing_config(rounds=3, seconds_per_row=0.5, seed=4) == TimingConfig(rounds=3, seconds_per_row=0.5,
+    assert timing_config(rounds=6, seconds_per_row=0.5, seed=4) == TimingConfig(rounds=6, seconds_per_row=0.5,
                                                                                   seed=4)
     assert timing_config(quick=True) == QUICK_TIMING and timing_config(run_to_run=0).run_to_run == 0
-    for bad in ({'rounds': 0}, {'seconds_per_row': -1}, {'seconds_per_row': 1e9}, {'run_to_run': -0.1},
-                {'run_to_run': 1.0}):
+    for bad in ({'rounds': 0}, {'rounds': 5}, {'seconds_per_row': -1}, {'seconds_per_row': 1e9},
+                {'run_to_run': -0.1}, {'run_to_run': 1.0}):
         with pytest.raises(UsageError):
             timing_config(**bad)
 

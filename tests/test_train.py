@@ -182,7 +182,7 @@ def test_torchrun_two_processes(small_folder, tmp_path):
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('epoch 1/1') == 1  # only rank 0 reports and writes
-    assert sorted(p.name for p in out.iterdir()) == ['config.json', 'last', 'manifest.json', 'metrics.csv',
+    assert sorted(p.name for p in out.iterdir() if p.name != '.lock') == ['config.json', 'last', 'manifest.json', 'metrics.csv',
                                                       'metrics.json', 'model.safetensors', 'train_state.pt']
     metrics = json.loads((out / 'metrics.json').read_text())
     assert (metrics['world_size'], metrics['batch_size'], metrics['device']) == (2, 8, 'cpu')  # pinned to the CPU

@@ -616,3 +616,70 @@ def test_runner_refuses_another_device_in_one_line(real_graphs, tmp_path):
     other = torch.cuda.current_device() + 1
     with pytest.raises(ValueError, match=f'runs on the current CUDA device .*CUDA_VISIBLE_DEVICES={other}'):
         TensorRTRunner(plan, device=f'cuda:{other}')
+
+# ------------------------------------------------------------------------- type check against TensorRT's stubs
+
+TYPE_CHECKED = ['export/trt/build.py', 'export/trt/runtime.py', 'benchmarks/tensorrt_runner.py']
+
+
+def loadable_stubs(tmp_path: Path) -> Path:
+    """A copy of the tensorrt-stubs the Makefile installed, with the few lines its generator wrote that Python
+    cannot parse (a parameter named ``in``, a parameter without default after one with) made parseable: mypy
+    stops at the first syntax error of an imported stub."""
+    import ast
+    import re
+    import shutil
+    installed = Path(sys.prefix) / 'trt-stubs'
+    if not (installed / 'tensorrt_bindings' / 'tensorrt.pyi').is_file():
+        pytest.skip(f'TensorRT stubs not installed in {installed} (the Makefile installs tensorrt-stubs there)')
+    stubs = tmp_path / 'stubs'
+    shutil.copytree(installed, stubs)
+    path = stubs / 'tensorrt_bindings' / 'tensorrt.pyi'
+    lines = path.read_text().split('\n')
+    for _ in range(100):
+        try:
+            ast.parse('\n'.join(lines))
+            break
+        except SyntaxError as e:
+            line = lines[e.lineno - 1]
+            fixed = re.sub(r'([(,]\s*)(in|from|is|not|and|or|lambda|class|def|return)(\s*:)', r'\1\2_\3', line)
+            if fixed == line:  # a parameter without a default after one with: give it one
+                head, params, tail = re.match(r'(\s*def \w+\()(.*)(\)\s*->.*)$', line).groups()
+                seen, out = False, []
+                for p in (p.strip() for p in params.split(', ')):
+                    seen |= '=' in p
+                    out.append(p + ' = ...' if seen and '=' not in p and not p.startswith('*') else p)
+                fixed = head + ', '.join(out) + tail
+            assert fixed != line, (e.lineno, e.msg, line)
+            lines[e.lineno - 1] = fixed
+    path.write_text('\n'.join(lines))
+    return stubs
+
+
+def mypy(files, cwd: Path, stubs: Path, monkeypatch):
+    api = pytest.importorskip('mypy.api', reason='mypy is not installed (the dev extra has it)')
+    monkeypatch.setenv('MYPYPATH', str(stubs))
+    monkeypatch.chdir(cwd)
+    out, err, code = api.run([*files, '--config-file', str(REPO / 'pyproject.toml'), '--cache-dir', str(stubs.parent / 'cache')])
+    return code, out + err
+
+
+@pytest.mark.slow
+def test_tensorrt_calls_type_check_against_the_published_stubs(tmp_path, monkeypatch):
+    """Every TensorRT call of the builder, the runtime and the runner against TensorRT 10.13's published stubs:
+    a misspelt method or a wrong argument fails here, not on the first GPU. The check can fail: the same code
+    with one call misspelt and one argument too many does."""
+    import shutil
+    stubs = loadable_stubs(tmp_path)
+    code, out = mypy(TYPE_CHECKED, REPO, stubs, monkeypatch)
+    assert code == 0, out
+    broken = tmp_path / 'broken'
+    for package in ('export', 'benchmarks'):
+        shutil.copytree(REPO / package, broken / package, ignore=shutil.ignore_patterns('__pycache__'))
+    build = broken / 'export' / 'trt' / 'build.py'
+    text = build.read_text()
+    assert 'builder.create_builder_config()' in text and 'config.clear_flag(trt.BuilderFlag.TF32)' in text
+    build.write_text(text.replace('builder.create_builder_config()', 'builder.create_builder_confg()')
+                     .replace('network.get_flag(strongly_typed)', 'network.get_flag(strongly_typed, True)'))
+    code, out = mypy(TYPE_CHECKED, broken, stubs, monkeypatch)
+    assert code == 1 and 'create_builder_confg' in out and 'get_flag' in out, out

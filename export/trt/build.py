@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import onnx
 
@@ -20,6 +20,9 @@ from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir
 from ..contract import graph_precision, input_chw, read_onnx
 from . import runtime
 from .record import record_path
+
+if TYPE_CHECKING:  # TensorRT's published stubs (tensorrt-stubs): the tests type-check the calls below against them
+    import tensorrt
 
 CPU_HINT = ' (use --check-only to lint the graph on CPU)'
 
@@ -53,23 +56,23 @@ def default_plan(onnx_path: PathLike, precision: str) -> Path:
     return Path(onnx_path).with_name(f'model.{precision}.plan')
 
 
-def parse_network(trt, builder, onnx_path: Path, data: bytes):
+def parse_network(trt, builder: 'tensorrt.Builder', onnx_path: Path, data: bytes) -> 'tensorrt.INetworkDefinition':
     """A strongly typed network from TensorRT's ONNX parser (``data``: the file's bytes); every parser error on one
     line if it fails."""
     # The flag's value differs by version (10: EXPLICIT_BATCH 0, STRONGLY_TYPED 1; 11: STRONGLY_TYPED 0): take it
     # from the enum, never a constant. TensorRT 11 networks are always strongly typed and keep the flag.
     strongly_typed = trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
-    network = builder.create_network(1 << int(strongly_typed))
+    network: 'tensorrt.INetworkDefinition' = builder.create_network(1 << int(strongly_typed))
     if not network.get_flag(strongly_typed):
         raise RuntimeError(f'TensorRT {trt.__version__} did not create a strongly typed network')
-    parser = trt.OnnxParser(network, runtime.trt_logger(trt))
+    parser: 'tensorrt.OnnxParser' = trt.OnnxParser(network, runtime.trt_logger(trt))
     if not parser.parse(data, str(onnx_path.resolve())):  # the path locates weights stored beside the graph
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise ValueError(f'TensorRT could not parse {onnx_path.name}: ' + '; '.join(map(parser_error_text, errors)))
     return network
 
 
-def parser_error_text(error) -> str:
+def parser_error_text(error: 'tensorrt.ParserError') -> str:
     """One parser error in words: where (node index, name and operator, or 'the graph' when it is tied to no node),
     what (the error code's name in words), and TensorRT's description."""
     code = error.code()
@@ -84,18 +87,20 @@ def parser_error_text(error) -> str:
     return f'{where}: {what}: {" ".join(str(error.desc()).split())}'
 
 
-def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]], precision: str = 'fp32',
-                   workspace_gb: Optional[float] = None, timing_cache: Optional[Path] = None):
+def builder_config(trt, builder: 'tensorrt.Builder', input_name: str, shapes: Dict[str, List[int]],
+                   precision: str = 'fp32', workspace_gb: Optional[float] = None,
+                   timing_cache: Optional[Path] = None) -> 'tensorrt.IBuilderConfig':
     """The builder config: the batch profile, fp32 kept fp32 (TF32 off), layer details for the engine inspector,
     the workspace limit, and the timing cache read from disk."""
-    config = builder.create_builder_config()
+    config: 'tensorrt.IBuilderConfig' = builder.create_builder_config()
     if precision == 'fp32' and hasattr(trt.BuilderFlag, 'TF32'):
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: ~1e-3 relative error, beyond the fp32 gate
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for create_engine_inspector
     if workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, shapes['min'], shapes['opt'], shapes['max'])
+    profile: 'tensorrt.IOptimizationProfile' = builder.create_optimization_profile()
+    # pybind11 converts a list to Dims implicitly; the stubs declare only Dims
+    profile.set_shape(input_name, shapes['min'], shapes['opt'], shapes['max'])  # type: ignore[arg-type]
     if config.add_optimization_profile(profile) < 0:
         raise ValueError(f'TensorRT rejected the batch profile {shapes} for input {input_name!r}')
     if timing_cache is not None:
@@ -106,7 +111,7 @@ def builder_config(trt, builder, input_name: str, shapes: Dict[str, List[int]], 
     return config
 
 
-def tf32_allowed(trt, config) -> bool:
+def tf32_allowed(trt, config: 'tensorrt.IBuilderConfig') -> bool:
     return hasattr(trt.BuilderFlag, 'TF32') and bool(config.get_flag(trt.BuilderFlag.TF32))
 
 
@@ -156,7 +161,7 @@ def build_engine(onnx_path: PathLike, plan: Optional[PathLike] = None, profile: 
         ensure_writable_dir(timing_cache.parent)
 
     data = onnx_path.read_bytes()
-    builder = trt.Builder(runtime.trt_logger(trt))
+    builder: 'tensorrt.Builder' = trt.Builder(runtime.trt_logger(trt))
     network = parse_network(trt, builder, onnx_path, data)
     shapes = profile.shapes(chw)
     config = builder_config(trt, builder, input_name, shapes, precision, workspace_gb, timing_cache)

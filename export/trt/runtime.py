@@ -3,13 +3,17 @@
 TensorRT on a machine without a GPU fails inside CUDA initialisation and then raises a TypeError, so the absence
 of a GPU is detected first, through torch (imported only when asked).
 """
+import importlib
 from pathlib import Path
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 from alexnet_zoo.files import PathLike
 
 from ..runner import BackendUnavailable
 from .record import EngineRecordError, check_record, read_record
+
+if TYPE_CHECKING:  # TensorRT's published stubs: the tests type-check the calls below against them
+    import tensorrt
 
 NO_GPU = 'TensorRT needs an NVIDIA GPU; none found'
 
@@ -32,10 +36,12 @@ def require_gpu(hint: str = '') -> Tuple[str, str]:
 
 def import_tensorrt(hint: str = ''):
     try:
-        import tensorrt
+        module = importlib.import_module('tensorrt')
     except ImportError:
-        raise TensorRTUnavailable(f"TensorRT is not installed (pip install 'alexnet-zoo[trt]'){hint}") from None
-    return tensorrt
+        module = None
+    if not hasattr(module, 'Builder'):  # absent, or only its type stubs (a namespace package of .pyi files)
+        raise TensorRTUnavailable(f"TensorRT is not installed (pip install 'alexnet-zoo[trt]'){hint}")
+    return module
 
 
 _LOGGERS = {}
@@ -54,7 +60,7 @@ def load_engine(plan: PathLike):
     gpu_name, capability = require_gpu()
     trt = import_tensorrt()
     check_record(record, trt.__version__, gpu_name, capability)
-    runtime = trt.Runtime(trt_logger(trt))
+    runtime: 'tensorrt.Runtime' = trt.Runtime(trt_logger(trt))
     engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
     if engine is None:  # TensorRT returns None rather than raising; its logger printed the reason
         raise EngineRecordError(f'TensorRT could not deserialize {Path(plan).name} although its record matches '
