@@ -33,7 +33,7 @@ test-gpu: $(VENV)/.installed
 	$(PY) -m pip install -e '.[dev,trt]'
 	ALEXNET_ZOO_REQUIRE_GPU=1 $(PY) -m pytest -m 'gpu or tensorrt' -rs
 
-# On a lent GPU machine whose python3 already has CUDA PyTorch, timm, onnx and onnxruntime (no install, no index):
+# On a GPU machine whose python3 already has CUDA PyTorch, timm, onnx and onnxruntime (no install, no index):
 # one CUDA training epoch, the PyTorch rows on CUDA with parity, the GPU tests without TensorRT; all in one folder.
 GPU_PYTHON ?= python3
 gpu-check:

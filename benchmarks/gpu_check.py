@@ -1,4 +1,4 @@
-"""``make gpu-check``: what a lent NVIDIA GPU machine can show in a few minutes, prepared in advance.
+"""``make gpu-check``: what an NVIDIA GPU machine can show in a few minutes, prepared in advance.
 
     PYTHONPATH=. python3 -m benchmarks.gpu_check --output-dir out/gpu-check
 
