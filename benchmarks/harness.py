@@ -220,13 +220,19 @@ def run_benchmark(
                                 'batch_size': batch_size, 'weight_bytes': runner.weight_bytes(), **common})
             bar.update()
         bar.set_description('the machine\'s limits')
-        limits = measure_limits(threads, cpu_features(), openvino=importlib.util.find_spec('openvino') is not None)
+        try:  # the limits and per-layer times add to the report; a failure there must not cost the timed rows
+            limits = measure_limits(threads, cpu_features(), openvino=importlib.util.find_spec('openvino') is not None)
+        except Exception as e:
+            limits = {'error': first_line(e)}
         bar.set_description(f'timing {len(windows)} rows in {timing.rounds} rounds')
         rounds = time_rounds(windows, timing, lambda _: bar.update())
         for row, times in zip(results, rounds.times_ms):
             row.update(round_figures(times, row['batch_size'], timing.run_to_run))
         bar.set_description('per-layer times of the fastest rows')
-        profiles = layer_profiles(results, windows, x)
+        try:
+            profiles = layer_profiles(results, windows, x)
+        except Exception as e:
+            profiles = [{'error': first_line(e)}]
         windows.clear()  # the prepared inputs go before their runners close
     bar.close()
 

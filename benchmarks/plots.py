@@ -149,7 +149,7 @@ def _plot_roofline(plt, report: dict):
         for (precision, peak), style in zip(limits['peak'].items(), ('-', '--', ':', '-.')):
             ax.plot(x, np.minimum(bandwidth * x, peak['ops_per_s']), color='black', linestyle=style, linewidth=1,
                     label=f'{precision} peak {peak["ops_per_s"] / 1e9:.0f} GOP/s')
-        markers = {size: marker for size, marker in zip(sorted({r['batch_size'] for r in rows}), 'os^Dv')}
+        markers = {size: 'os^Dv<>ph*'[i % 9] for i, size in enumerate(sorted({r['batch_size'] for r in rows}))}
         for r in rows:
             f = r['roofline']
             ax.scatter(f['intensity'], f['ops_per_s'], marker=markers[r['batch_size']], zorder=3)

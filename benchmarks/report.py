@@ -339,6 +339,8 @@ def _limits_lines(report: dict) -> list:
     limits = report.get('limits')
     if not limits:
         return []
+    if 'error' in limits:
+        return ['', '## Against the machine\'s limits', '', f'Not measured: {limits["error"]}']
     lines = ['', '## Against the machine\'s limits', '',
              f'Measured in the same run ({limits["seconds"]} s): memory read '
              f'**{limits["memory_read_bytes_per_s"] / 1e9:.1f} GB/s** ({limits["memory_method"]}).']
@@ -362,6 +364,9 @@ def _limits_lines(report: dict) -> list:
                      f'{f["times_bound"]:.1f}× |')
     lines += ['', '![roofline](roofline.png)']
     for p in report.get('layer_profiles') or []:
+        if 'error' in p:
+            lines += ['', f'Per-layer times not measured: {p["error"]}']
+            continue
         lines += ['', f'### Per layer: {p["backend"]} {p["precision"]} at batch {p["batch_size"]} (the fastest row)', '']
         if not p.get('layers'):
             lines.append(p.get('reason', 'no per-layer profile'))

@@ -100,7 +100,7 @@ def add_roofline(report: dict) -> None:
     limits, flops = report.get('limits'), report['model'].get('flops_per_image')
     for r in report['results']:
         r['roofline'] = None
-        if not limits or not flops or r['device'] != 'cpu' or not r.get('weight_bytes'):
+        if not limits or 'peak' not in limits or not flops or r['device'] != 'cpu' or not r.get('weight_bytes'):
             continue
         ceiling = r['precision'] if r['precision'] in limits['peak'] else 'fp32'
         peak = (limits['peak'].get(ceiling) or {}).get('ops_per_s')

@@ -4,6 +4,7 @@ Device memory comes from torch CUDA tensors (no pycuda): their addresses are bou
 output tensors by name, and the engine runs on its own CUDA stream with ``execute_async_v3``.
 """
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
@@ -125,7 +126,7 @@ class TensorRTRunner(GraphRunner):
                 setattr(inspector, attribute, self.context)
                 break
         info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-        return Counter(str(tensor.get('Format/Datatype', '')).split(' ')[0].lower()
+        return Counter(datatype_of(str(tensor.get('Format/Datatype', '')))
                        for layer in info.get('Layers', []) if isinstance(layer, dict)
                        for tensor in layer.get('Inputs', []) + layer.get('Outputs', []))
 
@@ -137,6 +138,19 @@ class TensorRTRunner(GraphRunner):
     def close(self) -> None:
         self.context = None  # type: ignore[assignment]  # closed: any later use fails at once
         self.engine = None  # type: ignore[assignment]
+
+
+DATATYPES = (('bf16', r'\bBF(?:loat)?16\b'), ('half', r'\b(?:FP16|Half)\b'), ('int8', r'\bInt8\b'),
+             ('fp8', r'\bFP8\b'), ('float', r'\b(?:FP32|Float)\b'), ('int32', r'\bInt32\b'))
+
+
+def datatype_of(format_text: str) -> str:
+    """The data type named in one of the inspector's format strings ("Row major linear FP32", "Channel major FP16
+    format where channel % 8 == 0", "Thirty-two wide channel vectorized row major Int8 format", "Float")."""
+    for name, pattern in DATATYPES:
+        if re.search(pattern, format_text, re.IGNORECASE):
+            return name
+    return 'other'
 
 
 def current_device(device: str) -> int:

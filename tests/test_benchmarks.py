@@ -262,6 +262,16 @@ def _check_runner(runner, x, reference, precision):
     return figures
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason='needs a CUDA GPU')
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'bf16'])
+def test_torch_runner_on_cuda(trained_model, photo_batch, reference, precision):
+    """PyTorch on CUDA within each precision's gate against the CPU fp32 reference; fp32 without TF32 passes the
+    fp32 gate (max error 1e-4 of the largest logit)."""
+    with TorchRunner(trained_model, precision, 'cuda') as runner:
+        _check_runner(runner, photo_batch, reference, precision)
+
+
 def test_torch_runner(trained_model, photo_batch, reference):
     with TorchRunner(trained_model) as runner:
         figures = _check_runner(runner, photo_batch, reference, 'fp32')
@@ -709,3 +719,25 @@ def test_device_indices_are_honoured_or_refused_in_one_line(monkeypatch):
     assert current_device('cuda') == current_device('cuda:0') == 0
     with pytest.raises(ValueError, match=r'current CUDA device \(cuda:0\), not cuda:1: .*CUDA_VISIBLE_DEVICES=1'):
         current_device('cuda:1')
+
+
+def test_engine_inspector_formats_name_their_data_type():
+    from benchmarks.tensorrt_runner import datatype_of
+    assert datatype_of('Row major linear FP32') == datatype_of('Float') == 'float'
+    assert datatype_of('Channel major FP16 format where channel % 8 == 0') == datatype_of('Half') == 'half'
+    assert datatype_of('Thirty-two wide channel vectorized row major Int8 format') == 'int8'
+    assert datatype_of('Row major linear BFloat16') == 'bf16' and datatype_of('') == 'other'
+
+
+def test_roofline_plot_with_many_batch_sizes():
+    from benchmarks.plots import _plot_roofline
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = [{'backend': 'openvino', 'precision': 'int8', 'device': 'cpu', 'batch_size': b,
+             'roofline': {'intensity': 10.0 * b, 'ops_per_s': 1e11 * b}} for b in (1, 2, 4, 8, 16, 32, 64)]
+    report = {'results': rows, 'model': {'name': 'alexnet_bn'}, 'environment': {'cpu': {'model': 'cpu'}},
+              'limits': {'memory_read_bytes_per_s': 5e10, 'peak': {'int8': {'ops_per_s': 2e12}}}}
+    fig = _plot_roofline(plt, report)
+    assert len(fig.axes[0].collections) == len(rows)
+    plt.close(fig)
