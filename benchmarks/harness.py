@@ -38,7 +38,7 @@ from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_f
 from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import SCHEMA_VERSION, compare_reports, read_report, write_report
 from .limits import measure_limits
-from .summary import add_noise, add_roofline, add_speedups, row_passed
+from .summary import add_noise, add_roofline, add_speedups, passing_by_latency
 from .uncertainty import median_ci_rank
 
 MIN_ROUNDS = 6  # the fewest rounds whose [min, max] covers the median with at least 95 % (96.9 %)
@@ -213,11 +213,12 @@ def run_benchmark(
                 continue
             common = {**_parity(runner, spec, x, references, batch_sizes, loaded.trained),
                       **graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))}
+            common['weight_bytes'] = runner.weight_bytes()  # reads the graph: once per runner
             for batch_size in batch_sizes:
                 windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
                                       runner.prepare(tile(x, batch_size))))
                 results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                                'batch_size': batch_size, 'weight_bytes': runner.weight_bytes(), **common})
+                                'batch_size': batch_size, **common})
             bar.update()
         bar.set_description('the machine\'s limits')
         try:  # the limits and per-layer times add to the report; a failure there must not cost the timed rows
@@ -322,11 +323,11 @@ def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray) -
     profiler (OpenVINO's performance counters, ONNX Runtime's profiling), top layers with their share."""
     profiles = []
     for batch_size in sorted({r['batch_size'] for r in rows}):
-        ranked = sorted((i for i, r in enumerate(rows) if r['batch_size'] == batch_size and row_passed(r) is not False),
-                        key=lambda i: rows[i]['median_ms'])
-        if not ranked:
+        passing = passing_by_latency(rows, batch_size)
+        if not passing:
             continue
-        row, runner = rows[ranked[0]], windows[ranked[0]].runner
+        row = passing[0]
+        runner = windows[next(i for i, r in enumerate(rows) if r is row)].runner
         layers = runner.layer_times(tile(x, batch_size))
         entry = {'batch_size': batch_size, 'backend': row['backend'], 'precision': row['precision'],
                  'device': row['device']}

@@ -44,11 +44,14 @@ class OpenVINORunner(GraphRunner):
             return 'bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); OpenVINO would silently run f32 here'
         return super().available(precision, device)
 
+    def _compile(self, shape: Tuple[int, ...], **extra):
+        model = self.model.clone()
+        model.reshape({model.inputs[0].any_name: list(shape)})
+        return self.core.compile_model(model, 'CPU', {**self.config, **extra})
+
     def _compiled_for(self, shape: Tuple[int, ...]):
         if shape not in self.compiled:
-            model = self.model.clone()
-            model.reshape({model.inputs[0].any_name: list(shape)})
-            self.compiled[shape] = self.core.compile_model(model, 'CPU', self.config)
+            self.compiled[shape] = self._compile(shape)
         return self.compiled[shape]
 
     def prepare(self, x: np.ndarray):
@@ -75,9 +78,7 @@ class OpenVINORunner(GraphRunner):
     def layer_times(self, x: np.ndarray, runs: int = 10):
         """OpenVINO's performance counters (``PERF_COUNT``) on a second compilation of the same shape."""
         import openvino as ov
-        model = self.model.clone()
-        model.reshape({model.inputs[0].any_name: list(x.shape)})
-        request = self.core.compile_model(model, 'CPU', {**self.config, 'PERF_COUNT': True}).create_infer_request()
+        request = self._compile(x.shape, PERF_COUNT=True).create_infer_request()
         request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
         layers: Dict[str, Dict[str, Any]] = {}
         for _ in range(runs):

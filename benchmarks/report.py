@@ -1,8 +1,8 @@
 """The report's files: report.json (the schema), report.md (the table a person reads), report.csv, PNG plots.
 
 Everything is rendered in memory first, every file carries the same run id, and the files are saved as one set
-with a manifest (``alexnet_zoo.manifest``): an interrupted run leaves the previous report or the new one, never a
-mix, and ``--compare`` refuses a folder whose files do not belong together.
+with a manifest (``alexnet_zoo.manifest``): after an interrupted run this project's readers see the previous
+report or the new one, never a mix, and ``--compare`` refuses a folder whose files do not belong together.
 """
 import csv
 import io

@@ -1,10 +1,20 @@
 """The report's verdicts: each row's speed-up over the baseline with its interval, which rows can be ranked, the
 fastest row that passes its gates, how noisy the machine was, and the exit code a run ends with."""
-from typing import Optional
+from typing import List, Optional
 
 from .registry import BASELINE
 from .uncertainty import (NOISY_ROUND, median_ci, noise_warnings, paired_ratios, robust_cv, round_noise, separable,
                           widen)
+
+
+def is_baseline(row: dict) -> bool:
+    return (row['backend'], row['precision'], row.get('device', 'cpu')) == BASELINE
+
+
+def passing_by_latency(rows: List[dict], batch_size: int) -> List[dict]:
+    """The rows at ``batch_size`` that pass their gates (or are not judged), fastest first."""
+    return sorted((r for r in rows if r['batch_size'] == batch_size and row_passed(r) is not False),
+                  key=lambda r: r['median_ms'])
 
 
 def label(row: dict) -> str:
@@ -18,7 +28,7 @@ def add_speedups(report: dict) -> None:
     not judged)."""
     rows = report['results']
     run_to_run = ((report.get('settings') or {}).get('timing') or {}).get('run_to_run', 0.0)
-    base = {r['batch_size']: r for r in rows if (r['backend'], r['precision'], r['device']) == BASELINE}
+    base = {r['batch_size']: r for r in rows if is_baseline(r)}
     for r in rows:
         b = base.get(r['batch_size'])
         speedup = (_ratio(b, r, 0.0 if r is b else run_to_run)) if b else None  # the baseline's own is 1 exactly
@@ -36,18 +46,19 @@ def add_speedups(report: dict) -> None:
                 faster['not_separable_from'].append(label(slower))
                 slower['not_separable_from'].append(label(faster))
                 ties.append({'batch_size': batch_size, 'rows': [label(faster), label(slower)], 'ratio_ci95': ratio})
-        passing = [r for r in ranked if row_passed(r) is not False]
+        passing = passing_by_latency(rows, batch_size)
         if passing:
             best, b = passing[0], base.get(batch_size)
             runner_up = passing[1] if len(passing) > 1 else None
+            runner_up_ratio = _ratio(runner_up, best, run_to_run)['ci95'] if runner_up else None
             fastest.append({
                 'batch_size': batch_size, 'backend': best['backend'], 'precision': best['precision'],
                 'device': best['device'], 'median_ms': best['median_ms'], 'median_ci95_ms': best['median_ci95_ms'],
                 'baseline_median_ms': b['median_ms'] if b else None,
                 'speedup_vs_torch_fp32': best['speedup_vs_torch_fp32'], 'speedup_ci95': best['speedup_ci95'],
                 'runner_up': label(runner_up) if runner_up else None,
-                'runner_up_ratio_ci95': _ratio(runner_up, best, run_to_run)['ci95'] if runner_up else None,
-                'ranked': separable(_ratio(runner_up, best, run_to_run)['ci95']) if runner_up else True})
+                'runner_up_ratio_ci95': runner_up_ratio,
+                'ranked': separable(runner_up_ratio) if runner_up else True})
     judged = [row_passed(r) for r in rows if row_passed(r) is not None]
     report['summary'] = {
         'baseline': ' '.join(BASELINE),
@@ -70,8 +81,7 @@ def add_noise(report: dict) -> None:
     every row ran slower; and the warnings that say when not to trust the figures."""
     rows, timing = report['results'], report.get('timing') or {}
     noise = round_noise([r['round_medians_ms'] for r in rows]) if rows else []
-    baseline_cv = {r['batch_size']: robust_cv(r['round_medians_ms']) for r in rows
-                   if (r['backend'], r['precision'], r['device']) == BASELINE}
+    baseline_cv = {r['batch_size']: robust_cv(r['round_medians_ms']) for r in rows if is_baseline(r)}
     warnings = noise_warnings(timing.get('steal'), baseline_cv, noise)
     report['noise'] = {'steal': timing.get('steal'), 'baseline_cv': {str(b): cv for b, cv in baseline_cv.items()},
                        'round_noise': noise, 'noisy_rounds': [i for i, v in enumerate(noise) if v > NOISY_ROUND],

@@ -28,7 +28,8 @@ class Injected(RuntimeError):
 
 
 def fail_at(monkeypatch, k):
-    """os.replace (every file's final step, staged or moved into place) fails at its k-th call from now."""
+    """os.replace (every file's final step, staged or moved into place) fails at its k-th call from now (k = 0:
+    never); returns the count of calls so far."""
     real, calls = os.replace, [0]
 
     def replace(*args, **kwargs):
@@ -122,13 +123,8 @@ def same_weights(folder, state):
 
 
 def count_replaces(action):
-    real, calls = os.replace, [0]
-
-    def count(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(os, 'replace', count)
+        calls = fail_at(m, 0)  # counts, never fails
         action()
     return calls[0]
 
