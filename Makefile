@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out
 
-.PHONY: setup report test test-gpu gpu-check timm-suite clean
+.PHONY: setup report test fuzz test-gpu gpu-check timm-suite clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,serve]'
 	# TensorRT's type stubs, for the type check of its calls (no dependencies: they would pull TensorRT itself)
 	$(PY) -m pip install --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
@@ -27,10 +27,18 @@ report: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
+# Every reader against 1,000 random hostile inputs (hypothesis), and every writer killed at 20 random moments and
+# run into a full disk; prints the examples per reader and the kills tried. The suite runs the same tests smaller.
+KILL_SEED ?= $(shell date +%s)
+fuzz: $(VENV)/.installed
+	ALEXNET_ZOO_KILL_MOMENTS=20 ALEXNET_ZOO_KILL_SEED=$(KILL_SEED) $(PY) -m pytest tests/test_fuzz.py tests/test_faults.py \
+		--hypothesis-profile=fuzz --hypothesis-show-statistics -q -p no:cacheprovider
+	@echo "kill moments drawn with ALEXNET_ZOO_KILL_SEED=$(KILL_SEED) (make fuzz KILL_SEED=$(KILL_SEED) draws them again)"
+
 # On a machine with an NVIDIA GPU: TensorRT too (the trt extra), then every GPU-marked test. A GPU test that skips
 # fails here (ALEXNET_ZOO_REQUIRE_GPU, tests/conftest.py), so a green run means every one of them ran.
 test-gpu: $(VENV)/.installed
-	$(PY) -m pip install -e '.[dev,trt]'
+	$(PY) -m pip install -e '.[dev,serve,trt]'
 	ALEXNET_ZOO_REQUIRE_GPU=1 $(PY) -m pytest -m 'gpu or tensorrt' -rs
 
 # On a GPU machine whose python3 already has CUDA PyTorch, timm, onnx and onnxruntime (no install, no index):

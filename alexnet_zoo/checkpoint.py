@@ -8,16 +8,18 @@ and label names.
 """
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import timm
 import torch
+from safetensors import safe_open
 from timm.models import is_model, load_state_dict, save_for_hf
 
 from .alexnet import checkpoint_filter_fn
-from .cli import first_line
+from .cli import MAX_CLASSES, first_line
 from .files import PathLike
 from .manifest import MANIFEST, RUN_KIND, verify
 
@@ -81,7 +83,9 @@ def load_weights(model: torch.nn.Module, checkpoint: PathLike, new_classifier: b
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
     try:
-        state_dict = load_state_dict(str(path), weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is ours
+            warnings.simplefilter('ignore')
+            state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as e:  # corrupt or foreign files, refused pickles: many different types
         raise CheckpointError(f'cannot read checkpoint {path}: {first_line(e)}') from None
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
@@ -99,7 +103,8 @@ def check_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], orig
     """One clear line for a state dict whose classes, keys or shapes do not fit ``model``."""
     own = model.state_dict()
     classifier = _classifier(model) + '.weight'
-    if classifier in state_dict and classifier in own and state_dict[classifier].shape[0] != own[classifier].shape[0]:
+    if classifier in state_dict and classifier in own and state_dict[classifier].ndim == 2 \
+            and state_dict[classifier].shape[0] != own[classifier].shape[0]:
         raise CheckpointError(
             f'{origin} has {state_dict[classifier].shape[0]} classes, the model has {own[classifier].shape[0]} '
             f'(set --num-classes to match the checkpoint)')
@@ -158,22 +163,51 @@ def _check_belongs(path: Path) -> None:
 
 def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
     config = path / 'config.json'
-    if not config.is_file() or not any(path.glob('*.safetensors')) and not any(path.glob('*.bin')):
+    weights = path / 'model.safetensors'
+    if not config.is_file() or not weights.is_file():
         raise CheckpointError(f'{path} is not a checkpoint directory (needs config.json and model.safetensors)')
     _check_belongs(path)
-    try:
-        cfg = json.loads(config.read_text())
-        name = cfg['architecture']
-        classes = int(cfg.get('num_classes', cfg.get('pretrained_cfg', {}).get('num_classes', 0)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f'{config} is not a timm model config: {e}') from None
-    if not is_model(name):
-        raise CheckpointError(f'{config} names an unknown model: {name!r}')
+    name, classes, labels = _read_config(config)
     if num_classes is not None and num_classes != classes:
         raise CheckpointError(f'{path} has {classes} classes, --num-classes asks for {num_classes}')
+    with torch.device('meta'):  # the shapes alone, before anything is allocated for a file that may not fit
+        check_fits(timm.create_model(name, num_classes=classes), _header(weights), weights)
     try:
         model = timm.create_model(f'local-dir:{path}', pretrained=True)
-    except (RuntimeError, ValueError, OSError) as e:
+    except Exception as e:  # a config.json timm reads its own way (pretrained_cfg, model_args): many types
         raise CheckpointError(f'cannot load {path}: {first_line(e)}') from None
-    labels = model.pretrained_cfg.get('label_names') or cfg.get('label_names')
+    labels = labels or model.pretrained_cfg.get('label_names')
     return LoadedModel(model.eval(), name, model.num_classes, True, str(path), list(labels) if labels else None)
+
+
+def _read_config(config: Path) -> Tuple[str, int, Optional[List[str]]]:
+    """Model name, classes and label names from a Hugging Face layout's config.json, each checked."""
+    try:
+        cfg = json.loads(config.read_text())
+        if not isinstance(cfg, dict):
+            raise TypeError('not an object')
+        name = cfg['architecture']
+        pretrained = cfg.get('pretrained_cfg', {})
+        if not isinstance(pretrained, dict) or not isinstance(cfg.get('model_args', {}), dict):
+            raise TypeError('pretrained_cfg and model_args must be objects')
+        classes = cfg.get('num_classes', pretrained.get('num_classes'))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{config} is not a timm model config: {first_line(e)}') from None
+    if not isinstance(name, str) or not is_model(name):
+        raise CheckpointError(f'{config} names an unknown model: {name!r}')
+    if type(classes) is not int or not 1 <= classes <= MAX_CLASSES:
+        raise CheckpointError(f'{config}: num_classes must be a whole number from 1 to {MAX_CLASSES}, got {classes!r}')
+    labels = cfg.get('label_names')
+    if labels is not None and (not isinstance(labels, list) or len(labels) != classes
+                               or not all(isinstance(label, str) for label in labels)):
+        raise CheckpointError(f'{config}: label_names must be {classes} strings')
+    return name, classes, labels
+
+
+def _header(weights: Path) -> Dict[str, torch.Tensor]:
+    """A safetensors file's tensors as empty meta tensors of the right shapes: the header only, no data read."""
+    try:
+        with safe_open(str(weights), 'pt', device='cpu') as f:
+            return {key: torch.empty(f.get_slice(key).get_shape(), device='meta') for key in f.keys()}
+    except Exception as e:  # safetensors raises its own error type, and others for a header that lies
+        raise CheckpointError(f'cannot read checkpoint {weights}: {first_line(e)}') from None

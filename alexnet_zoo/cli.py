@@ -3,9 +3,10 @@
 Kept free of torch and timm: ``python -m export.trt --check-only`` uses it.
 """
 import argparse
+import math
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 
 class UsageError(ValueError):
@@ -21,30 +22,59 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def first_line(error: BaseException, limit: int = 0) -> str:
-    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    """The first line of an exception's message (its type name when it has none), for one-line errors; characters
+    a terminal would act on (escapes, carriage returns from a hostile file's names) are shown escaped."""
     text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
+    line = printable(text.splitlines()[0] if text else type(error).__name__)
     return line[:limit] if limit else line
 
 
-def positive(kind: Callable = int) -> Callable[[str], object]:
-    """An argparse ``type`` that takes a number of ``kind`` above zero."""
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (a name read from a file can hold anything)."""
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+MAX_BATCH = 4096  # the largest batch any command takes: past it, a typo (or an attack), not a plan
+MAX_CLASSES = 100_000  # a classifier this wide is already 400 MB of weights
+MAX_SEED = 2 ** 32 - 1
+
+
+def bounded(kind: Callable = int, low: Optional[float] = None, high: Optional[float] = None,
+            above: Optional[float] = None) -> Callable[[str], object]:
+    """An argparse ``type``: a finite number of ``kind`` in [low, high] (and > ``above``); a usage error (exit 2)
+    otherwise, before any work is done."""
     def parse(text: str):
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f'not a number: {text!r}') from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f'must be positive, got {text}')
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f'must be a finite number, got {text}')
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f'must be above {above}, got {text}')
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f'must be at least {low}, got {text}')
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f'must be at most {high}, got {text}')
         return value
     parse.__name__ = kind.__name__
+    parse.bounds = (low, high, above)  # type: ignore[attr-defined]  (the tests check every numeric argument has some)
     return parse
+
+
+def positive(kind: Callable = int, high: Optional[float] = None) -> Callable[[str], object]:
+    """An argparse ``type`` that takes a number of ``kind`` above zero (and at most ``high``)."""
+    return bounded(kind, high=high, above=0)
+
+
+def seed() -> Callable[[str], object]:
+    return bounded(int, 0, MAX_SEED)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --num-classes and --checkpoint | --pretrained, as every command that takes a model spells them."""
     parser.add_argument('--model', default='alexnet_bn', help='timm model name (default: alexnet_bn)')
-    parser.add_argument('--num-classes', type=int, default=None,
+    parser.add_argument('--num-classes', type=positive(int, MAX_CLASSES), default=None,
                         help="classifier size (default: a checkpoint directory's, else the model's: 1000)")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument('--checkpoint', help='.safetensors, .pth (weights only) or a timm Hugging Face layout '

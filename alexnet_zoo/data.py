@@ -11,12 +11,11 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 from timm.data import create_transform, resolve_data_config
-from PIL import Image
 from timm.models import get_pretrained_cfg
 from torchvision.datasets import ImageFolder
 
 from .files import PathLike
-from .samples import IMAGE_SUFFIXES, Photo, photographs
+from .samples import IMAGE_SUFFIXES, ImageTooLarge, Photo, open_rgb, photographs
 
 ModelOrName = Union[torch.nn.Module, str]
 PARITY_VIEWS = 256
@@ -120,7 +119,7 @@ def image_folders(data: PathLike) -> Tuple[ImageFolder, ImageFolder]:
             raise FileNotFoundError(f'no {split}/ split in {data} (expected {data}/{split}/<class>/*.jpg)')
         if not any(p.is_dir() for p in root.iterdir()):
             raise ValueError(f'{root} has no class folders (expected {root}/<class>/*.jpg)')
-        folder = ImageFolder(str(root), is_valid_file=_readable_image, allow_empty=True)
+        folder = ImageFolder(str(root), is_valid_file=_readable_image, allow_empty=True, loader=open_rgb)
         found = set(folder.targets)
         empty = [c for i, c in enumerate(folder.classes) if i not in found]
         if empty:
@@ -137,11 +136,14 @@ def image_folders(data: PathLike) -> Tuple[ImageFolder, ImageFolder]:
 
 
 def _readable_image(path: str) -> bool:
+    """Whether a file is an image to train on, decoded whole once (a truncated JPEG passes PIL's ``verify``, then
+    fails in a loader process); a decompression bomb stops the command (ImageTooLarge)."""
     if not path.lower().endswith(IMAGE_SUFFIXES):
         return False
     try:
-        with Image.open(path) as im:
-            im.verify()
+        open_rgb(path)
         return True
+    except ImageTooLarge:
+        raise
     except Exception:  # PIL raises many types for files that are not images
         return False

@@ -1,14 +1,46 @@
 """Writing files so that a reader never meets half of one: a temporary file beside the target, then a rename.
 
-Kept free of torch and timm: the light paths (the TensorRT preflight, reading a graph's metadata) use it.
+A temporary file's name carries its writer's process id (``.NAME.PID.XXXX.tmp``), so that the next writer in the
+folder removes those of writers that were killed, and never one still being written. A full disk is one line
+naming the file that did not fit. Kept free of torch and timm: the light paths (the TensorRT preflight, reading a
+graph's metadata) use it.
 """
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
 PathLike = Union[str, 'os.PathLike[str]']
+_TEMP = re.compile(r'^\.(?:.+)\.(\d+)\.[^.]+\.tmp$')
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """No space left where a file was being written; the message names the file (one clear line)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def disk_full(error: BaseException, path: PathLike) -> BaseException:
+    """``error`` as a DiskFullError naming ``path`` when it is a full disk, else as is. Libraries say so in many
+    ways (OSError's errno, safetensors' ``StorageFull``, torch's "file write failed"), so a failed write on a file
+    system left with under 1 MiB counts as full too."""
+    if isinstance(error, DiskFullError):
+        return error
+    text = str(error)
+    full = (isinstance(error, OSError) and error.errno in FULL) or any(
+        words in text for words in ('No space left on device', 'StorageFull', 'Disk quota exceeded'))
+    if not full:
+        try:
+            stat = os.statvfs(path if Path(path).is_dir() else Path(path).parent)
+            full = stat.f_bavail * stat.f_frsize < 1 << 20
+        except OSError:
+            pass
+    return DiskFullError(errno.ENOSPC, f'no space left on device writing {path}') if full else error
 
 
 @contextlib.contextmanager
@@ -18,11 +50,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     Anything that fails or is interrupted inside the block leaves neither ``path`` nor the temporary file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            cause = disk_full(e, path)
+            if cause is e:
+                raise
+            raise cause from None
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
         os.replace(tmp, path)
     finally:
@@ -45,13 +83,44 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_temporaries(folder: PathLike) -> List[Path]:
+    """Temporary files in ``folder`` whose writer is gone (killed before it could remove them)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for path in Path(folder).iterdir():
+            match = _TEMP.match(path.name)
+            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+                found.append(path)
+    return found
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    removed = stale_temporaries(folder)
+    for path in removed:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return removed
+
+
 def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` if needed and check that files can be written in it; one clear line if not."""
+    """Create ``path`` if needed, check that files can be written in it (one clear line if not), and remove the
+    temporary files that killed writers left there."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f'.write-test.{os.getpid()}.', suffix='.tmp'):
             pass
     except OSError as e:
         raise PermissionError(f'output directory not writable: {path} ({e.strerror or e})') from None
+    remove_stale_temporaries(path)
     return path

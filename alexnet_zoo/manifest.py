@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
-from .files import PathLike, write_text_atomic
+from .files import PathLike, disk_full, write_text_atomic
 
 MANIFEST = 'manifest.json'
 STAGING = '.staging'
@@ -89,8 +89,11 @@ def save_set(folder: PathLike, write: Callable[[Path], None], about: Optional[di
                 _fsync(path)  # the data is on disk before the manifest that vouches for it
             manifest = {**(about or {}), 'files': files}
             write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + '\n')
-        except BaseException:
+        except BaseException as e:
+            cause = disk_full(e, folder) if isinstance(e, Exception) else e
             shutil.rmtree(staging, ignore_errors=True)
+            if cause is not e:
+                raise cause from None
             raise
         _commit(folder)
     return manifest

@@ -9,11 +9,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, bounded, first_line, positive, run_cli, seed
 from .files import PathLike, ensure_writable_dir
 
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own bound (89 MP): it warns past it and refuses past twice it
 # Photographs bundled in scikit-image's wheel (skimage/data); grey ones are converted to RGB.
 PHOTOGRAPHS = {
     'astronaut': 'astronaut.png',
@@ -47,7 +48,7 @@ def photographs(names: Optional[Sequence[str]] = None) -> List[Photo]:
     if unknown:
         raise ValueError(f'unknown sample photograph(s): {", ".join(unknown)}; known: {", ".join(PHOTOGRAPHS)}')
     data = files('skimage') / 'data'
-    return [(n, _open_rgb(Path(str(data / PHOTOGRAPHS[n])))) for n in names]
+    return [(n, open_rgb(Path(str(data / PHOTOGRAPHS[n])))) for n in names]
 
 
 def folder_images(folder: PathLike) -> List[Photo]:
@@ -63,8 +64,8 @@ def folder_images(folder: PathLike) -> List[Photo]:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         try:
-            out.append((str(path.relative_to(folder)), _open_rgb(path)))
-        except (UnidentifiedImageError, OSError):
+            out.append((str(path.relative_to(folder)), open_rgb(path)))
+        except UnreadableImage:
             continue  # not an image after all; an empty result is reported below
     if not out:
         raise ValueError(f'no readable images in {folder}')
@@ -106,26 +107,58 @@ def _random_crop(image: Image.Image, rng: random.Random, size: int) -> Image.Ima
     return image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
 
 
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert('RGB')
+class UnreadableImage(OSError):
+    """A file that is not an image, or whose data is broken."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+class ImageTooLarge(ValueError):
+    """An image whose header promises more pixels than any photograph needs: refused before it is decoded."""
+
+
+def open_rgb(path: PathLike) -> Image.Image:
+    """The image as RGB (grey, palette, CMYK and 16-bit ones converted), refused in one line before decoding when
+    its header promises more than MAX_PIXELS (a decompression bomb: a few KB that decode to gigabytes)."""
+    with open_header(path) as im:
+        try:
+            return im.convert('RGB')
+        except Exception as e:  # PIL raises many types for broken data (OSError, ValueError, SyntaxError, ...)
+            raise UnreadableImage(f'{path}: cannot decode ({first_line(e)})') from None
+
+
+def open_header(path: PathLike) -> Image.Image:
+    """``Image.open`` (which reads the header only), with the size checked."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:  # PIL's own refusal, past twice its limit
+        raise ImageTooLarge(f'{path}: more than {2 * MAX_PIXELS} pixels; refused (a decompression bomb?)') from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise UnreadableImage(f'{path}: not an image PIL can read ({first_line(e)})') from None
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise ImageTooLarge(f'{path}: {im.width}x{im.height} pixels, more than the {MAX_PIXELS} an image may have; '
+                            f'refused before decoding (a decompression bomb?)')
+    return im
+
+
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m alexnet_zoo.samples',
                             description='List the sample photographs, or write an ImageFolder of crops of them.')
     parser.add_argument('--write-folder', metavar='DIR', help='write DIR/train/<photo>/*.jpg and DIR/val/<photo>/*.jpg')
-    parser.add_argument('--train-per-class', type=int, default=20)
-    parser.add_argument('--val-per-class', type=int, default=5)
-    parser.add_argument('--size', type=int, default=128, help='side of the square crops in pixels')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument('--train-per-class', type=positive(int, 10_000), default=20)
+    parser.add_argument('--val-per-class', type=positive(int, 10_000), default=5)
+    parser.add_argument('--size', type=bounded(int, 16, 4096), default=128, help='side of the square crops in pixels')
+    parser.add_argument('--seed', type=seed(), default=0)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if not args.write_folder:
         for name, image in photographs():
             print(f'{name}\t{image.size[0]}x{image.size[1]}')
         return 0
-    if min(args.train_per_class, args.val_per_class, args.size) < 1:
-        parser.error('--train-per-class, --val-per-class and --size must be positive')
     root = write_image_folder(ensure_writable_dir(args.write_folder), train_per_class=args.train_per_class,
                               val_per_class=args.val_per_class, size=args.size, seed=args.seed)
     print(f'wrote {len(PHOTOGRAPHS)} classes x ({args.train_per_class} train + {args.val_per_class} val) crops to {root}')

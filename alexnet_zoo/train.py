@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, create_pretrained, load_model, load_weights
-from .cli import ArgumentParser, UsageError, positive, run_cli
+from .cli import MAX_BATCH, ArgumentParser, UsageError, bounded, positive, run_cli, seed
 from .data import eval_transform, image_folders, train_transform
 from .files import PathLike, ensure_writable_dir
 from .run import Settings, last_checkpoint, read_run_state, save_run
@@ -99,39 +99,43 @@ def build_model(settings: Settings, classes: Sequence[str], resume: Optional[Pat
     return model
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m alexnet_zoo.train', description=__doc__.split('\n')[0])
     parser.add_argument('--data', required=True, help='folder with train/<class>/* and val/<class>/*')
     parser.add_argument('--output', help='run directory to write (default: the --resume directory)')
     parser.add_argument('--model', help='timm model name (default alexnet_bn, or the --init directory\'s model)')
-    parser.add_argument('--epochs', type=positive(int), help=f'total epochs (default {Settings.epochs})')
-    parser.add_argument('--batch-size', type=positive(int), help=f'per process (default {Settings.batch_size})')
-    parser.add_argument('--lr', type=positive(float), help=f'base learning rate (default {Settings.lr})')
-    parser.add_argument('--weight-decay', type=float, help=f'(default {Settings.weight_decay})')
+    parser.add_argument('--epochs', type=positive(int, 10_000), help=f'total epochs (default {Settings.epochs})')
+    parser.add_argument('--batch-size', type=positive(int, MAX_BATCH), help=f'per process (default {Settings.batch_size})')
+    parser.add_argument('--lr', type=positive(float, 100), help=f'base learning rate (default {Settings.lr})')
+    parser.add_argument('--weight-decay', type=bounded(float, 0, 1), help=f'(default {Settings.weight_decay})')
     parser.add_argument('--opt', help=f'timm optimizer name (default {Settings.opt})')
     parser.add_argument('--sched', choices=SCHEDULERS, help=f'timm scheduler (default {Settings.sched})')
-    parser.add_argument('--warmup-epochs', type=int, help=f'(default {Settings.warmup_epochs})')
-    parser.add_argument('--smoothing', type=float, help=f'label smoothing (default {Settings.smoothing})')
-    parser.add_argument('--seed', type=int, help=f'(default {Settings.seed})')
+    parser.add_argument('--warmup-epochs', type=bounded(int, 0, 10_000), help=f'(default {Settings.warmup_epochs})')
+    parser.add_argument('--smoothing', type=bounded(float, 0, 0.99), help=f'label smoothing (default {Settings.smoothing})')
+    parser.add_argument('--seed', type=seed(), help=f'(default {Settings.seed})')
     start = parser.add_mutually_exclusive_group()
     start.add_argument('--init', help='start from this checkpoint (.safetensors, .pth, run directory); new classifier')
     start.add_argument('--pretrained', action='store_true', default=None, help='start from the pretrained weights')
     parser.add_argument('--freeze-features', action='store_true', default=None, help='train only the head')
     augment = parser.add_argument_group('augmentation (timm\'s; random resized crop, flip and colour jitter on by default)')
-    augment.add_argument('--scale', type=float, nargs=2, metavar=('MIN', 'MAX'),
+    augment.add_argument('--scale', type=bounded(float, 0, 1), nargs=2, metavar=('MIN', 'MAX'),
                          help=f'random resized crop area range (default {Settings.scale[0]} {Settings.scale[1]})')
-    augment.add_argument('--hflip', type=float, help=f'horizontal flip probability (default {Settings.hflip})')
-    augment.add_argument('--color-jitter', type=float,
+    augment.add_argument('--hflip', type=bounded(float, 0, 1), help=f'horizontal flip probability (default {Settings.hflip})')
+    augment.add_argument('--color-jitter', type=bounded(float, 0, 10),
                          help=f'colour jitter strength, 0 for none (default {Settings.color_jitter}, timm\'s)')
     augment.add_argument('--auto-augment', help='timm auto-augment policy, e.g. rand-m9-mstd0.5 (default: off)')
-    augment.add_argument('--mixup', type=float, help='mixup alpha, e.g. 0.2 (default: off)')
-    augment.add_argument('--cutmix', type=float, help='cutmix alpha, e.g. 1.0 (default: off)')
+    augment.add_argument('--mixup', type=bounded(float, 0, 100), help='mixup alpha, e.g. 0.2 (default: off)')
+    augment.add_argument('--cutmix', type=bounded(float, 0, 100), help='cutmix alpha, e.g. 1.0 (default: off)')
     parser.add_argument('--amp', choices=['bf16'],
                         help='bf16 autocast for the training forward pass (CUDA, or a CPU with AMX or AVX512-BF16)')
     parser.add_argument('--resume', help='run directory to go on from (keeps its settings; --epochs may raise them)')
-    parser.add_argument('--workers', type=int, default=2, help='data loading processes per process (default 2)')
+    parser.add_argument('--workers', type=bounded(int, 0, 64), default=2, help='data loading processes per process (default 2)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None}
     if args.resume:

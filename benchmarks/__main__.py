@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from alexnet_zoo.checkpoint import load_model
-from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
+from alexnet_zoo.cli import ArgumentParser, add_model_arguments, bounded, positive, run_cli, seed
 from alexnet_zoo.samples import folder_images
 
 from .harness import run_benchmark, timing_config
@@ -29,17 +29,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--onnx-dir', help='keep the ONNX graphs here: graphs export.onnx already wrote here for '
                                            'this model are reused, missing ones are exported here (default: a '
                                            'temporary folder)')
-    parser.add_argument('--threads', type=int, help='compute threads for every backend (default: usable cores)')
+    parser.add_argument('--threads', type=positive(int, 1024), help='compute threads for every backend (default: usable cores)')
     parser.add_argument('--quick', action='store_true', help='under a minute: torch, onnxruntime, openvino, '
                                                               'tensorrt; fp32, int8; batch 1; short timing')
-    parser.add_argument('--rounds', type=int, help='timing rounds, each visiting every row once (default: '
+    parser.add_argument('--rounds', type=bounded(int, 1, 1000), help='timing rounds, each visiting every row once (default: '
                                                    f'{DEFAULT_TIMING.rounds}; --quick: {QUICK_TIMING.rounds}); more '
                                                    'rounds, tighter intervals')
-    parser.add_argument('--seconds-per-row', type=float, help='timed seconds per row and round (default: '
+    parser.add_argument('--seconds-per-row', type=positive(float, 60), help='timed seconds per row and round (default: '
                                                               f'{DEFAULT_TIMING.seconds_per_row}; --quick: '
                                                               f'{QUICK_TIMING.seconds_per_row})')
-    parser.add_argument('--seed', type=int, help='seed of the rounds\' shuffled order (default: 0)')
-    parser.add_argument('--run-to-run', type=float, help='relative standard deviation between runs that one run\'s '
+    parser.add_argument('--seed', type=seed(), help='seed of the rounds\' shuffled order (default: 0)')
+    parser.add_argument('--run-to-run', type=bounded(float, 0, 1), help='relative standard deviation between runs that one run\'s '
                                                          f'rounds cannot see, added to every interval (default: '
                                                          f'{DEFAULT_TIMING.run_to_run}, measured on 2-core shared '
                                                          'machines; 0 on a dedicated one)')
@@ -58,11 +58,7 @@ def main(argv: Sequence[str] = None) -> int:
             parse_list(text, known, what)
     if args.batch_sizes is not None:
         parse_batch_sizes(args.batch_sizes)
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f'--threads must be at least 1, got {args.threads}')
     timing = timing_config(args.quick, args.rounds, args.seconds_per_row, args.seed, args.run_to_run)
-    if args.num_classes is not None and args.num_classes < 1:
-        raise UsageError(f'--num-classes must be at least 1, got {args.num_classes}')
     images = folder_images(args.images) if args.images else None
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
     report = run_benchmark(

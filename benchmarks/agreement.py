@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, positive, run_cli
 
 from .report import read_report
 
@@ -65,11 +65,15 @@ def render(result: dict, names: Sequence[str]) -> List[str]:
     return lines
 
 
-def main(argv: Sequence[str] = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m benchmarks.agreement', description=__doc__.splitlines()[0])
     parser.add_argument('reports', nargs='+', help='report.json files of repeated runs')
-    parser.add_argument('--batch-size', type=int, default=1)
-    args = parser.parse_args(argv)
+    parser.add_argument('--batch-size', type=positive(int, MAX_BATCH), default=1)
+    return parser
+
+
+def main(argv: Sequence[str] = None) -> int:
+    args = build_parser().parse_args(argv)
     if len(args.reports) < 2:
         raise UsageError('give at least two reports')
     result = agreement([read_report(path, 'report') for path in args.reports], args.batch_size)

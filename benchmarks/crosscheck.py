@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, positive, run_cli
 from export.contract import read_metadata
 
 from .environment import cpu_threads
@@ -83,13 +83,17 @@ def crosscheck(onnx_path: Path, batch_size: int = 1, rounds: int = 3, seconds: f
     return out
 
 
-def main(argv: Sequence[str] = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m benchmarks.crosscheck', description=__doc__.splitlines()[0])
     parser.add_argument('--onnx', required=True, help='an exported graph, e.g. model.int8.onnx')
-    parser.add_argument('--batch-size', type=int, default=1)
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--seconds', type=float, default=10.0, help='timed seconds per tool and round')
-    args = parser.parse_args(argv)
+    parser.add_argument('--batch-size', type=positive(int, MAX_BATCH), default=1)
+    parser.add_argument('--rounds', type=positive(int, 100), default=3)
+    parser.add_argument('--seconds', type=positive(float, 600), default=10.0, help='timed seconds per tool and round')
+    return parser
+
+
+def main(argv: Sequence[str] = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1 or args.seconds <= 0:
         raise UsageError('--batch-size and --rounds must be at least 1, --seconds positive')
     if not Path(args.onnx).is_file():

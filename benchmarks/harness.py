@@ -25,7 +25,7 @@ from alexnet_zoo.checkpoint import LoadedModel
 from alexnet_zoo.cli import UsageError, first_line
 from alexnet_zoo.data import parity_views
 from alexnet_zoo.files import PathLike, ensure_writable_dir
-from alexnet_zoo.samples import PHOTOGRAPHS, Photo
+from alexnet_zoo.samples import PHOTOGRAPHS, Photo, open_rgb
 from alexnet_zoo.stats import flops_per_image
 from export import parity
 from export.contract import GRAPH_PRECISIONS, read_metadata
@@ -80,9 +80,9 @@ def labelled_views(folder: PathLike, model: torch.nn.Module, label_names: Option
     """
     from torchvision.datasets import ImageFolder
     try:
-        dataset = ImageFolder(str(folder))
+        dataset = ImageFolder(str(folder), loader=open_rgb)
         images = [(dataset.samples[i][0], dataset[i][0]) for i in range(len(dataset))]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise ValueError(f'--data {folder}: {first_line(e)}') from None
     classes = list(dataset.classes)
     if label_names:

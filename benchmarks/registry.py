@@ -2,7 +2,7 @@
 whether it can run here. Adding a backend is a runner class and an entry below; nothing else names backends."""
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
-from alexnet_zoo.cli import UsageError
+from alexnet_zoo.cli import MAX_BATCH, UsageError
 from export.runner import Runner
 
 from .onnxruntime_runner import OnnxRuntimeRunner
@@ -50,7 +50,7 @@ def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str)
         raise UsageError(f'no {what} given')
     unknown = [s for s in items if s not in known]
     if unknown:
-        raise UsageError(f'unknown {what}: {", ".join(unknown)} (choose from {", ".join(known)})')
+        raise UsageError(f'unknown {what}: {", ".join(map(repr, unknown))} (choose from {", ".join(known)})')
     return tuple(dict.fromkeys(items))
 
 
@@ -62,8 +62,8 @@ def parse_batch_sizes(text: Union[str, Sequence[int]]) -> Tuple[int, ...]:
             size = int(s)
         except (TypeError, ValueError):
             raise UsageError(f'batch size must be a whole number, got {s!r}') from None
-        if size < 1:
-            raise UsageError(f'batch size must be at least 1, got {size}')
+        if not 1 <= size <= MAX_BATCH:
+            raise UsageError(f'batch size must be 1 to {MAX_BATCH}, got {size}')
         sizes.append(size)
     if not sizes:
         raise UsageError('no batch sizes given')

@@ -71,23 +71,47 @@ def read_report(path: PathLike, what: str = '--compare') -> dict:
         if not isinstance(rows, list):
             raise TypeError('no results list')
         for row in rows:
-            row_key(row)
-            float(row['latency_ms']['p50'])
+            if not isinstance(row, dict):
+                raise TypeError('a row is not an object')
+            backend, precision, device, batch = row_key(row)
+            if not all(isinstance(v, str) for v in (backend, precision, device)) or type(batch) is not int:
+                raise TypeError('backend, precision and device must be text, batch_size a whole number')
             _check_figures(row)
+        environment = report.get('environment') or {}
+        if not isinstance(environment, dict) or not isinstance(environment.get('cpu', {}), dict):
+            raise TypeError('environment is not an object')
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f'{what} {path} is not a benchmark report (bad results: {e})') from None
     return report
 
 
 def _check_figures(row: dict) -> None:
-    """The schema-3 figures --compare reads: finite numbers, intervals of two (TypeError/ValueError if not)."""
-    for key in ('median_ms', 'speedup_vs_torch_fp32'):
-        if row.get(key) is not None and not math.isfinite(float(row[key])):
-            raise ValueError(f'{key} is not a finite number')
+    """The figures --compare reads: finite numbers (not text that looks like one), intervals of two, objects
+    where objects are read (TypeError/ValueError naming the key if not)."""
+    if not isinstance(row.get('latency_ms'), dict):
+        raise TypeError('latency_ms is not an object')
+    figures = [('latency_ms.p50', row['latency_ms'].get('p50'), False)]
+    figures += [(key, row.get(key), True) for key in ('median_ms', 'speedup_vs_torch_fp32', 'throughput_ips')]
+    parity = row.get('parity')
+    if parity is not None:
+        if not isinstance(parity, dict):
+            raise TypeError('parity is not an object')
+        figures += [(f'parity.{key}', parity.get(key), True) for key in ('sqnr_db', 'nonfinite')]
     for key in ('median_ci95_ms', 'speedup_ci95'):
         ci = row.get(key)
-        if ci is not None and (len(ci) != 2 or not all(math.isfinite(float(v)) for v in ci) or ci[0] > ci[1]):
-            raise ValueError(f'{key} is not an interval [low, high]')
+        if ci is not None:
+            if not isinstance(ci, list) or len(ci) != 2:
+                raise ValueError(f'{key} is not an interval [low, high]')
+            figures += [(key, v, False) for v in ci]
+            if _is_number(ci[0]) and _is_number(ci[1]) and ci[0] > ci[1]:
+                raise ValueError(f'{key} is not an interval [low, high]')
+    for key, value, optional in figures:
+        if not (optional and value is None) and not _is_number(value):
+            raise ValueError(f'{key} is not a finite number: {str(value)[:20]!r}')
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def latency_of(row: dict):
@@ -150,6 +174,28 @@ def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
     save_set(output_dir, write, {'kind': 'benchmark report', 'run_id': report['run_id'],
                                  'created_at': report.get('created_at')})
     return {name: output_dir / name for name in files}
+
+
+def comparison_lines(comparison: Optional[dict]) -> list:
+    """report.md's section on an earlier report (``--compare``)."""
+    if not comparison:
+        return []
+    lines = ['', f'## Compared with `{comparison["file"]}` ({comparison.get("old_created_at")}, '
+                 f'{comparison.get("old_cpu")})', '',
+             'ratio = old / new latency (above 1: faster now). A change is named only where the two 95 % '
+             'intervals do not overlap; otherwise it is within noise. The speed-up over PyTorch eager fp32 is '
+             'paired within each run, so a slower minute on one run does not move it.', '',
+             '| backend | precision | device | batch | old ms | new ms | ratio | latency | old speed-up | '
+             'new speed-up | speed-up | old SQNR | new SQNR |',
+             '|' + ' --- |' * 13]
+    for c in comparison['rows']:
+        lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
+                     f'{_fmt(c["old_ms"])} | {_fmt(c["new_ms"])} | '
+                     f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
+                     f'{c["latency_change"]} | {_fmt(c["old_speedup_vs_torch_fp32"], 1)} | '
+                     f'{_fmt(c["new_speedup_vs_torch_fp32"], 1)} | {c["speedup_change"]} | '
+                     f'{c["old_sqnr"]} | {c["new_sqnr"]} |')
+    return lines
 
 
 def _fmt(value: Optional[float], digits: int = 2, kind: str = 'f') -> str:
@@ -279,23 +325,7 @@ def render_markdown(report: dict) -> str:
     else:
         lines.append('Nothing: every requested combination ran.')
 
-    comparison = report.get('comparison')
-    if comparison:
-        lines += ['', f'## Compared with `{comparison["file"]}` ({comparison.get("old_created_at")}, '
-                      f'{comparison.get("old_cpu")})', '',
-                  'ratio = old / new latency (above 1: faster now). A change is named only where the two 95 % '
-                  'intervals do not overlap; otherwise it is within noise. The speed-up over PyTorch eager fp32 is '
-                  'paired within each run, so a slower minute on one run does not move it.', '',
-                  '| backend | precision | device | batch | old ms | new ms | ratio | latency | old speed-up | '
-                  'new speed-up | speed-up | old SQNR | new SQNR |',
-                  '|' + ' --- |' * 13]
-        for c in comparison['rows']:
-            lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
-                         f'{_fmt(c["old_ms"])} | {_fmt(c["new_ms"])} | '
-                         f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
-                         f'{c["latency_change"]} | {_fmt(c["old_speedup_vs_torch_fp32"], 1)} | '
-                         f'{_fmt(c["new_speedup_vs_torch_fp32"], 1)} | {c["speedup_change"]} | '
-                         f'{c["old_sqnr"]} | {c["new_sqnr"]} |')
+    lines += comparison_lines(report.get('comparison'))
 
     lines += ['', '## What is timed', '',
               f'- timed region: {timing["timed_region"]}.',

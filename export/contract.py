@@ -12,12 +12,14 @@ import onnx
 from onnx import numpy_helper
 
 from alexnet_zoo.cli import first_line
-from alexnet_zoo.files import PathLike
+from alexnet_zoo.files import PathLike, write_text_atomic
+from alexnet_zoo.manifest import locked, sha256_file
 
 INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, BATCH_DIM = 'input', 'logits', 'probabilities', 'batch'
 GRAPH_PRECISIONS = ('fp32', 'fp16', 'int8')  # the precisions export.onnx writes a graph for
 FILENAMES = {'fp32': 'model.onnx', 'fp16': 'model.fp16.onnx', 'int8': 'model.int8.onnx'}
 CALIBRATION_FILE = 'model.int8.calibration.json'  # the int8 graph's tensor ranges, for --calibration-cache
+EXPORT_MANIFEST = 'export.json'  # what export.onnx wrote into a folder: each file's sha256, weights and settings
 # Opset 18 is what torch's exporter implements natively (lower opsets are down-converted, which fails for some
 # ops), and ONNX Runtime, OpenVINO and TensorRT 10/11 all parse it (TensorRT 8.6 stops at 17: ask for 17 there).
 # 13 is the first opset with per-channel Q/DQ.
@@ -61,12 +63,23 @@ def set_metadata(graph: onnx.ModelProto, meta: Dict[str, object]) -> None:
 
 def metadata(graph: onnx.ModelProto) -> Dict[str, object]:
     """A graph's metadata_props as a dict: strings, with the JSON_KEYS decoded."""
-    return {p.key: json.loads(p.value) if p.key in JSON_KEYS else p.value for p in graph.metadata_props}
+    meta = {}
+    for prop in graph.metadata_props:
+        try:
+            meta[prop.key] = json.loads(prop.value) if prop.key in JSON_KEYS else prop.value
+        except ValueError as e:
+            raise ValueError(f'metadata {prop.key!r} is not JSON ({e})') from None
+    return meta
 
 
 def read_metadata(path: PathLike) -> Dict[str, object]:
     """An exported graph's metadata, read without its weights."""
-    return metadata(read_onnx(path, load_external_data=False))
+    try:
+        return metadata(read_onnx(path, load_external_data=False))
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f'{path}: {e}') from None
 
 
 def graph_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
@@ -190,3 +203,66 @@ def weight_bytes(path: PathLike, float_bytes: Optional[int] = None) -> int:
         width = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         total += count * (float_bytes if float_bytes and init.data_type in FLOAT_TYPES else width)
     return total
+
+
+def write_export_manifest(folder: PathLike, written: Dict[str, dict]) -> dict:
+    """Record ``written`` (file name -> its sha256, the weights' hash and the export's settings) in the folder's
+    ``export.json``, atomically and after the files, keeping the entries of earlier exports of the same weights
+    whose files are still the ones they list. Two exports into one folder at once can then leave files of both, but never a manifest
+    that vouches for a file it did not write: readers (``check_export``) notice the mix."""
+    folder = Path(folder)
+    with locked(folder):
+        try:
+            kept = read_export_manifest(folder)['files']
+        except (FileNotFoundError, ValueError):
+            kept = {}
+        weights = {entry.get('weights_sha256') for entry in written.values()}
+        files = {name: entry for name, entry in kept.items() if name not in written
+                 and entry.get('weights_sha256') in weights  # one folder, one set of weights
+                 and (folder / name).is_file() and sha256_file(folder / name) == entry.get('sha256')}
+        manifest = {'kind': 'export', 'files': {**files, **written}}
+        write_text_atomic(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + '\n')
+    return manifest
+
+
+def read_export_manifest(folder: PathLike) -> dict:
+    path = Path(folder) / EXPORT_MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f'{Path(folder)} has no {EXPORT_MANIFEST}: its graphs were not written by this '
+                                f'version of export.onnx (or were copied in by hand); export them again there')
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest['files']
+        if not isinstance(files, dict) or not all(isinstance(e, dict) and isinstance(e.get('sha256'), str)
+                                                  for e in files.values()):
+            raise ValueError('files must map names to entries with a sha256')
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{path} is not an export manifest ({first_line(e, 120)})') from None
+    return manifest
+
+
+def check_export(graphs: Sequence[PathLike], required: bool = True) -> Optional[dict]:
+    """Check ``graphs`` (files of one folder) against that folder's ``export.json`` before they are used: each
+    listed and the very file it lists, all of the same weights. Without a manifest: an error when ``required``,
+    else None (a single graph from another tool)."""
+    paths = [Path(g) for g in graphs]
+    if not paths:
+        return None
+    folder = paths[0].parent
+    if not required and not (folder / EXPORT_MANIFEST).is_file():
+        return None
+    manifest = read_export_manifest(folder)
+    files = manifest['files']
+    for path in paths:
+        entry = files.get(path.name)
+        if entry is None:
+            raise ValueError(f'{path} is not listed in {folder / EXPORT_MANIFEST}: not written by the export that '
+                             f'wrote the others (an export was interrupted, or two ran at once); export again')
+        if sha256_file(path) != entry['sha256']:
+            raise ValueError(f'{path} is not the file {folder / EXPORT_MANIFEST} lists (written by another export '
+                             f'at the same time, or changed since); export again')
+    weights = {files[p.name].get('weights_sha256') for p in paths}
+    if len(weights) > 1:
+        raise ValueError(f'the graphs in {folder} come from different weights ({len(weights)} checkpoints); '
+                         f'export them again from one')
+    return manifest

@@ -11,6 +11,7 @@ Parity is measured with ONNX Runtime on 256 parity views against PyTorch fp32 an
 gates when the weights are trained; int8 is diagnosed and repaired by ``export.int8``; a failed gate leaves no
 file of that precision and raises ``ParityGateError``.
 """
+import hashlib
 import os
 import sys
 import tempfile
@@ -22,13 +23,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import onnx
 
 from alexnet_zoo.checkpoint import LoadedModel, load_model
-from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, run_cli
+from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, bounded, run_cli
 from alexnet_zoo.data import data_config
 from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir, write_bytes_atomic
+from alexnet_zoo.manifest import sha256_file
 
 from .calibration import calibration_crops
 from .contract import (CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSET,
-                       MIN_OPSET, check_graph, set_metadata, zero_point_problems)
+                       MIN_OPSET, check_graph, set_metadata, write_export_manifest, zero_point_problems)
 from .contract import read_metadata  # noqa: F401  (export.onnx.read_metadata, as the docs once showed)
 from .diagnose import DIAGNOSIS_VIEWS, TOP
 from .diagnose import render as render_diagnosis
@@ -157,11 +159,33 @@ def export_onnx(
                 result.paths[precision] = output_dir / FILENAMES[precision]
             elif failed_dir is not None:
                 result.failed_paths[precision] = failed_dir / FILENAMES[precision]
+    settings = {'opset': opset, 'softmax': softmax, 'calibration_method': calibration_method,
+                'int8_fallback': int8_fallback if isinstance(int8_fallback, str) else list(int8_fallback),
+                'checkpoint': {'name': Path(loaded.source).name, 'sha256': _checkpoint_sha256(loaded.source)}}
+    _record_export(output_dir, result, meta['weights_sha256'], settings)
     result.seconds = time.perf_counter() - start
     failed = [f'{r["precision"]}: {gate_failure(r["precision"], r)}' for r in result.rows if r['passed'] is False]
     if failed:
         raise ParityGateError(f'parity gate failed, not written: {"; ".join(failed)}', result)
     return result
+
+
+def _record_export(output_dir: Path, result: ExportResult, weights: str, settings: dict) -> None:
+    """export.json, last: the files this export wrote (hashed as written, before their rename) and its settings."""
+    written = {r['file']: {'sha256': r['sha256'], 'precision': r['precision'], 'weights_sha256': weights,
+                           'settings': settings} for r in result.rows if r['passed'] is not False}
+    for r in result.rows:
+        if r.get('calibration_sha256') and r['passed'] is not False:
+            written[CALIBRATION_FILE] = {'sha256': r['calibration_sha256'], 'precision': 'int8',
+                                         'weights_sha256': weights, 'settings': settings}
+    write_export_manifest(output_dir, written)
+
+
+def _checkpoint_sha256(source: str) -> Optional[str]:
+    """The checkpoint file's hash (a Hugging Face layout folder: its model.safetensors); None without a file."""
+    path = Path(source)
+    path = path / 'model.safetensors' if path.is_dir() else path
+    return sha256_file(path) if path.is_file() else None
 
 
 def parse_precisions(precisions: Union[str, Iterable[str]]) -> List[str]:
@@ -184,6 +208,7 @@ def _write_checked(graph: onnx.ModelProto, path: Path, precision: str, views: Pa
         with atomic_path(path) as tmp:
             onnx.save_model(graph, str(tmp))
             row['size_bytes'] = tmp.stat().st_size
+            row['sha256'] = sha256_file(tmp)  # the bytes this export wrote, whatever replaces the file later
             row.update(views.figures(run_onnx(tmp, views.x)))
             row.update(judge(precision, row, trained))
             row['ms_b1'] = ort_ms_b1(tmp, views.x)
@@ -205,7 +230,9 @@ def _write_int8_extras(int8: Int8Result, output_dir: Path, row: dict, views: Par
     """model.int8.calibration.json (ranges to reuse), and the per-layer diagnosis when there is one; the plain
     int8 graph's speed beside a remedied one's."""
     about = {'source': calibration['source'], 'crops': calibration['crops'], 'equalized': int8.equalized}
-    write_bytes_atomic(output_dir / CALIBRATION_FILE, int8.quantizer.calibration_file(about))
+    ranges = int8.quantizer.calibration_file(about)
+    write_bytes_atomic(output_dir / CALIBRATION_FILE, ranges)
+    row['calibration_sha256'] = hashlib.sha256(ranges).hexdigest()  # for export.json
     if int8.float_layers or int8.equalized:  # what the remedy costs: the plain int8 graph's speed beside it
         row['plain_ms_b1'] = ort_ms_b1(int8.plain.SerializeToString(), views.x)
     if int8.diagnosis:
@@ -258,7 +285,7 @@ def build_parser() -> ArgumentParser:
                              'or these layers (module paths such as features.8, or ONNX node names) in float')
     parser.add_argument('--explain', action='store_true',
                         help='diagnose int8 per layer even when it passes (model.int8.layers.md/.json/.png)')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+    parser.add_argument('--opset', type=bounded(int, MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
                         help=f'ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: {DEFAULT_OPSET})')
     parser.add_argument('--softmax', action='store_true', help='add a "probabilities" output after the logits')
     return parser

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import timm
+from hypothesis import HealthCheck, settings
 import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
@@ -22,6 +23,14 @@ from alexnet_zoo.checkpoint import LoadedModel, save_checkpoint_dir
 from alexnet_zoo.data import random_crops, seeded
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs
 from export.onnx import export_onnx
+
+# Property-based tests (tests/test_fuzz.py): the suite runs a fixed, deterministic subset of each property; `make
+# fuzz` runs the same properties with --hypothesis-profile=fuzz (1,000 random examples each).
+_PROPERTIES = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                                         HealthCheck.data_too_large])
+settings.register_profile('ci', derandomize=True, max_examples=25, database=None, **_PROPERTIES)
+settings.register_profile('fuzz', max_examples=1000, **_PROPERTIES)
+settings.load_profile('ci')
 
 
 def fit_photographs(
@@ -111,7 +120,7 @@ def softmax_graphs(trained_model, tmp_path_factory):
 
 # Tests that export a graph, run a whole benchmark or train are ``slow``: ``pytest -m "not slow"`` is the quick
 # loop (pure logic, runners on small inputs, bad input), the full suite (the README's command) runs them all.
-SLOW_FIXTURES = {'exported_graphs', 'softmax_graphs', 'quick_run', 'bad_runs', 'softmax_run', 'photo_folder',
+SLOW_FIXTURES = {'exported_graphs', 'softmax_graphs', 'fault_log', 'quick_run', 'bad_runs', 'softmax_run', 'photo_folder',
                  'outlier_checkpoint', 'outlier_model', 'torchvision_checkpoint'}
 
 
@@ -131,3 +140,20 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get('ALEXNET_ZOO_REQUIRE_GPU') and gpu_test and report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome, report.longrepr = 'failed', f'a GPU test skipped under make test-gpu: {reason}'
+
+
+# What the fault tests tried (kill moments, full disks), printed after the run: `make fuzz` reports these counts.
+FAULTS = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def fault_log(request) -> list:
+    return request.config.stash.setdefault(FAULTS, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(FAULTS, [])
+    if lines:
+        terminalreporter.section('faults tried')
+        for line in lines:
+            terminalreporter.write_line(line)

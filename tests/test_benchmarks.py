@@ -624,14 +624,17 @@ def not_a_report(tmp_path):
 
 
 @pytest.mark.parametrize('args, code, message', [
-    (['--backends', 'torch,caffe'], 2, 'unknown backend: caffe'),
-    (['--precisions', 'fp8'], 2, 'unknown precision: fp8'),
-    (['--batch-sizes', '0'], 2, 'at least 1'),
-    (['--batch-sizes=-2'], 2, 'at least 1'),
+    (['--backends', 'torch,caffe'], 2, "unknown backend: 'caffe'"),
+    (['--precisions', 'fp8'], 2, "unknown precision: 'fp8'"),
+    (['--batch-sizes', '0'], 2, 'must be 1 to 4096, got 0'),
+    (['--batch-sizes=-2'], 2, 'must be 1 to 4096'),
+    (['--batch-sizes', '5000'], 2, 'must be 1 to 4096'),
     (['--batch-sizes', 'one'], 2, 'whole number'),
     (['--checkpoint', 'missing.safetensors'], 1, 'checkpoint not found'),
     (['--checkpoint', 'x.pth', '--pretrained'], 2, 'not allowed with'),
-    (['--threads', '0'], 2, 'at least 1'),
+    (['--threads', '0'], 2, 'must be above 0'),
+    (['--rounds', '1e9'], 2, 'not a number'),
+    (['--run-to-run', 'nan'], 2, 'finite'),
 ])
 def test_bad_arguments(args, code, message, tmp_path, capsys):
     out = tmp_path / 'out'

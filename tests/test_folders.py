@@ -1,23 +1,31 @@
 """Every output folder is one state: a training run, a report, graphs bound to the weights they came from. Each
 guarantee is broken on purpose: a failure injected at every file move of a save, files mixed by hand, graphs of
 other weights."""
+import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
+import onnx
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
 
 from alexnet_zoo.checkpoint import CheckpointError, load_model, weights_sha256
-from alexnet_zoo.manifest import STAGING, verify
+from alexnet_zoo.cli import run_cli
+from alexnet_zoo.files import (DiskFullError, atomic_path, disk_full, ensure_writable_dir,
+                               stale_temporaries)
+from alexnet_zoo.manifest import STAGING, sha256_file, verify
 from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
 from benchmarks.artifacts import graphs_in
 from benchmarks.plots import PLOTS
 from benchmarks.report import read_report, write_report
-from export.contract import read_metadata
+from export.contract import (CALIBRATION_FILE, DEFAULT_OPSET, EXPORT_MANIFEST, check_export, read_metadata,
+                             write_export_manifest)
 from test_timing import complete, synthetic_report, synthetic_rounds
 
 REPLACES_PER_REPORT = 1 + 3 + len(PLOTS) + 1  # the staged manifest, then the files and the manifest moved into place
@@ -233,3 +241,87 @@ def test_another_tools_manifest_beside_a_checkpoint_is_not_ours(tmp_path):
     save_checkpoint_dir(timm.create_model('test_resnet', num_classes=3), tmp_path / 'ckpt')
     (tmp_path / 'manifest.json').write_text('["a list from another tool"]')
     assert load_model(checkpoint=tmp_path / 'ckpt').num_classes == 3
+
+
+# ------------------------------------------------------------------------------------------------ export.json
+def test_export_lists_every_file_it_wrote(exported_graphs, trained_model):
+    result, folder = exported_graphs
+    manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+    assert set(manifest['files']) == {p.name for p in result.paths.values()} | {CALIBRATION_FILE}
+    for name, entry in manifest['files'].items():
+        assert entry['sha256'] == sha256_file(folder / name)
+        assert entry['weights_sha256'] == weights_sha256(trained_model)
+        assert entry['settings']['opset'] == DEFAULT_OPSET and entry['settings']['checkpoint']['name']
+    assert check_export(list(result.paths.values()))['kind'] == 'export'
+
+
+def _graph_folder(exported_graphs, tmp_path):
+    _, folder = exported_graphs
+    copy = tmp_path / 'onnx'
+    copy.mkdir()
+    for name in ('model.onnx', 'model.int8.onnx', EXPORT_MANIFEST):
+        shutil.copy(folder / name, copy / name)
+    return copy
+
+
+def test_two_exports_at_once_are_noticed(exported_graphs, trained_model, as_loaded, tmp_path, capsys):
+    """Export A writes its graph, B overwrites it, A's export.json (hashed from A's bytes) lands last: every reader
+    refuses the folder in one line, rather than measure B's graph as A's."""
+    folder = _graph_folder(exported_graphs, tmp_path)
+    graph = folder / 'model.int8.onnx'
+    model = onnx.load(str(graph))
+    model.graph.node[0].name += '-written-by-another-export'
+    onnx.save(model, str(graph))
+    with pytest.raises(ValueError, match='is not the file .*export.json lists'):
+        graphs_in(folder, as_loaded(trained_model), ['fp32', 'int8'])
+    from export.trt.__main__ import main as trt_main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(trt_main, ['--onnx', str(graph), '--check-only'])
+    assert exit_.value.code == 1 and 'export.json lists' in capsys.readouterr().err
+    (folder / EXPORT_MANIFEST).unlink()  # killed before its export.json: graphs nobody vouches for
+    with pytest.raises(FileNotFoundError, match='has no export.json'):
+        graphs_in(folder, as_loaded(trained_model), ['fp32', 'int8'])
+
+
+def test_an_export_of_other_weights_takes_the_folder_over(exported_graphs, tmp_path):
+    """A later export of other weights keeps no entry of the earlier ones: its export.json describes one model,
+    and the earlier graphs left beside it are refused as unlisted."""
+    folder = _graph_folder(exported_graphs, tmp_path)
+    (folder / 'model.fp16.onnx').write_bytes(b'fp16 graph of other weights')
+    write_export_manifest(folder, {'model.fp16.onnx': {'sha256': sha256_file(folder / 'model.fp16.onnx'),
+                                                       'weights_sha256': 'other'}})
+    assert set(json.loads((folder / EXPORT_MANIFEST).read_text())['files']) == {'model.fp16.onnx'}
+    with pytest.raises(ValueError, match='not listed'):
+        check_export([folder / 'model.onnx'])
+    write_export_manifest(folder, {'model.onnx': {'sha256': sha256_file(folder / 'model.onnx'),
+                                                  'weights_sha256': 'other'}})  # same weights: both kept
+    assert set(json.loads((folder / EXPORT_MANIFEST).read_text())['files']) == {'model.onnx', 'model.fp16.onnx'}
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = tmp_path / f'.model.onnx.{dead.pid}.abcd1234.tmp'
+    live = tmp_path / f'.model.onnx.{os.getppid()}.abcd1234.tmp'  # a writer still running
+    mine = tmp_path / f'.model.onnx.{os.getpid()}.abcd1234.tmp'
+    for path in (stale, live, mine):
+        path.write_bytes(b'half a graph')
+    assert stale_temporaries(tmp_path) == [stale]
+    ensure_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, mine.name])
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """Every library says it its own way: an OSError's errno, safetensors' StorageFull, torch's text."""
+    target = tmp_path / 'model.onnx'
+    for error in (OSError(errno.ENOSPC, 'No space left on device'), RuntimeError('IoError(Os { code: 28, kind: '
+                                                                                  'StorageFull })')):
+        with pytest.raises(DiskFullError) as caught, atomic_path(target):
+            raise error
+        assert str(caught.value) == f'no space left on device writing {target}'
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match='unrelated'), atomic_path(target):
+        raise ValueError('unrelated')
+    monkeypatch.setattr(os, 'statvfs', lambda path: os.statvfs_result((4096, 4096, 10, 10, 10, 10, 10, 10, 0, 255)))
+    assert isinstance(disk_full(RuntimeError('PytorchStreamWriter failed writing file data/0'), target),
+                      DiskFullError)  # torch's words name no cause: a file system with 40 KB left does

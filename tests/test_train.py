@@ -220,11 +220,12 @@ BAD = {
     'unwritable output': (['--data', '{small}', '--output', '{root}/a_file/run'], 1, 'not writable'),
     'resume not a run': (['--data', '{small}', '--resume', '{root}/not_a_run'], 1, 'is not a training run'),
     'no published weights': (['--data', '{small}', '--pretrained'], 1, 'no published pretrained weights'),
-    'zero epochs': (['--data', '{small}', '--epochs', '0'], 2, 'must be positive'),
+    'zero epochs': (['--data', '{small}', '--epochs', '0'], 2, '--epochs: must be above 0, got 0'),
     'unknown model': (['--data', '{small}', '--model', 'alexnet_xl'], 2, 'unknown model'),
-    'scale out of range': (['--data', '{small}', '--scale', '0.5', '1.5'], 2, '--scale needs 0 < MIN <= MAX <= 1'),
+    'scale out of range': (['--data', '{small}', '--scale', '0.5', '1.5'], 2, '--scale: must be at most 1, got 1.5'),
+    'scale upside down': (['--data', '{small}', '--scale', '0.9', '0.5'], 2, '--scale needs 0 < MIN <= MAX <= 1'),
     'odd batch with mixup': (['--data', '{small}', '--mixup', '0.2', '--batch-size', '5'], 2, 'must be even'),
-    'negative jitter': (['--data', '{small}', '--color-jitter', '-1'], 2, 'cannot be negative'),
+    'negative jitter': (['--data', '{small}', '--color-jitter', '-1'], 2, '--color-jitter: must be at least 0'),
 }
 
 

@@ -201,7 +201,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys):
         (['--onnx', garbage, '--check-only'], 1, 'not an ONNX model'),
         (['--onnx', tiny, '--min-batch', '8', '--opt-batch', '4', '--output', out_dir / 'm.plan'], 2, 'out of order'),
         (['--onnx', tiny, '--opt-batch', '128', '--max-batch', '64', '--output', out_dir / 'm.plan'], 2, 'out of order'),
-        (['--onnx', tiny, '--min-batch', '0', '--output', out_dir / 'm.plan'], 2, 'at least 1'),
+        (['--onnx', tiny, '--min-batch', '0', '--output', out_dir / 'm.plan'], 2, '--min-batch: must be above 0'),
         (['--onnx', static, '--output', out_dir / 'm.plan'], 1, 'static batch dimension'),
         (['--onnx', tiny, '--output', tiny], 2, 'must be an engine path'),
     ]

@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from alexnet_zoo.cli import ArgumentParser, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 
 from . import __doc__ as package_doc
+from ..contract import check_export
 from .build import BatchProfile, build_engine
 from .preflight import check_onnx
 from .runtime import load_engine
 
 
-def main(argv: Sequence[str] = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m export.trt', description=package_doc.split('\n\n')[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
@@ -24,14 +25,18 @@ def main(argv: Sequence[str] = None) -> int:
     what.add_argument('--verify', type=Path, metavar='PLAN',
                       help='check an engine against its build record and this machine, then deserialize it')
     parser.add_argument('--output', type=Path, help='engine path (default: model.<precision>.plan beside the ONNX file)')
-    parser.add_argument('--min-batch', type=int, default=1)
-    parser.add_argument('--opt-batch', type=int, default=8)
-    parser.add_argument('--max-batch', type=int, default=64)
+    parser.add_argument('--min-batch', type=positive(int, MAX_BATCH), default=1)
+    parser.add_argument('--opt-batch', type=positive(int, MAX_BATCH), default=8)
+    parser.add_argument('--max-batch', type=positive(int, MAX_BATCH), default=64)
     parser.add_argument('--timing-cache', type=Path, help='TensorRT timing cache to read and write back')
-    parser.add_argument('--workspace-gb', type=float, help='limit on TensorRT\'s build workspace (GiB)')
+    parser.add_argument('--workspace-gb', type=positive(float, 1024), help='limit on TensorRT\'s build workspace (GiB)')
     parser.add_argument('--check-only', action='store_true',
                         help='lint the graph on the CPU (no GPU, no TensorRT): exit 0 if it would parse, else 1')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.verify:
         _, engine, record = load_engine(args.verify)
@@ -39,6 +44,7 @@ def main(argv: Sequence[str] = None) -> int:
         print(f'ok: {args.verify} — TensorRT {record["tensorrt_version"]}, {record["gpu"]["name"]}, '
               f'{record["precision"]}, batch {shapes["min"][0]}..{shapes["max"][0]}, {engine.num_io_tensors} I/O tensors')
         return 0
+    check_export([args.onnx], required=False)  # a graph of export.onnx's folder must be the one it lists
     if args.check_only:
         problems = check_onnx(args.onnx)
         for problem in problems:

@@ -9,7 +9,7 @@ from typing import Iterator, List, Sequence
 
 import onnx
 
-from alexnet_zoo.cli import first_line
+from alexnet_zoo.cli import first_line, printable
 from alexnet_zoo.files import PathLike
 
 from ..contract import input_chw, node_label, read_onnx, zero_point_problems
@@ -119,4 +119,4 @@ def check_onnx(path: PathLike) -> List[str]:
         problems.append(str(e))
     problems += zero_point_problems(model, nodes)
     problems += _check_types(model, nodes)
-    return problems
+    return [printable(p) for p in problems]  # names come from the file: nothing a terminal acts on

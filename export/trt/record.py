@@ -3,11 +3,11 @@
 TensorRT refuses (returns None for) an engine built by another TensorRT version or GPU, so loading an engine checks
 its record first and says which build it was. Needs neither a GPU nor TensorRT.
 """
-import hashlib
 import json
 from pathlib import Path
 
 from alexnet_zoo.files import PathLike
+from alexnet_zoo.manifest import sha256_file
 
 RECORD_KEYS = (('engine', 'sha256'), ('engine', 'file'), ('tensorrt_version',), ('precision',), ('input', 'name'),
                ('gpu', 'name'), ('gpu', 'compute_capability'))
@@ -21,14 +21,6 @@ def record_path(plan: PathLike) -> Path:
     """``model.int8.plan`` -> ``model.int8.plan.json``."""
     plan = Path(plan)
     return plan.with_name(plan.name + '.json')
-
-
-def sha256_of(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_record(plan: PathLike) -> dict:
@@ -47,7 +39,7 @@ def read_record(plan: PathLike) -> dict:
                 value = value[key]
     except (ValueError, KeyError, TypeError) as e:
         raise EngineRecordError(f'build record {path.name} is unreadable ({type(e).__name__}: {e})') from None
-    if sha256_of(plan) != record['engine']['sha256']:
+    if sha256_file(plan) != record['engine']['sha256']:
         raise EngineRecordError(f'engine {plan.name} does not match its build record {path.name} '
                                 f'(sha256 differs); rebuild it with export.trt')
     return record

@@ -1,0 +1,225 @@
+"""Serving past one machine: the Triton model repository (every config parsed with Triton's own schema), and a real
+Triton server (PyTriton's) on a free localhost port: answers checked, a short load, bad requests, a killed server,
+a port in use. Bounded: the whole file runs in about a minute and a half."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from alexnet_zoo.cli import run_cli
+from alexnet_zoo.manifest import sha256_file
+from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx
+from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
+
+pytest.importorskip('tritonclient.grpc', reason='the serve extra (tritonclient) is not installed')
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int = 3) -> list:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def fake_engines(graphs: Path, folder: Path) -> Path:
+    """Stand-in engines with build records as export.trt writes them (TensorRT cannot build here): the
+    repository writer reads the record, never the engine."""
+    folder.mkdir()
+    for precision, name in FILENAMES.items():
+        plan = folder / f'model.{precision}.plan'
+        plan.write_bytes(f'engine {precision}'.encode())
+        record = {'engine': {'file': plan.name, 'sha256': sha256_file(plan)}, 'tensorrt_version': '10.13.0',
+                  'precision': precision, 'onnx': {'file': name, 'sha256': sha256_file(graphs / name)},
+                  'input': {'name': 'input', 'min': [1, 3, 227, 227], 'opt': [16, 3, 227, 227],
+                            'max': [16, 3, 227, 227]},
+                  'gpu': {'name': 'NVIDIA H100', 'compute_capability': '9.0'}}
+        (folder / f'{plan.name}.json').write_text(json.dumps(record))
+    return folder
+
+
+def test_repository_configs_follow_tritons_schema(exported_graphs, tmp_path):
+    result, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    written = write_repository(graphs, repo, batching=Batching(32, (8, 16, 32), 700, 2),
+                               engines=fake_engines(graphs, tmp_path / 'engines'))
+    assert len(written.models) == len(BACKENDS) * len(result.paths) and not written.skipped
+    for name, model in written.models.items():
+        graph = read_onnx(graphs / FILENAMES[model['precision']])
+        meta = metadata(graph)
+        config = parse_config((repo / name / 'config.pbtxt').read_text())  # Triton's ModelConfig, protobuf text
+        how = BACKENDS[model['backend']]
+        assert config.name == name and getattr(config, how.field) == how.value
+        assert (repo / name / '1' / how.filename).is_file()
+        expected_batch = 16 if model['backend'] == 'tensorrt' else 32  # the engine's profile caps it
+        assert config.max_batch_size == expected_batch
+        [graph_input] = graph_inputs(graph)
+        assert [(i.name, list(i.dims)) for i in config.input] == [(graph_input.name, dims(graph_input)[1:])]
+        assert [(o.name, list(o.dims)) for o in config.output] == [(o.name, dims(o)[1:]) for o in graph.graph.output]
+        assert {t.data_type for t in [*config.input, *config.output]} == {1 + 10}  # TYPE_FP32
+        assert list(config.dynamic_batching.preferred_batch_size) == [b for b in (8, 16, 32) if b <= expected_batch]
+        assert config.dynamic_batching.max_queue_delay_microseconds == 700
+        assert [(g.count, g.kind) for g in config.instance_group] == [(2, 2 if how.kind == 'KIND_CPU' else 1)]
+        assert json.loads(config.parameters['mean'].string_value) == meta['mean']
+        assert json.loads(config.parameters['input_size'].string_value) == meta['input_size']
+        assert config.output[0].label_filename == LABELS
+        assert (repo / name / LABELS).read_text().splitlines() == meta['label_names']
+    readme = (repo / 'README.md').read_text()
+    assert 'tritonserver --model-repository' in readme and 'class_count' in readme
+
+
+def test_repository_without_engines_says_why(exported_graphs, tmp_path, capsys):
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(repo), '--precisions', 'int8',
+                              '--backends', 'onnxruntime,tensorrt'])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0 and 'alexnet_bn_onnxruntime_int8' in out
+    assert 'skipped tensorrt int8: no --engines folder' in err
+    assert sorted(p.name for p in repo.iterdir() if not p.name.startswith('.')) == [
+        'README.md', 'alexnet_bn_onnxruntime_int8', 'manifest.json']
+    # written again with other models: the earlier one is gone, not served by mistake
+    write_repository(graphs, repo, backends=('openvino',), precisions=('fp32',))
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith('.')) == [
+        'alexnet_bn_openvino_fp32']
+
+
+@pytest.mark.parametrize('case', ['foreign folder', 'graph not in export.json', 'preferred above max', 'no graphs'])
+def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsys):
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    argv = ['--onnx-dir', str(graphs), '--repository', str(repo), '--precisions', 'int8']
+    code, message = 1, None
+    if case == 'foreign folder':
+        repo.mkdir()
+        (repo / 'somebody_elses_model').mkdir()
+        message = 'not written by export.triton'
+    elif case == 'graph not in export.json':
+        copy = tmp_path / 'onnx'
+        copy.mkdir()
+        shutil.copy(graphs / 'model.int8.onnx', copy)
+        shutil.copy(graphs / 'export.json', copy)
+        model = onnx.load(str(copy / 'model.int8.onnx'))
+        model.doc_string = 'changed after export'
+        onnx.save(model, str(copy / 'model.int8.onnx'))
+        argv[1], message = str(copy), 'is not the file'
+    elif case == 'preferred above max':
+        argv += ['--max-batch', '8', '--preferred-batch', '4,16']
+        code, message = 2, '--preferred-batch sizes must be 1 to --max-batch (8)'
+    else:
+        argv[1], message = str(tmp_path), 'no exported graph'
+    before = sorted(p.name for p in tmp_path.rglob('*'))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == code and err.count('\n') == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.rglob('*')) == before
+
+
+# ------------------------------------------------------------------------------------------------ a real server
+def test_served_answers_and_a_short_load(trained_model, as_loaded, exported_graphs, tmp_path):
+    from benchmarks.serve import serve_benchmark
+    _, graphs = exported_graphs
+    http, grpc, metrics = free_ports()
+    report = serve_benchmark(as_loaded(trained_model), tmp_path / 'serve', 'onnxruntime', 'int8', (1, 4), 2.0,
+                             onnx_dir=graphs, ports={'--http-port': http, '--grpc-port': grpc, '--metrics-port': metrics},
+                             progress=lambda message: None)
+    for protocol in ('http', 'grpc'):
+        assert report['check'][protocol]['same_top1'] == report['check'][protocol]['images'] == 18
+    bad = report['bad_requests']
+    assert 'unexpected shape' in bad['wrong shape'] and 'FP64' in bad['wrong type'] and bad['served after'] is True
+    assert report['complete'] and [level['concurrency'] for level in report['levels']] == [1, 4]
+    for level in report['levels']:
+        assert level['errors'] == 0 and level['completed'] > 0 and level['throughput_ips'] > 0
+        assert level['latency_ms']['p50'] <= level['latency_ms']['p99']
+        assert sum(int(size) * count for size, count in level['batches'].items()) == level['completed']
+    assert max(int(size) for size in report['levels'][1]['batches']) > 1  # 4 clients: Triton batched them
+    saved = json.loads((tmp_path / 'serve' / 'serve.json').read_text())
+    assert saved['levels'] == json.loads(json.dumps(report['levels']))
+    assert (tmp_path / 'serve' / 'serve.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def _tritonserver_children(pid: int) -> list:
+    found = []
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+            cmdline = (entry / 'cmdline').read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(')', 1)[1].split()[1])
+        if b'tritonserver' in cmdline.split(b'\0')[0] and _descends(ppid, pid):
+            found.append(int(entry.name))
+    return found
+
+
+def _descends(ppid: int, ancestor: int) -> bool:
+    while ppid > 1:
+        if ppid == ancestor:
+            return True
+        try:
+            ppid = int((Path('/proc') / str(ppid) / 'stat').read_text().rsplit(')', 1)[1].split()[1])
+        except OSError:
+            return False
+    return False
+
+
+def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path):
+    _, graphs = exported_graphs
+    http, grpc, metrics = free_ports()
+    out = tmp_path / 'serve'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'benchmarks.serve', '--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs),
+         '--backend', 'onnxruntime', '--precision', 'int8', '--concurrency', '4', '--seconds', '30', '--timeout', '5',
+         '--http-port', str(http), '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    try:
+        for line in proc.stderr:  # wait for the load to start
+            if line.startswith('load:'):
+                break
+        time.sleep(2)
+        servers = _tritonserver_children(proc.pid)
+        assert servers, 'no tritonserver process found under the command'
+        for pid in servers:
+            os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)  # never a hang: the clients' timeouts and deadline end it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    assert proc.returncode == 1 and len(errors) == 1 and 'the server stopped answering' in errors[0], err[-2000:]
+    assert 'Traceback' not in err
+    report = json.loads((out / 'serve.json').read_text())
+    assert report['complete'] is False and report['levels'][-1]['complete'] is False
+    assert report['levels'][-1]['errors'] > 0
+    assert 'incomplete' in (out / 'serve.md').read_text().lower()
+
+
+def test_port_in_use_is_one_line(trained_checkpoint, tmp_path, capsys):
+    from benchmarks.serve import main as serve_main
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        http, metrics = free_ports(2)
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(serve_main, ['--checkpoint', str(trained_checkpoint), '--grpc-port', str(port), '--http-port',
+                                 str(http), '--metrics-port', str(metrics), '--output-dir', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err == f'error: port {port} on 127.0.0.1 is in use: choose another with ' \
+                                          f'--grpc-port\n'
+    assert not (tmp_path / 'out').exists()
