@@ -170,8 +170,14 @@ def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
     name, classes, labels = _read_config(config)
     if num_classes is not None and num_classes != classes:
         raise CheckpointError(f'{path} has {classes} classes, --num-classes asks for {num_classes}')
-    with torch.device('meta'):  # the shapes alone, before anything is allocated for a file that may not fit
-        check_fits(timm.create_model(name, num_classes=classes), _header(weights), weights)
+    try:  # the model exactly as timm will build it (model_args included), as shapes alone: nothing allocated yet
+        with torch.device('meta'):
+            shapes = timm.create_model(f'local-dir:{path}', pretrained=False)
+    except Exception as e:  # a config.json timm reads its own way (pretrained_cfg, model_args): many types
+        raise CheckpointError(f'cannot load {path}: {first_line(e)}') from None
+    if not 1 <= shapes.num_classes <= MAX_CLASSES:
+        raise CheckpointError(f'{config}: the model it builds has {shapes.num_classes} classes (at most {MAX_CLASSES})')
+    check_fits(shapes, _header(weights), weights)
     try:
         model = timm.create_model(f'local-dir:{path}', pretrained=True)
     except Exception as e:  # a config.json timm reads its own way (pretrained_cfg, model_args): many types

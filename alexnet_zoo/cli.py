@@ -25,6 +25,8 @@ def first_line(error: BaseException, limit: int = 0) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors; characters
     a terminal would act on (escapes, carriage returns from a hostile file's names) are shown escaped."""
     text = str(error).strip()
+    if text.startswith('Caught ') and 'Original Traceback' in text:  # PyTorch's DataLoader: the worker's error last
+        text = text.splitlines()[-1].split(': ', 1)[-1]
     line = printable(text.splitlines()[0] if text else type(error).__name__)
     return line[:limit] if limit else line
 

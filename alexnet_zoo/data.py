@@ -15,7 +15,7 @@ from timm.models import get_pretrained_cfg
 from torchvision.datasets import ImageFolder
 
 from .files import PathLike
-from .samples import IMAGE_SUFFIXES, ImageTooLarge, Photo, open_rgb, photographs
+from .samples import IMAGE_SUFFIXES, ImageTooLarge, Photo, open_header, open_rgb, photographs
 
 ModelOrName = Union[torch.nn.Module, str]
 PARITY_VIEWS = 256
@@ -136,12 +136,14 @@ def image_folders(data: PathLike) -> Tuple[ImageFolder, ImageFolder]:
 
 
 def _readable_image(path: str) -> bool:
-    """Whether a file is an image to train on, decoded whole once (a truncated JPEG passes PIL's ``verify``, then
-    fails in a loader process); a decompression bomb stops the command (ImageTooLarge)."""
+    """Whether a file is an image to train on, from its header and PIL's ``verify`` (cheap: a dataset is scanned
+    whole before training). Broken data that only decoding finds (a truncated JPEG) stops the loader with one line
+    naming the file (``open_rgb``); a decompression bomb stops the command here (ImageTooLarge)."""
     if not path.lower().endswith(IMAGE_SUFFIXES):
         return False
     try:
-        open_rgb(path)
+        with open_header(path) as im:
+            im.verify()
         return True
     except ImageTooLarge:
         raise

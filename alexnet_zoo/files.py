@@ -1,7 +1,9 @@
 """Writing files so that a reader never meets half of one: a temporary file beside the target, then a rename.
 
-A temporary file's name carries its writer's process id (``.NAME.PID.XXXX.tmp``), so that the next writer in the
-folder removes those of writers that were killed, and never one still being written. A full disk is one line
+A temporary file (``.NAME.PID.XXXX.tmp``) is locked (``flock``) by its writer while it is written: the next writer
+in the folder removes the unlocked ones (left by a writer that was killed: the kernel drops a dead process's
+locks), never one still being written, whether its writer runs here, in another container or on another host of a
+shared file system that supports locks. A full disk is one line
 naming the file that did not fit. Kept free of torch and timm: the light paths (the TensorRT preflight, reading a
 graph's metadata) use it.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, List, Union
 
 PathLike = Union[str, 'os.PathLike[str]']
-_TEMP = re.compile(r'^\.(?:.+)\.(\d+)\.[^.]+\.tmp$')
+_TEMP = re.compile(r'^\..+\.\d+\.[^.]+\.tmp$')
 FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -34,7 +36,7 @@ def disk_full(error: BaseException, path: PathLike) -> BaseException:
     text = str(error)
     full = (isinstance(error, OSError) and error.errno in FULL) or any(
         words in text for words in ('No space left on device', 'StorageFull', 'Disk quota exceeded'))
-    if not full:
+    if not full and isinstance(error, (OSError, RuntimeError)):  # an I/O failure, not the caller's own exception
         try:
             stat = os.statvfs(path if Path(path).is_dir() else Path(path).parent)
             full = stat.f_bavail * stat.f_frsize < 1 << 20
@@ -51,7 +53,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.{os.getpid()}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
+    _lock(fd)  # held until the file is renamed or removed: a sweeping writer leaves it alone
     tmp = Path(tmp)
     try:
         try:
@@ -65,6 +67,13 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _lock(fd: int) -> None:
+    with contextlib.suppress(ImportError, OSError):  # no fcntl (Windows), or a file system without locks
+        import fcntl
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def _umask() -> int:
@@ -83,14 +92,20 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
-def _alive(pid: int) -> bool:
+def _abandoned(path: Path) -> bool:
+    """Whether nobody holds the temporary file's lock (its writer is gone); False where locks cannot be taken."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
         return False
-    except PermissionError:  # another user's process
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except OSError:  # locked: a writer is still at work
+        return False
+    finally:
+        os.close(fd)
 
 
 def stale_temporaries(folder: PathLike) -> List[Path]:
@@ -98,8 +113,7 @@ def stale_temporaries(folder: PathLike) -> List[Path]:
     found = []
     with contextlib.suppress(OSError):
         for path in Path(folder).iterdir():
-            match = _TEMP.match(path.name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if _TEMP.match(path.name) and path.is_file() and _abandoned(path):
                 found.append(path)
     return found
 
@@ -118,8 +132,8 @@ def ensure_writable_dir(path: PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=f'.write-test.{os.getpid()}.', suffix='.tmp'):
-            pass
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f'.write-test.{os.getpid()}.', suffix='.tmp') as probe:
+            _lock(probe.fileno())
     except OSError as e:
         raise PermissionError(f'output directory not writable: {path} ({e.strerror or e})') from None
     remove_stale_temporaries(path)

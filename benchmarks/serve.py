@@ -38,7 +38,7 @@ from export.contract import INPUT_NAME, OUTPUT_NAME
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_model, cpu_threads
-from .registry import BACKENDS, PRECISIONS, Spec, parse_list
+from .registry import BACKENDS, PRECISIONS, REGISTRY, Spec, parse_list
 
 SCHEMA = 1
 FAILURES_IN_A_ROW = 3  # a client that meets this many failed requests in a row takes the server for gone
@@ -195,8 +195,9 @@ def closed_loop(url: str, name: str, images: np.ndarray, concurrency: int, secon
     threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(concurrency)]
     for thread in threads:
         thread.start()
+    last_answer = deadline + timeout + 5  # one bound for all: a request sent at the deadline has its timeout
     for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.perf_counter()) + timeout + 5)
+        thread.join(timeout=max(0.0, last_answer - time.perf_counter()))
     elapsed = time.perf_counter() - started
     batches = Counter(formed[first_batch:])
     ms = np.array(latencies) * 1e3
@@ -219,7 +220,9 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
     """Serve ``loaded`` with one runner through Triton, check it, load it; returns what serve.json holds."""
     output_dir = ensure_writable_dir(output_dir)
     ports = ports or {'--http-port': 8000, '--grpc-port': 8001, '--metrics-port': 8002}
-    spec = Spec(backend, precision, 'cpu')
+    import torch
+    device = REGISTRY[backend].devices(precision, torch.cuda.is_available())[0]  # TensorRT: cuda; most: cpu
+    spec = Spec(backend, precision, device)
     reason = spec.unavailable()
     if reason:
         raise ValueError(f'{backend} {precision} cannot run here: {reason}')
@@ -229,7 +232,8 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
     name = f'{loaded.name}_{backend}_{precision}'
     report = {'schema_version': SCHEMA, 'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
               'model': {'name': loaded.name, 'classes': loaded.num_classes, 'weights': loaded.source},
-              'served': {'name': name, 'backend': backend, 'precision': precision, 'max_batch_size': max_batch,
+              'served': {'name': name, 'backend': backend, 'precision': precision, 'device': device,
+                         'max_batch_size': max_batch,
                          'preferred_batch_size': list(preferred), 'max_queue_delay_us': queue_delay_us,
                          'instances': 1, 'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
               'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False}
@@ -242,18 +246,21 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                 raise ValueError(f'the {spec.graph} graph failed its parity gate at export: {failed[spec.graph]}')
             graphs.update(exported)
         artifact = artifact_for(spec, loaded.model, graphs, workdir, [max_batch])
-        runner = stack.enter_context(spec.runner(artifact, precision, 'cpu', cpu_threads()))
+        runner = stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
         local = [int(np.argmax(runner.infer(x[i:i + 1])[0])) for i in range(len(x))]
         progress(f'starting Triton with {name} (dynamic batching up to {max_batch}) ...')
         started = time.perf_counter()
-        formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, max_batch,
-                                                   preferred, queue_delay_us, ports, workdir / 'triton.log'))
+        try:
+            formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, max_batch,
+                                                       preferred, queue_delay_us, ports, workdir / 'triton.log'))
+        except Exception as e:  # PyTriton's own error types (a server that would not start, a refused binding)
+            raise RuntimeError(f'Triton did not start: {first_line(e, 300)}') from None
         report['served']['start_seconds'] = round(time.perf_counter() - started, 2)
         http, grpc = f'127.0.0.1:{ports["--http-port"]}', f'127.0.0.1:{ports["--grpc-port"]}'
-        report['check'] = {protocol: _agreement(names, local, classify(url, protocol, name, x, timeout))
-                           for protocol, url in (('http', http), ('grpc', grpc))}
-        report['bad_requests'] = bad_requests(grpc, name, x[0], timeout)
         try:
+            report['check'] = {protocol: _agreement(names, local, classify(url, protocol, name, x, timeout))
+                               for protocol, url in (('http', http), ('grpc', grpc))}
+            report['bad_requests'] = bad_requests(grpc, name, x[0], timeout)
             for clients in concurrency:
                 progress(f'load: {clients} client(s) for {seconds} s ...')
                 level = closed_loop(grpc, name, x, clients, seconds, timeout, formed)
@@ -263,6 +270,11 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                                      f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '
                                      f'partial results in {output_dir / "serve.json"}, marked incomplete')
             report['complete'] = True
+        except ServerGone:
+            raise
+        except Exception as e:  # tritonclient's and PyTriton's errors are their own types: one line, partial report
+            raise ServerGone(f'the server failed: {first_line(e, 300)}; partial results in '
+                             f'{output_dir / "serve.json"}, marked incomplete') from None
         finally:
             report['elapsed_note'] = 'latency: end to end at the client, request sent to answer decoded'
             write_serve_report(report, output_dir)
@@ -387,7 +399,17 @@ def main(argv: Sequence[str] = None) -> int:
                              progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(render_markdown(report))
     print(f'wrote {args.output_dir}/serve.json, serve.md, serve.png')
-    return 0 if all(c['same_top1'] == c['images'] for c in report['check'].values()) else 1
+    if not served_as_expected(report):
+        raise RuntimeError(f'served answers differ from the runner\'s, or a bad request was accepted: see '
+                           f'{args.output_dir}/serve.md')
+    return 0
+
+
+def served_as_expected(report: dict) -> bool:
+    """Every photograph's top-1 the runner's own over both protocols, both bad requests refused, the next served."""
+    bad = report['bad_requests']
+    return (all(c['same_top1'] == c['images'] for c in report['check'].values())
+            and bad['wrong shape'] != 'accepted' and bad['wrong type'] != 'accepted' and bad['served after'])
 
 
 if __name__ == '__main__':

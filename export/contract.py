@@ -216,7 +216,7 @@ def write_export_manifest(folder: PathLike, written: Dict[str, dict]) -> dict:
             kept = read_export_manifest(folder)['files']
         except (FileNotFoundError, ValueError):
             kept = {}
-        weights = {entry.get('weights_sha256') for entry in written.values()}
+        weights = {entry.get('weights_sha256') for entry in written.values()} or {None}
         files = {name: entry for name, entry in kept.items() if name not in written
                  and entry.get('weights_sha256') in weights  # one folder, one set of weights
                  and (folder / name).is_file() and sha256_file(folder / name) == entry.get('sha256')}

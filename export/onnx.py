@@ -11,6 +11,7 @@ Parity is measured with ONNX Runtime on 256 parity views against PyTorch fp32 an
 gates when the weights are trained; int8 is diagnosed and repaired by ``export.int8``; a failed gate leaves no
 file of that precision and raises ``ParityGateError``.
 """
+import contextlib
 import hashlib
 import os
 import sys
@@ -124,44 +125,49 @@ def export_onnx(
     fp32_seconds = time.perf_counter() - t0
     meta = base_metadata(loaded, model, opset, softmax)
 
-    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-export-') as workdir:
-        for precision in precisions:
-            t0 = time.perf_counter()
-            extra, int8 = {}, None
-            if precision == 'fp32':
-                graph = onnx.ModelProto()
-                graph.CopyFrom(fp32)  # the metadata goes on the copy: int8 is quantized from the same bytes always
-                t0 -= fp32_seconds
-            elif precision == 'fp16':
-                say('converting to fp16')
-                graph = to_fp16(fp32)
-            else:
-                say(f'quantizing to int8 ({result.calibration})')
-                int8 = make_int8(model, fp32, export, crops, views.judge_graph('int8', loaded.trained), views.x,
-                                 Path(workdir), calibration_method, fallback, explain,
-                                 Path(calibration_cache) if calibration_cache else None, say)
-                graph = int8.graph
-                bad = zero_point_problems(graph)
-                if bad:
-                    raise RuntimeError(f'int8 graph breaks TensorRT\'s Q/DQ rule: {bad[0]}')
-                extra = {'calibration': calibration, 'float_layers': int8.float_layers, 'equalized': int8.equalized}
-            set_metadata(graph, {**meta, 'precision': precision, **extra})
-            check_graph(graph, softmax)
-            say(f'checking {FILENAMES[precision]} with ONNX Runtime')
-            row = _write_checked(graph, output_dir / FILENAMES[precision], precision, views, loaded.trained,
-                                 failed_dir)
-            row.update(opset=opset, seconds=time.perf_counter() - t0)
-            if int8 is not None:
-                row.update(float_layers=int8.float_layers, equalized=int8.equalized, attempts=int8.attempts)
-                _write_int8_extras(int8, output_dir, row, views, result, calibration)
-            result.rows.append(row)
-            if row['passed'] is not False:
-                result.paths[precision] = output_dir / FILENAMES[precision]
-            elif failed_dir is not None:
-                result.failed_paths[precision] = failed_dir / FILENAMES[precision]
     settings = {'opset': opset, 'softmax': softmax, 'calibration_method': calibration_method,
                 'int8_fallback': int8_fallback if isinstance(int8_fallback, str) else list(int8_fallback),
                 'checkpoint': {'name': Path(loaded.source).name, 'sha256': _checkpoint_sha256(loaded.source)}}
+    try:
+        with tempfile.TemporaryDirectory(prefix='alexnet-zoo-export-') as workdir:
+            for precision in precisions:
+                t0 = time.perf_counter()
+                extra, int8 = {}, None
+                if precision == 'fp32':
+                    graph = onnx.ModelProto()
+                    graph.CopyFrom(fp32)  # the metadata goes on the copy: int8 is quantized from the same bytes always
+                    t0 -= fp32_seconds
+                elif precision == 'fp16':
+                    say('converting to fp16')
+                    graph = to_fp16(fp32)
+                else:
+                    say(f'quantizing to int8 ({result.calibration})')
+                    int8 = make_int8(model, fp32, export, crops, views.judge_graph('int8', loaded.trained), views.x,
+                                     Path(workdir), calibration_method, fallback, explain,
+                                     Path(calibration_cache) if calibration_cache else None, say)
+                    graph = int8.graph
+                    bad = zero_point_problems(graph)
+                    if bad:
+                        raise RuntimeError(f'int8 graph breaks TensorRT\'s Q/DQ rule: {bad[0]}')
+                    extra = {'calibration': calibration, 'float_layers': int8.float_layers, 'equalized': int8.equalized}
+                set_metadata(graph, {**meta, 'precision': precision, **extra})
+                check_graph(graph, softmax)
+                say(f'checking {FILENAMES[precision]} with ONNX Runtime')
+                row = _write_checked(graph, output_dir / FILENAMES[precision], precision, views, loaded.trained,
+                                     failed_dir)
+                row.update(opset=opset, seconds=time.perf_counter() - t0)
+                if int8 is not None:
+                    row.update(float_layers=int8.float_layers, equalized=int8.equalized, attempts=int8.attempts)
+                    _write_int8_extras(int8, output_dir, row, views, result, calibration)
+                result.rows.append(row)
+                if row['passed'] is not False:
+                    result.paths[precision] = output_dir / FILENAMES[precision]
+                elif failed_dir is not None:
+                    result.failed_paths[precision] = failed_dir / FILENAMES[precision]
+    except BaseException:  # export.json lists what was written even when a later precision raised; that error wins
+        with contextlib.suppress(Exception):
+            _record_export(output_dir, result, meta['weights_sha256'], settings)
+        raise
     _record_export(output_dir, result, meta['weights_sha256'], settings)
     result.seconds = time.perf_counter() - start
     failed = [f'{r["precision"]}: {gate_failure(r["precision"], r)}' for r in result.rows if r['passed'] is False]
@@ -178,7 +184,8 @@ def _record_export(output_dir: Path, result: ExportResult, weights: str, setting
         if r.get('calibration_sha256') and r['passed'] is not False:
             written[CALIBRATION_FILE] = {'sha256': r['calibration_sha256'], 'precision': 'int8',
                                          'weights_sha256': weights, 'settings': settings}
-    write_export_manifest(output_dir, written)
+    if written:  # nothing new: the folder's export.json stays as it is
+        write_export_manifest(output_dir, written)
 
 
 def _checkpoint_sha256(source: str) -> Optional[str]:

@@ -14,6 +14,7 @@ against the folder's ``export.json`` first; the repository is written as one set
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .contract import FILENAMES, GRAPH_PRECISIONS, check_export, dims, graph_inp
 from .trt.record import read_record
 
 KIND = 'triton repository'
+MODEL_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')  # a folder name Triton accepts and no path can escape
 LABELS = 'labels.txt'
 PREPROCESSING = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'input_layout')
 
@@ -132,6 +134,12 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
     parsed = {p: read_onnx(path) for p, path in graphs.items()}
     meta = metadata(next(iter(parsed.values())))
     labels = meta.get('label_names')
+    if not MODEL_NAME.match(str(meta.get('model_name', 'model'))):
+        raise ValueError(f'the graphs\' model_name {str(meta.get("model_name"))[:40]!r} cannot name a Triton model '
+                         f'(letters, digits, _ . - only)')
+    if labels is not None and (not isinstance(labels, list) or not all(
+            isinstance(label, str) and label and label.isprintable() for label in labels)):
+        raise ValueError('the graphs\' label_names are not one printable line each: labels.txt cannot hold them')
     for backend in backends:
         for precision in precisions:
             where = {'backend': backend, 'precision': precision}
@@ -172,7 +180,8 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
     old = set((read_manifest(repository) or {}).get('files', {})) if repository.is_dir() else set()
     save_set(repository, write, {'kind': KIND, 'models': result.models, 'skipped': result.skipped})
     for stale in {relative.split('/')[0] for relative in old - set(files)} - set(result.models) - {'README.md'}:
-        shutil.rmtree(repository / stale, ignore_errors=True)  # a model of an earlier run that is not in this one
+        if MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
+            shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
     return result
 
 
@@ -196,9 +205,17 @@ def _engine(engines: Optional[PathLike], precision: str, graph: Path) -> Tuple[O
     if not plan.is_file():
         return None, None, f'no {plan}: build it with {build}'
     record = read_record(plan)  # the engine is the one its build record describes
-    if record.get('onnx', {}).get('sha256') != sha256_file(graph):
+    try:
+        built_from = record.get('onnx', {}).get('sha256')
+        low, high = int(record['input']['min'][0]), int(record['input']['max'][0])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None, None, f'{plan.name}.json does not say which graph and batch sizes it was built for; rebuild it'
+    if built_from != sha256_file(graph):
         return None, None, f'{plan} was built from another graph than {graph}; rebuild it with {build}'
-    return plan, int(record['input']['max'][0]), ''
+    if low != 1 or high < 1:
+        return None, None, f'{plan} takes batches of {low} to {high}; Triton sends any size from 1: rebuild it ' \
+                           f'with --min-batch 1'
+    return plan, high, ''
 
 
 def readme(result: Repository, meta: dict) -> str:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -299,16 +300,37 @@ def test_an_export_of_other_weights_takes_the_folder_over(exported_graphs, tmp_p
 
 
 def test_temporaries_of_killed_writers_are_removed(tmp_path):
-    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
-    dead.wait()
-    stale = tmp_path / f'.model.onnx.{dead.pid}.abcd1234.tmp'
-    live = tmp_path / f'.model.onnx.{os.getppid()}.abcd1234.tmp'  # a writer still running
-    mine = tmp_path / f'.model.onnx.{os.getpid()}.abcd1234.tmp'
-    for path in (stale, live, mine):
-        path.write_bytes(b'half a graph')
-    assert stale_temporaries(tmp_path) == [stale]
-    ensure_writable_dir(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, mine.name])
+    """A temporary file is locked by its writer: one whose writer was killed (its lock gone with it) is removed by
+    the next writer in the folder; one that another process or this one is still writing is left alone."""
+    killed = subprocess.run([sys.executable, '-c', f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from alexnet_zoo.files import atomic_path
+with atomic_path({str(tmp_path / 'model.onnx')!r}) as tmp:
+    tmp.write_bytes(b'half a graph')
+    os.kill(os.getpid(), 9)
+"""])
+    assert killed.returncode == -9
+    [stale] = [p for p in tmp_path.iterdir() if p.name.startswith('.model.onnx.')]
+    writer = subprocess.Popen([sys.executable, '-c', f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from alexnet_zoo.files import atomic_path
+with atomic_path({str(tmp_path / 'model.int8.onnx')!r}) as tmp:
+    print(tmp.name, flush=True)
+    sys.stdin.readline()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        elsewhere = writer.stdout.readline().strip()  # another process, still writing
+        with atomic_path(tmp_path / 'model.fp16.onnx') as mine:  # this process, still writing
+            mine.write_bytes(b'half')
+            assert stale_temporaries(tmp_path) == [stale]
+            ensure_writable_dir(tmp_path)
+            assert sorted(p.name for p in tmp_path.iterdir()) == sorted([elsewhere, mine.name])
+    finally:
+        writer.communicate('\n', timeout=30)
+    assert writer.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ['model.fp16.onnx',
+                                                                                     'model.int8.onnx']
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):

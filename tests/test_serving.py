@@ -16,10 +16,13 @@ import pytest
 
 from alexnet_zoo.cli import run_cli
 from alexnet_zoo.manifest import sha256_file
-from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx
+from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx, write_export_manifest
 from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
 
-pytest.importorskip('tritonclient.grpc', reason='the serve extra (tritonclient) is not installed')
+model_config_pb2 = pytest.importorskip('tritonclient.grpc.model_config_pb2',
+                                       reason='the serve extra (tritonclient) is not installed')
+needs_pytriton = pytest.mark.skipif(__import__('importlib').util.find_spec('pytriton') is None,
+                                    reason='the serve extra (PyTriton: Linux x86-64 and arm64 only) is not installed')
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +70,7 @@ def test_repository_configs_follow_tritons_schema(exported_graphs, tmp_path):
         [graph_input] = graph_inputs(graph)
         assert [(i.name, list(i.dims)) for i in config.input] == [(graph_input.name, dims(graph_input)[1:])]
         assert [(o.name, list(o.dims)) for o in config.output] == [(o.name, dims(o)[1:]) for o in graph.graph.output]
-        assert {t.data_type for t in [*config.input, *config.output]} == {1 + 10}  # TYPE_FP32
+        assert {t.data_type for t in [*config.input, *config.output]} == {model_config_pb2.DataType.Value('TYPE_FP32')}
         assert list(config.dynamic_batching.preferred_batch_size) == [b for b in (8, 16, 32) if b <= expected_batch]
         assert config.dynamic_batching.max_queue_delay_microseconds == 700
         assert [(g.count, g.kind) for g in config.instance_group] == [(2, 2 if how.kind == 'KIND_CPU' else 1)]
@@ -129,6 +132,7 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
 
 
 # ------------------------------------------------------------------------------------------------ a real server
+@needs_pytriton
 def test_served_answers_and_a_short_load(trained_model, as_loaded, exported_graphs, tmp_path):
     from benchmarks.serve import serve_benchmark
     _, graphs = exported_graphs
@@ -178,6 +182,7 @@ def _descends(ppid: int, ancestor: int) -> bool:
     return False
 
 
+@needs_pytriton
 def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path):
     _, graphs = exported_graphs
     http, grpc, metrics = free_ports()
@@ -223,3 +228,28 @@ def test_port_in_use_is_one_line(trained_checkpoint, tmp_path, capsys):
     assert exit_.value.code == 1 and err == f'error: port {port} on 127.0.0.1 is in use: choose another with ' \
                                           f'--grpc-port\n'
     assert not (tmp_path / 'out').exists()
+
+
+def test_names_from_the_graph_cannot_leave_the_repository(exported_graphs, tmp_path):
+    """model_name and label_names come from a file: a name that is a path, or labels that are not one line each,
+    are refused before anything is written; a manifest naming paths outside the repository removes nothing."""
+    _, graphs = exported_graphs
+    copy = tmp_path / 'onnx'
+    copy.mkdir()
+    for name, value in (('model_name', '../../escaped'), ('label_names', json.dumps(['a\nb'] * 18))):
+        model = onnx.load(str(graphs / 'model.int8.onnx'))
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, name: value})
+        onnx.save(model, str(copy / 'model.int8.onnx'))
+        write_export_manifest(copy, {'model.int8.onnx': {'sha256': sha256_file(copy / 'model.int8.onnx'),
+                                                         'weights_sha256': 'w'}})
+        with pytest.raises(ValueError, match=name):
+            write_repository(copy, tmp_path / 'repo', precisions=('int8',))
+        assert not (tmp_path / 'repo').exists() and not (tmp_path.parent / 'escaped').exists()
+    repo = tmp_path / 'repo'
+    write_repository(graphs, repo, backends=('onnxruntime',), precisions=('int8',))
+    manifest = json.loads((repo / 'manifest.json').read_text())
+    manifest['files']['../outside/x'] = manifest['files']['/etc/x'] = 'f' * 64
+    (repo / 'manifest.json').write_text(json.dumps(manifest))
+    (tmp_path / 'outside').mkdir()
+    write_repository(graphs, repo, backends=('openvino',), precisions=('int8',))
+    assert (tmp_path / 'outside').is_dir() and (repo / 'alexnet_bn_openvino_int8').is_dir()

@@ -229,6 +229,20 @@ BAD = {
 }
 
 
+def test_an_image_broken_past_its_header_is_one_line_naming_it(small_folder, tmp_path):
+    """A truncated JPEG passes the scan (its header and PIL's verify are fine) and breaks in a loader process:
+    one line naming the file, from the worker's error, not PyTorch's "Caught ... in DataLoader worker"."""
+    data = tmp_path / 'data'
+    shutil.copytree(small_folder, data)
+    victim = sorted((data / 'train').rglob('*.jpg'))[0]
+    victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
+    result = run(['--data', data, '--output', tmp_path / 'run', '--epochs', 1, '--freeze-features', '--workers', 1,
+                  '--batch-size', 32, '--no-progress'])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.count('\n') == 1 and victim.name in result.stderr and 'cannot decode' in result.stderr, \
+        result.stderr[-2000:]
+
+
 @pytest.mark.parametrize('case', BAD)
 def test_bad_input_is_one_line_and_writes_nothing(case, small_folder, tmp_path, capsys):
     root = tmp_path / 'bad'
