@@ -141,7 +141,7 @@ def save_checkpoint_dir(model: torch.nn.Module, directory: PathLike, label_names
 
 
 def _classifier(model: torch.nn.Module) -> str:
-    return model.pretrained_cfg.get('classifier', 'head.fc')
+    return model.pretrained_cfg.get('classifier') or 'head.fc'  # a config.json without a pretrained_cfg has None
 
 
 def _check_belongs(path: Path) -> None:
