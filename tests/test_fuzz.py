@@ -444,3 +444,17 @@ def test_payload_is_never_run_through_the_command_line(tmp_path):
     assert run.returncode == 1 and run.stderr.count('\n') == 1 and 'evil.pth' in run.stderr, run.stderr
     assert not marker.exists() and not (tmp_path / 'out').exists()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), ['evil.pth'])
+
+
+def test_model_args_cannot_override_the_checked_class_count(tmp_path):
+    """timm applies config.json's model_args over num_classes: the model is checked as timm will build it."""
+    import timm
+    from alexnet_zoo.checkpoint import CheckpointError, save_checkpoint_dir
+    save_checkpoint_dir(timm.create_model('alexnet_bn', num_classes=2), tmp_path / 'ck')
+    config = json.loads((tmp_path / 'ck' / 'config.json').read_text())
+    for model_args, message in (({'num_classes': 300_000}, 'builds has 300000 classes'),
+                                ({'num_classes': 5}, 'has 2 classes, the model has 5'),
+                                ({'no_such_argument': 1}, 'unexpected keyword argument')):
+        (tmp_path / 'ck' / 'config.json').write_text(json.dumps({**config, 'model_args': model_args}))
+        with pytest.raises(CheckpointError, match=message):
+            load_model(checkpoint=tmp_path / 'ck')
