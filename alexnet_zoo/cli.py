@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 
 class UsageError(ValueError):
@@ -71,6 +71,17 @@ def positive(kind: Callable = int, high: Optional[float] = None) -> Callable[[st
 
 def seed() -> Callable[[str], object]:
     return bounded(int, 0, MAX_SEED)
+
+
+def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str) -> Tuple[str, ...]:
+    """``'a,b'`` -> ('a', 'b'), each checked against ``known``; a usage error otherwise."""
+    items = [s.strip() for s in (text.split(',') if isinstance(text, str) else text) if str(s).strip()]
+    if not items:
+        raise UsageError(f'no {what} given')
+    unknown = [s for s in items if s not in known]
+    if unknown:
+        raise UsageError(f'unknown {what}: {", ".join(map(repr, unknown))} (choose from {", ".join(known)})')
+    return tuple(dict.fromkeys(items))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

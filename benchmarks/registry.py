@@ -2,7 +2,7 @@
 whether it can run here. Adding a backend is a runner class and an entry below; nothing else names backends."""
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
-from alexnet_zoo.cli import MAX_BATCH, UsageError
+from alexnet_zoo.cli import MAX_BATCH, UsageError, parse_list  # noqa: F401  (benchmarks.registry.parse_list)
 from export.runner import Runner
 
 from .onnxruntime_runner import OnnxRuntimeRunner
@@ -41,17 +41,6 @@ def plan(backends: Sequence[str], precisions: Sequence[str], gpu: bool) -> List[
     """Every (backend, precision, device) the run covers, in the order given."""
     return [Spec(backend, precision, device) for backend in backends for precision in precisions
             for device in REGISTRY[backend].devices(precision, gpu)]
-
-
-def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str) -> Tuple[str, ...]:
-    """``'a,b'`` -> ('a', 'b'), each checked against ``known``; a usage error otherwise."""
-    items = [s.strip() for s in (text.split(',') if isinstance(text, str) else text) if str(s).strip()]
-    if not items:
-        raise UsageError(f'no {what} given')
-    unknown = [s for s in items if s not in known]
-    if unknown:
-        raise UsageError(f'unknown {what}: {", ".join(map(repr, unknown))} (choose from {", ".join(known)})')
-    return tuple(dict.fromkeys(items))
 
 
 def parse_batch_sizes(text: Union[str, Sequence[int]]) -> Tuple[int, ...]:

@@ -23,7 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import onnx
 
-from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, bounded, positive, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, bounded, parse_list, positive, run_cli
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set, sha256_file
 
@@ -264,19 +264,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _parse_list(text: str, known: Sequence[str], what: str) -> Tuple[str, ...]:
-    items = tuple(dict.fromkeys(s.strip() for s in text.split(',') if s.strip()))
-    unknown = [s for s in items if s not in known]
-    if unknown or not items:
-        raise UsageError(f'unknown {what}: {", ".join(map(repr, unknown)) or "(none given)"} '
-                         f'(choose from {", ".join(known)})')
-    return items
-
-
 def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
-    backends = _parse_list(args.backends, tuple(BACKENDS), 'backend')
-    precisions = _parse_list(args.precisions, GRAPH_PRECISIONS, 'precision')
+    backends = parse_list(args.backends, tuple(BACKENDS), 'backend')
+    precisions = parse_list(args.precisions, GRAPH_PRECISIONS, 'precision')
     try:
         preferred = tuple(sorted({int(b) for b in args.preferred_batch.split(',') if b.strip()}))
     except ValueError:
