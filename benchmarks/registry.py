@@ -2,7 +2,7 @@
 whether it can run here. Adding a backend is a runner class and an entry below; nothing else names backends."""
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
-from alexnet_zoo.cli import MAX_BATCH, UsageError, parse_list  # noqa: F401  (benchmarks.registry.parse_list)
+from alexnet_zoo.cli import MAX_BATCH, parse_list, parse_sizes  # noqa: F401  (benchmarks.registry.parse_list)
 from export.runner import Runner
 
 from .onnxruntime_runner import OnnxRuntimeRunner
@@ -44,16 +44,4 @@ def plan(backends: Sequence[str], precisions: Sequence[str], gpu: bool) -> List[
 
 
 def parse_batch_sizes(text: Union[str, Sequence[int]]) -> Tuple[int, ...]:
-    items = [s.strip() for s in text.split(',')] if isinstance(text, str) else list(text)
-    sizes = []
-    for s in items:
-        try:
-            size = int(s)
-        except (TypeError, ValueError):
-            raise UsageError(f'batch size must be a whole number, got {s!r}') from None
-        if not 1 <= size <= MAX_BATCH:
-            raise UsageError(f'batch size must be 1 to {MAX_BATCH}, got {size}')
-        sizes.append(size)
-    if not sizes:
-        raise UsageError('no batch sizes given')
-    return tuple(sorted(set(sizes)))
+    return parse_sizes(text, 'batch size', MAX_BATCH)

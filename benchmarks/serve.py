@@ -15,6 +15,7 @@ server that stops answering ends the run with one line and a ``serve.json`` mark
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 
 from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, add_model_arguments, bounded, first_line,
-                             positive, run_cli)
+                             parse_sizes, positive, run_cli)
 from alexnet_zoo.data import sample_batch
 from alexnet_zoo.files import PathLike, ensure_writable_dir
 from alexnet_zoo.manifest import save_set
@@ -68,6 +69,51 @@ def _own_libpython() -> None:
         os.environ['LD_LIBRARY_PATH'] = ':'.join([libdir, *paths])
 
 
+def _quiet_resource_tracker() -> None:
+    """A server killed under load leaves PyTriton's shared-memory blocks registered in this process; at exit
+    Python's resource tracker frees them and warns about each, after our one error line. The tracker is a child
+    interpreter started once: it takes its warning filters from ``PYTHONWARNINGS`` when it starts."""
+    from multiprocessing import resource_tracker
+    before = os.environ.get('PYTHONWARNINGS')
+    quiet = 'ignore::UserWarning:multiprocessing.resource_tracker'
+    os.environ['PYTHONWARNINGS'] = f'{before},{quiet}' if before else quiet
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if before is None:
+            del os.environ['PYTHONWARNINGS']
+        else:
+            os.environ['PYTHONWARNINGS'] = before
+
+
+@contextlib.contextmanager
+def _pytriton_log(path: Path) -> Iterator[None]:
+    """PyTriton's own log records (a tensor block it could not release, a traceback from its proxy thread when
+    the server dies) go to ``path``, not to stderr, where the one error line is the user's answer."""
+    log = logging.getLogger('pytriton')
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        log.propagate = propagate
+
+
+def log_tail(paths: Sequence[Path], lines: int = 20) -> List[str]:
+    """The last lines of the server's logs, kept in a partial report (the logs go with the run's temporary folder)."""
+    tail: List[str] = []
+    for path in paths:
+        if path.is_file():
+            tail += [f'{path.name}: {line}' for line in
+                     path.read_text(errors='replace').splitlines()[-lines:] if line.strip()]
+    return tail
+
+
 @contextlib.contextmanager
 def triton_server(runner, name: str, chw: Sequence[int], classes: int, max_batch: int, preferred: Sequence[int],
                   queue_delay_us: int, ports: Dict[str, int], log_file: Path) -> Iterator[List[int]]:
@@ -89,17 +135,19 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, max_batch
     config = TritonConfig(http_address='127.0.0.1', http_port=ports['--http-port'], grpc_address='127.0.0.1',
                           grpc_port=ports['--grpc-port'], metrics_address='127.0.0.1',
                           metrics_port=ports['--metrics-port'], log_file=log_file, exit_timeout_secs=5)
-    triton = Triton(config=config)
-    try:
-        triton.bind(model_name=name, infer_func=infer, strict=True,
-                    inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=tuple(chw))],
-                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
-                    config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
-                        max_queue_delay_microseconds=queue_delay_us, preferred_batch_size=list(preferred))))
-        triton.run()
-        yield formed
-    finally:
-        triton.stop()
+    _quiet_resource_tracker()
+    with _pytriton_log(log_file.with_name('pytriton.log')):
+        triton = Triton(config=config)
+        try:
+            triton.bind(model_name=name, infer_func=infer, strict=True,
+                        inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=tuple(chw))],
+                        outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
+                        config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
+                            max_queue_delay_microseconds=queue_delay_us, preferred_batch_size=list(preferred))))
+            triton.run()
+            yield formed
+        finally:
+            triton.stop()
 
 
 def classify(url: str, protocol: str, name: str, images: np.ndarray, timeout: float) -> List[int]:
@@ -277,6 +325,8 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                              f'{output_dir / "serve.json"}, marked incomplete') from None
         finally:
             report['elapsed_note'] = 'latency: end to end at the client, request sent to answer decoded'
+            if not report['complete']:
+                report['server_log'] = log_tail([workdir / 'pytriton.log', workdir / 'triton.log'])
             write_serve_report(report, output_dir)
     return report
 
@@ -308,7 +358,8 @@ def render_markdown(report: dict) -> str:
              f'{served["instances"]} instance; {report["machine"]["cpu"]}, {report["machine"]["threads"]} threads. '
              f'Started in {served.get("start_seconds", "–")} s.', '']
     if not report['complete']:
-        lines += ['**Incomplete: the run stopped early (see the last row).**', '']
+        lines += ['**Incomplete: the run stopped early (see the last row, and the server\'s last log lines in '
+                  'serve.json).**', '']
     for protocol, check in report.get('check', {}).items():
         lines.append(f'- {protocol}: {check["same_top1"]}/{check["images"]} photographs with the runner\'s own top-1'
                      + (f' (differ: {", ".join(check["differ"])})' if check['differ'] else ''))
@@ -352,16 +403,6 @@ def render_plot(report: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _sizes(text: str, option: str, high: int) -> List[int]:
-    try:
-        sizes = sorted({int(s) for s in text.split(',') if s.strip()})
-    except ValueError:
-        raise UsageError(f'{option} takes whole numbers, got {text!r}') from None
-    if not sizes or not all(1 <= s <= high for s in sizes):
-        raise UsageError(f'{option} takes numbers from 1 to {high}, got {text!r}')
-    return sizes
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog='python -m benchmarks.serve', description=__doc__.split('\n\n')[0].strip('`: '))
     add_model_arguments(parser)
@@ -387,8 +428,9 @@ def main(argv: Sequence[str] = None) -> int:
     precision = parse_list(args.precision, PRECISIONS, 'precision')[0]
     if not args.checkpoint and not args.pretrained:
         raise UsageError('give --checkpoint RUN (or --pretrained): served answers are checked against trained weights')
-    concurrency = _sizes(args.concurrency, '--concurrency', 1024)
-    preferred = _sizes(args.preferred_batch, '--preferred-batch', args.max_batch)
+    concurrency = parse_sizes(args.concurrency, '--concurrency', 1024)
+    preferred = parse_sizes(args.preferred_batch, '--preferred-batch size', args.max_batch,
+                            f'--max-batch ({args.max_batch})')
     ports = {'--http-port': args.http_port, '--grpc-port': args.grpc_port, '--metrics-port': args.metrics_port}
     if len(set(ports.values())) < 3:
         raise UsageError('--http-port, --grpc-port and --metrics-port must differ')

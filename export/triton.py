@@ -23,7 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import onnx
 
-from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, bounded, parse_list, positive, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, bounded, parse_list, parse_sizes, positive, run_cli
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set, sha256_file
 
@@ -268,13 +268,8 @@ def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
     backends = parse_list(args.backends, tuple(BACKENDS), 'backend')
     precisions = parse_list(args.precisions, GRAPH_PRECISIONS, 'precision')
-    try:
-        preferred = tuple(sorted({int(b) for b in args.preferred_batch.split(',') if b.strip()}))
-    except ValueError:
-        raise UsageError(f'--preferred-batch takes whole numbers, got {args.preferred_batch!r}') from None
-    if not preferred or not all(1 <= b <= args.max_batch for b in preferred):
-        raise UsageError(f'--preferred-batch sizes must be 1 to --max-batch ({args.max_batch}), got '
-                         f'{args.preferred_batch!r}')
+    preferred = parse_sizes(args.preferred_batch, '--preferred-batch size', args.max_batch,
+                            f'--max-batch ({args.max_batch})')
     result = write_repository(args.onnx_dir, args.repository, backends, precisions,
                               Batching(args.max_batch, preferred, args.max_queue_delay_us, args.instances),
                               args.engines)

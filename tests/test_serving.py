@@ -120,7 +120,7 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
         argv[1], message = str(copy), 'is not the file'
     elif case == 'preferred above max':
         argv += ['--max-batch', '8', '--preferred-batch', '4,16']
-        code, message = 2, '--preferred-batch sizes must be 1 to --max-batch (8)'
+        code, message = 2, '--preferred-batch size must be 1 to --max-batch (8), got 16'
     else:
         argv[1], message = str(tmp_path), 'no exported graph'
     before = sorted(p.name for p in tmp_path.rglob('*'))
@@ -205,11 +205,12 @@ def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_che
     finally:
         if proc.poll() is None:
             proc.kill()
-    errors = [line for line in err.splitlines() if line.startswith('error:')]
-    assert proc.returncode == 1 and len(errors) == 1 and 'the server stopped answering' in errors[0], err[-2000:]
-    assert 'Traceback' not in err
+    lines = [line for line in err.splitlines() if line.strip()]  # after the load started: the error line only
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith('error: the server stopped answering'), \
+        err[-2000:]
     report = json.loads((out / 'serve.json').read_text())
     assert report['complete'] is False and report['levels'][-1]['complete'] is False
+    assert any(line.startswith('triton.log: ') for line in report['server_log'])  # PyTriton's log kept, not printed
     assert report['levels'][-1]['errors'] > 0
     assert 'incomplete' in (out / 'serve.md').read_text().lower()
 
