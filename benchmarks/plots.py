@@ -19,19 +19,27 @@ def first_per_label(rows: List[dict]) -> Dict[str, dict]:
     return seen
 
 
-def render_plots(report: dict) -> Dict[str, bytes]:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: the plots are files, never windows (and no display is needed)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    plots = {}
-    for name, draw in zip(PLOTS, (_plot_latency, _plot_speedup, _plot_latency_vs_batch, _plot_parity, _plot_roofline)):
-        fig = draw(plt, report)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format='png', dpi=90,
-                    metadata={'Description': f'alexnet-zoo benchmark report, run {report.get("run_id")}'})
-        plt.close(fig)
-        plots[name] = buffer.getvalue()
-    return plots
+    return plt
+
+
+def png(fig, description: str) -> bytes:
+    """``fig`` as PNG bytes (saved with the rest of its set, atomically, by the caller), then closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=90, metadata={'Description': description})
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def render_plots(report: dict) -> Dict[str, bytes]:
+    plt = pyplot()
+    description = f'alexnet-zoo benchmark report, run {report.get("run_id")}'
+    return {name: png(draw(plt, report), description) for name, draw in
+            zip(PLOTS, (_plot_latency, _plot_speedup, _plot_latency_vs_batch, _plot_parity, _plot_roofline))}
 
 
 def _title(report: dict) -> str:

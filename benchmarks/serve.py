@@ -13,7 +13,6 @@ latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``se
 server that stops answering ends the run with one line and a ``serve.json`` marked incomplete.
 """
 import contextlib
-import io
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from export.contract import INPUT_NAME, OUTPUT_NAME
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_model, cpu_threads
+from .plots import png, pyplot
 from .registry import BACKENDS, PRECISIONS, REGISTRY, Spec, parse_list
 
 SCHEMA = 1
@@ -382,9 +382,7 @@ def _ms(value: Optional[float]) -> str:
 
 
 def render_plot(report: dict) -> bytes:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     levels = [level for level in report['levels'] if level['latency_ms']]
     clients = [level['concurrency'] for level in levels]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -397,10 +395,7 @@ def render_plot(report: dict) -> bytes:
     other.set_ylabel('p99 latency (ms)', color='tab:red')
     ax.set_title(f'{report["served"]["name"]} behind Triton', fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig, f'alexnet-zoo serving report, {report["served"]["name"]}')
 
 
 def build_parser() -> ArgumentParser:
