@@ -3,9 +3,8 @@
 A temporary file (``.NAME.PID.XXXX.tmp``) is locked (``flock``) by its writer while it is written: the next writer
 in the folder removes the unlocked ones (left by a writer that was killed: the kernel drops a dead process's
 locks), never one still being written, whether its writer runs here, in another container or on another host of a
-shared file system that supports locks. A full disk is one line
-naming the file that did not fit. Kept free of torch and timm: the light paths (the TensorRT preflight, reading a
-graph's metadata) use it.
+shared file system that supports locks. A full disk is one line naming the file that did not fit. Kept free of
+torch and timm: the light paths (the TensorRT preflight, reading a graph's metadata) use it.
 """
 import contextlib
 import errno

@@ -7,7 +7,7 @@ import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
 from alexnet_zoo.files import PathLike
-from export.contract import FILENAMES, check_export, read_metadata
+from export.contract import exported_graphs, read_metadata
 from export.onnx import ParityGateError, export_onnx
 from export.parity import gate_failure
 from export.trt.build import BatchProfile, build_engine
@@ -18,12 +18,12 @@ from .registry import Spec
 def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]) -> Dict[str, Path]:
     """Graphs that export.onnx already wrote in ``onnx_dir``, checked (from their metadata) to come from the same
     model, classes and weights (the hash export.onnx wrote), and to be the files the folder's export.json lists;
-    a precision whose file is absent is left out (to be exported there). Graphs of other weights are refused, never measured against this checkpoint."""
+    a precision whose file is absent is left out (to be exported there). Graphs of other weights are refused, never
+    measured against this checkpoint."""
     onnx_dir = Path(onnx_dir)
     if onnx_dir.exists() and not onnx_dir.is_dir():
         raise NotADirectoryError(f'--onnx-dir is not a folder: {onnx_dir}')
-    graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
-    check_export(list(graphs.values()))  # each the file its export wrote, none from an export still under way
+    graphs, _ = exported_graphs(onnx_dir, precisions)  # each the file its export wrote, none from one under way
     weights = weights_sha256(loaded.model) if graphs else None
     for path in graphs.values():
         meta = read_metadata(path)

@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, positive, run_cli
+from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 from export.contract import read_metadata
 
 from .environment import cpu_threads
@@ -94,8 +94,6 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1 or args.rounds < 1 or args.seconds <= 0:
-        raise UsageError('--batch-size and --rounds must be at least 1, --seconds positive')
     if not Path(args.onnx).is_file():
         raise FileNotFoundError(f'ONNX file not found: {args.onnx}')
     rows = crosscheck(Path(args.onnx), args.batch_size, args.rounds, args.seconds)

@@ -29,12 +29,13 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from alexnet_zoo.checkpoint import load_model
-from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, add_model_arguments, bounded, first_line,
+from alexnet_zoo.cli import (ArgumentParser, UsageError, add_model_arguments, bounded, first_line,
                              parse_sizes, positive, run_cli)
 from alexnet_zoo.data import sample_batch
 from alexnet_zoo.files import PathLike, ensure_writable_dir
 from alexnet_zoo.manifest import save_set
 from export.contract import INPUT_NAME, OUTPUT_NAME
+from export.triton import Batching, add_batching_arguments, batching_from
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_model, cpu_threads
@@ -115,8 +116,8 @@ def log_tail(paths: Sequence[Path], lines: int = 20) -> List[str]:
 
 
 @contextlib.contextmanager
-def triton_server(runner, name: str, chw: Sequence[int], classes: int, max_batch: int, preferred: Sequence[int],
-                  queue_delay_us: int, ports: Dict[str, int], log_file: Path) -> Iterator[List[int]]:
+def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching: Batching, ports: Dict[str, int],
+                  log_file: Path) -> Iterator[List[int]]:
     """Triton on localhost serving ``runner`` as ``name`` with dynamic batching; yields the list of batch sizes
     the runner was called with (appended as they are formed). The server is stopped on exit."""
     _own_libpython()
@@ -142,8 +143,9 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, max_batch
             triton.bind(model_name=name, infer_func=infer, strict=True,
                         inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=tuple(chw))],
                         outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
-                        config=ModelConfig(max_batch_size=max_batch, batcher=DynamicBatcher(
-                            max_queue_delay_microseconds=queue_delay_us, preferred_batch_size=list(preferred))))
+                        config=ModelConfig(max_batch_size=batching.max_batch, batcher=DynamicBatcher(
+                            max_queue_delay_microseconds=batching.max_queue_delay_us,
+                            preferred_batch_size=list(batching.preferred))))
             triton.run()
             yield formed
         finally:
@@ -261,8 +263,7 @@ def closed_loop(url: str, name: str, images: np.ndarray, concurrency: int, secon
 
 
 def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', precision: str = 'int8',
-                    concurrency: Sequence[int] = (1, 4, 16), seconds: float = 10.0, max_batch: int = 32,
-                    preferred: Sequence[int] = (8, 16, 32), queue_delay_us: int = 500,
+                    concurrency: Sequence[int] = (1, 4, 16), seconds: float = 10.0, batching: Batching = Batching(),
                     onnx_dir: Optional[PathLike] = None, ports: Optional[Dict[str, int]] = None,
                     timeout: float = 10.0, progress=print) -> dict:
     """Serve ``loaded`` with one runner through Triton, check it, load it; returns what serve.json holds."""
@@ -281,9 +282,9 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
     report = {'schema_version': SCHEMA, 'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
               'model': {'name': loaded.name, 'classes': loaded.num_classes, 'weights': loaded.source},
               'served': {'name': name, 'backend': backend, 'precision': precision, 'device': device,
-                         'max_batch_size': max_batch,
-                         'preferred_batch_size': list(preferred), 'max_queue_delay_us': queue_delay_us,
-                         'instances': 1, 'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
+                         'max_batch_size': batching.max_batch, 'preferred_batch_size': list(batching.preferred),
+                         'max_queue_delay_us': batching.max_queue_delay_us, 'instances': batching.instances,
+                         'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
               'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False}
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-serve-') as workdir, contextlib.ExitStack() as stack:
         workdir = Path(workdir)
@@ -293,14 +294,14 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
             if spec.graph in failed:
                 raise ValueError(f'the {spec.graph} graph failed its parity gate at export: {failed[spec.graph]}')
             graphs.update(exported)
-        artifact = artifact_for(spec, loaded.model, graphs, workdir, [max_batch])
+        artifact = artifact_for(spec, loaded.model, graphs, workdir, [batching.max_batch])
         runner = stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
         local = [int(np.argmax(runner.infer(x[i:i + 1])[0])) for i in range(len(x))]
-        progress(f'starting Triton with {name} (dynamic batching up to {max_batch}) ...')
+        progress(f'starting Triton with {name} (dynamic batching up to {batching.max_batch}) ...')
         started = time.perf_counter()
         try:
-            formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, max_batch,
-                                                       preferred, queue_delay_us, ports, workdir / 'triton.log'))
+            formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, batching,
+                                                       ports, workdir / 'triton.log'))
         except Exception as e:  # PyTriton's own error types (a server that would not start, a refused binding)
             raise RuntimeError(f'Triton did not start: {first_line(e, 300)}') from None
         report['served']['start_seconds'] = round(time.perf_counter() - started, 2)
@@ -406,9 +407,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--precision', default='int8', help='fp32, fp16, bf16 or int8 (default: int8)')
     parser.add_argument('--concurrency', default='1,4,16', help='comma list of concurrent clients (default 1,4,16)')
     parser.add_argument('--seconds', type=positive(float, 3600), default=10.0, help='load per concurrency (default 10)')
-    parser.add_argument('--max-batch', type=positive(int, MAX_BATCH), default=32)
-    parser.add_argument('--preferred-batch', default='8,16,32')
-    parser.add_argument('--max-queue-delay-us', type=bounded(int, 0, 10_000_000), default=500)
+    add_batching_arguments(parser)
     parser.add_argument('--timeout', type=positive(float, 600), default=10.0, help='seconds a request may take')
     parser.add_argument('--onnx-dir', help='graphs export.onnx wrote (default: exported into a temporary folder)')
     parser.add_argument('--http-port', type=bounded(int, 1, 65535), default=8000)
@@ -424,15 +423,13 @@ def main(argv: Sequence[str] = None) -> int:
     if not args.checkpoint and not args.pretrained:
         raise UsageError('give --checkpoint RUN (or --pretrained): served answers are checked against trained weights')
     concurrency = parse_sizes(args.concurrency, '--concurrency', 1024)
-    preferred = parse_sizes(args.preferred_batch, '--preferred-batch size', args.max_batch,
-                            f'--max-batch ({args.max_batch})')
     ports = {'--http-port': args.http_port, '--grpc-port': args.grpc_port, '--metrics-port': args.metrics_port}
     if len(set(ports.values())) < 3:
         raise UsageError('--http-port, --grpc-port and --metrics-port must differ')
     check_ports(ports)
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
     report = serve_benchmark(loaded, args.output_dir, args.backend, precision, concurrency, args.seconds,
-                             args.max_batch, preferred, args.max_queue_delay_us, args.onnx_dir, ports, args.timeout,
+                             batching_from(args), args.onnx_dir, ports, args.timeout,
                              progress=lambda message: print(message, file=sys.stderr, flush=True))
     print(render_markdown(report))
     print(f'wrote {args.output_dir}/serve.json, serve.md, serve.png')

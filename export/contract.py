@@ -208,8 +208,8 @@ def weight_bytes(path: PathLike, float_bytes: Optional[int] = None) -> int:
 def write_export_manifest(folder: PathLike, written: Dict[str, dict]) -> dict:
     """Record ``written`` (file name -> its sha256, the weights' hash and the export's settings) in the folder's
     ``export.json``, atomically and after the files, keeping the entries of earlier exports of the same weights
-    whose files are still the ones they list. Two exports into one folder at once can then leave files of both, but never a manifest
-    that vouches for a file it did not write: readers (``check_export``) notice the mix."""
+    whose files are still the ones they list. Two exports into one folder at once can then leave files of both,
+    but never a manifest that vouches for a file it did not write: readers (``check_export``) notice the mix."""
     folder = Path(folder)
     with locked(folder):
         try:
@@ -239,6 +239,14 @@ def read_export_manifest(folder: PathLike) -> dict:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f'{path} is not an export manifest ({first_line(e, 120)})') from None
     return manifest
+
+
+def exported_graphs(folder: PathLike, precisions: Sequence[str]) -> Tuple[Dict[str, Path], Optional[dict]]:
+    """The graphs export.onnx wrote in ``folder`` for ``precisions`` (an absent one left out), checked against the
+    folder's ``export.json`` (see ``check_export``), and that manifest (None when no graph is there)."""
+    folder = Path(folder)
+    graphs = {p: folder / FILENAMES[p] for p in precisions if (folder / FILENAMES[p]).is_file()}
+    return graphs, check_export(list(graphs.values()))
 
 
 def check_export(graphs: Sequence[PathLike], required: bool = True) -> Optional[dict]:

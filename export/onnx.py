@@ -178,12 +178,12 @@ def export_onnx(
 
 def _record_export(output_dir: Path, result: ExportResult, weights: str, settings: dict) -> None:
     """export.json, last: the files this export wrote (hashed as written, before their rename) and its settings."""
-    written = {r['file']: {'sha256': r['sha256'], 'precision': r['precision'], 'weights_sha256': weights,
-                           'settings': settings} for r in result.rows if r['passed'] is not False}
-    for r in result.rows:
-        if r.get('calibration_sha256') and r['passed'] is not False:
-            written[CALIBRATION_FILE] = {'sha256': r['calibration_sha256'], 'precision': 'int8',
-                                         'weights_sha256': weights, 'settings': settings}
+    written = {}
+    for r in (r for r in result.rows if r['passed'] is not False):
+        entry = {'precision': r['precision'], 'weights_sha256': weights, 'settings': settings}
+        written[r['file']] = {**entry, 'sha256': r['sha256']}
+        if r.get('calibration_sha256'):
+            written[CALIBRATION_FILE] = {**entry, 'sha256': r['calibration_sha256']}
     if written:  # nothing new: the folder's export.json stays as it is
         write_export_manifest(output_dir, written)
 

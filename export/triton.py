@@ -25,9 +25,9 @@ import onnx
 
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, bounded, parse_list, parse_sizes, positive, run_cli
 from alexnet_zoo.files import PathLike
-from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set, sha256_file
+from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set
 
-from .contract import FILENAMES, GRAPH_PRECISIONS, check_export, dims, graph_inputs, metadata, read_onnx
+from .contract import FILENAMES, GRAPH_PRECISIONS, dims, exported_graphs, graph_inputs, metadata, read_onnx
 from .trt.record import read_record
 
 KIND = 'triton repository'
@@ -69,6 +69,25 @@ class Repository:
     path: Path
     models: Dict[str, dict] = field(default_factory=dict)  # model name -> backend, precision, files, max batch
     skipped: List[dict] = field(default_factory=list)  # backend, precision, reason
+
+
+def add_batching_arguments(parser: argparse.ArgumentParser) -> None:
+    """Triton's dynamic batching as the commands that configure it (export.triton, benchmarks.serve) spell it."""
+    parser.add_argument('--max-batch', type=positive(int, MAX_BATCH), default=Batching.max_batch,
+                        help=f'max_batch_size (default {Batching.max_batch})')
+    preferred = ','.join(map(str, Batching.preferred))
+    parser.add_argument('--preferred-batch', default=preferred,
+                        help=f'dynamic batching\'s preferred batch sizes (default {preferred})')
+    parser.add_argument('--max-queue-delay-us', type=bounded(int, 0, 10_000_000), default=Batching.max_queue_delay_us,
+                        help=f'how long a request may wait for others to batch with (default '
+                             f'{Batching.max_queue_delay_us} µs)')
+
+
+def batching_from(args: argparse.Namespace, instances: int = 1) -> Batching:
+    """The ``Batching`` of ``add_batching_arguments``'s options, the preferred sizes checked against the max."""
+    preferred = parse_sizes(args.preferred_batch, '--preferred-batch size', args.max_batch,
+                            f'--max-batch ({args.max_batch})')
+    return Batching(args.max_batch, preferred, args.max_queue_delay_us, instances)
 
 
 def model_config(name: str, backend: str, graph: onnx.ModelProto, batching: Batching, labels: bool,
@@ -124,11 +143,10 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
     if not onnx_dir.is_dir():
         raise FileNotFoundError(f'--onnx-dir not found: {onnx_dir}')
     _check_target(repository)
-    graphs = {p: onnx_dir / FILENAMES[p] for p in precisions if (onnx_dir / FILENAMES[p]).is_file()}
+    graphs, listed = exported_graphs(onnx_dir, precisions)  # the graphs export.json vouches for, of one weights
     if not graphs:
         raise FileNotFoundError(f'no exported graph of {", ".join(precisions)} in {onnx_dir} (python -m export.onnx '
                                 f'writes them)')
-    check_export(list(graphs.values()))  # the graphs export.json vouches for, of one set of weights
     result = Repository(repository)
     files: Dict[str, Tuple[str, object]] = {}  # relative path -> ('copy', source) or ('text', content)
     parsed = {p: read_onnx(path) for p, path in graphs.items()}
@@ -149,7 +167,8 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
             name = f'{meta.get("model_name", "model")}_{backend}_{precision}'
             source, max_batch = graphs[precision], None
             if backend == 'tensorrt':
-                source, max_batch, reason = _engine(engines, precision, graphs[precision])
+                source, max_batch, reason = _engine(engines, precision, graphs[precision],
+                                                    listed['files'][graphs[precision].name]['sha256'])
                 if reason:
                     result.skipped.append({**where, 'reason': reason})
                     continue
@@ -196,8 +215,10 @@ def _check_target(repository: Path) -> None:
                              f'{KIND}); choose an empty folder')
 
 
-def _engine(engines: Optional[PathLike], precision: str, graph: Path) -> Tuple[Optional[Path], Optional[int], str]:
-    """The TensorRT engine ``export.trt`` built from ``graph``, with its largest batch; or why there is none."""
+def _engine(engines: Optional[PathLike], precision: str, graph: Path,
+            graph_sha256: str) -> Tuple[Optional[Path], Optional[int], str]:
+    """The TensorRT engine ``export.trt`` built from ``graph`` (whose hash export.json gave and the file matched),
+    with its largest batch; or why there is none."""
     build = f'python -m export.trt --onnx {graph} (on a machine with an NVIDIA GPU)'
     if engines is None:
         return None, None, f'no --engines folder: build model.{precision}.plan with {build}'
@@ -210,7 +231,7 @@ def _engine(engines: Optional[PathLike], precision: str, graph: Path) -> Tuple[O
         low, high = int(record['input']['min'][0]), int(record['input']['max'][0])
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return None, None, f'{plan.name}.json does not say which graph and batch sizes it was built for; rebuild it'
-    if built_from != sha256_file(graph):
+    if built_from != graph_sha256:
         return None, None, f'{plan} was built from another graph than {graph}; rebuild it with {build}'
     if low != 1 or high < 1:
         return None, None, f'{plan} takes batches of {low} to {high}; Triton sends any size from 1: rebuild it ' \
@@ -255,10 +276,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--backends', default=','.join(BACKENDS), help=f'comma list of {",".join(BACKENDS)}')
     parser.add_argument('--precisions', default=','.join(GRAPH_PRECISIONS),
                         help=f'comma list of {",".join(GRAPH_PRECISIONS)}')
-    parser.add_argument('--max-batch', type=positive(int, MAX_BATCH), default=32, help='max_batch_size (default 32)')
-    parser.add_argument('--preferred-batch', default='8,16,32', help='dynamic batching\'s preferred batch sizes')
-    parser.add_argument('--max-queue-delay-us', type=bounded(int, 0, 10_000_000), default=500,
-                        help='how long a request may wait for others to batch with (default 500 µs)')
+    add_batching_arguments(parser)
     parser.add_argument('--instances', type=positive(int, 64), default=1, help='model instances (default 1)')
     parser.add_argument('--engines', help='folder of TensorRT engines built by export.trt (model.<precision>.plan)')
     return parser
@@ -268,11 +286,8 @@ def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
     backends = parse_list(args.backends, tuple(BACKENDS), 'backend')
     precisions = parse_list(args.precisions, GRAPH_PRECISIONS, 'precision')
-    preferred = parse_sizes(args.preferred_batch, '--preferred-batch size', args.max_batch,
-                            f'--max-batch ({args.max_batch})')
     result = write_repository(args.onnx_dir, args.repository, backends, precisions,
-                              Batching(args.max_batch, preferred, args.max_queue_delay_us, args.instances),
-                              args.engines)
+                              batching_from(args, args.instances), args.engines)
     for name, model in result.models.items():
         print(f'{name}: {model["backend"]} {model["precision"]}, max batch {model["max_batch_size"]}')
     for skipped in result.skipped:
