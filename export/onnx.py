@@ -301,8 +301,6 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
     precisions = parse_precisions(args.precisions)
-    if not MIN_OPSET <= args.opset <= MAX_OPSET:
-        raise UsageError(f'--opset must be between {MIN_OPSET} and {MAX_OPSET}, got {args.opset}')
     try:
         fallback = parse_fallback(args.int8_fallback)
     except ValueError as e:

@@ -18,6 +18,8 @@ from alexnet_zoo.cli import run_cli
 from alexnet_zoo.manifest import sha256_file
 from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx, write_export_manifest
 from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
+from export.trt.build import BatchProfile
+from test_trt import fake_engine
 
 model_config_pb2 = pytest.importorskip('tritonclient.grpc.model_config_pb2',
                                        reason='the serve extra (tritonclient) is not installed')
@@ -41,14 +43,8 @@ def fake_engines(graphs: Path, folder: Path) -> Path:
     repository writer reads the record, never the engine."""
     folder.mkdir()
     for precision, name in FILENAMES.items():
-        plan = folder / f'model.{precision}.plan'
-        plan.write_bytes(f'engine {precision}'.encode())
-        record = {'engine': {'file': plan.name, 'sha256': sha256_file(plan)}, 'tensorrt_version': '10.13.0',
-                  'precision': precision, 'onnx': {'file': name, 'sha256': sha256_file(graphs / name)},
-                  'input': {'name': 'input', 'min': [1, 3, 227, 227], 'opt': [16, 3, 227, 227],
-                            'max': [16, 3, 227, 227]},
-                  'gpu': {'name': 'NVIDIA H100', 'compute_capability': '9.0'}}
-        (folder / f'{plan.name}.json').write_text(json.dumps(record))
+        fake_engine(folder, precision, onnx={'file': name, 'sha256': sha256_file(graphs / name)},
+                    input={'name': 'input', **BatchProfile(1, 16, 16).shapes([3, 227, 227])})
     return folder
 
 

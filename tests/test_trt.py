@@ -245,12 +245,12 @@ def test_batch_profile_shapes():
 # ------------------------------------------------------------------------------------------- build records
 
 
-def fake_engine(tmp_path: Path, **overrides) -> Path:
+def fake_engine(tmp_path: Path, precision: str = 'fp32', **overrides) -> Path:
     """An engine file (arbitrary bytes) with a build record as build_engine writes it."""
-    plan = tmp_path / 'model.fp32.plan'
+    plan = tmp_path / f'model.{precision}.plan'
     plan.write_bytes(b'not really an engine')
     record = {'tensorrt_version': '10.7.0', 'gpu': {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'},
-              'precision': 'fp32', 'strongly_typed': True,
+              'precision': precision, 'strongly_typed': True,
               'input': {'name': 'input', **BatchProfile(1, 8, 64).shapes([3, 227, 227])}, 'outputs': ['logits'],
               'onnx': {'file': 'model.onnx', 'sha256': '0' * 64, 'model_name': 'alexnet_bn'},
               'engine': {'file': plan.name, 'sha256': hashlib.sha256(plan.read_bytes()).hexdigest(),
