@@ -1,8 +1,9 @@
 """Registers alexnet-zoo's models with timm the moment timm is imported, without the user importing us.
 
-timm 1.0 has no plugin entry points, so the ``alexnet_zoo.pth`` file installed with the package imports this
-module at interpreter start-up. It must stay cheap: it only puts a finder on ``sys.meta_path`` that wraps timm's
-loader; nothing heavy (torch, numpy, timm) is imported until the program itself imports timm.
+timm 1.0 has no plugin entry points, so the ``alexnet_zoo.pth`` file installed with the package (from
+``_alexnet_zoo_hook.pth.in``) imports this module at interpreter start-up. It must stay cheap: it only puts a
+finder on ``sys.meta_path`` that wraps timm's loader; nothing heavy (torch, numpy, timm) is imported until the
+program itself imports timm.
 """
 import sys
 
