@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 __all__ = ['AlexNet', 'AlexNetCfg', 'ConvCfg']
 
@@ -305,7 +306,13 @@ class AlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.features, x)
+            # One checkpoint per block, not per layer (timm's checkpoint_seq): a layer's saved input would be what
+            # the in-place ReLU after a conv overwrites; a block starts with a conv and leaves its input alone.
+            ends = [e + 1 for e in self.feature_ends if e < len(self.features)] + [len(self.features)]
+            for start, end in zip([0, *ends], ends):
+                if end > start:
+                    x = checkpoint(self.features[start:end], x, use_reentrant=False)
+            return x
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -17,7 +17,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one ``error: ...`` line and exit 2, like every other user error."""
 
     def error(self, message: str):
-        print(f'error: {message} (see --help)', file=sys.stderr)
+        print(f'error: {printable(message)} (see --help)', file=sys.stderr)
         sys.exit(2)
 
 
@@ -27,7 +27,7 @@ def first_line(error: BaseException, limit: int = 0) -> str:
     text = str(error).strip()
     if text.startswith('Caught ') and 'Original Traceback' in text:  # PyTorch's DataLoader: the worker's error last
         text = text.splitlines()[-1].split(': ', 1)[-1]
-    line = printable(text.splitlines()[0] if text else type(error).__name__)
+    line = printable(text.split('\n')[0] if text else type(error).__name__)  # not splitlines(): it cuts at \r
     return line[:limit] if limit else line
 
 
@@ -121,6 +121,7 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str] = None,
     """
     try:
         code = main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit as an ignored exception
     except BrokenPipeError:  # stdout closed early (| head): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1

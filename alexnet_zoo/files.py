@@ -3,8 +3,12 @@
 A temporary file (``.NAME.PID.XXXX.tmp``) is locked (``flock``) by its writer while it is written: the next writer
 in the folder removes the unlocked ones (left by a writer that was killed: the kernel drops a dead process's
 locks), never one still being written, whether its writer runs here, in another container or on another host of a
-shared file system that supports locks. A full disk is one line naming the file that did not fit. Kept free of
-torch and timm: the light paths (the TensorRT preflight, reading a graph's metadata) use it.
+shared file system that supports locks. The ``filelock`` package cannot do this job: its ``FileLock`` locks a
+separate lock file, not the temporary itself, so a killed writer would leave a second file behind that says
+nothing about the first; here the lock is one ``flock`` on the descriptor ``mkstemp`` returned.
+
+A full disk is one line naming the file that did not fit. Kept free of torch and timm: the light paths (the
+TensorRT preflight, reading a graph's metadata) use it.
 """
 import contextlib
 import errno
@@ -123,6 +127,17 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
         with contextlib.suppress(OSError):
             path.unlink()
     return removed
+
+
+def check_writable_dir(path: PathLike) -> None:
+    """One clear line before minutes of work when ``path`` cannot become a folder to write in; creates nothing (a
+    command refused later, for another input, leaves no folder behind)."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise PermissionError(f'output directory not writable: {path} ({existing} is not a folder)')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f'output directory not writable: {path} (permission denied)')
 
 
 def ensure_writable_dir(path: PathLike) -> Path:

@@ -9,6 +9,10 @@ Saves, recoveries and checks take an exclusive lock on ``FOLDER/.lock`` (where t
 reader never finishes a save that its writer is still finishing, nor hashes files while they are moved. Staged
 files are flushed to disk (fsync) before the staged manifest is written.
 
+That lock is a plain ``flock``: ``filelock``'s ``FileLock`` would lock the same file, but where none can be made (a
+read-only folder, another user's report) it fails, and a reader must still check the files there, without a lock;
+on a file system without ``flock`` it falls back to marker files of its own.
+
 Kept free of torch: reports use it too.
 """
 import contextlib

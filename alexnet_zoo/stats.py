@@ -8,6 +8,8 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .cli import run_cli
+
 
 def flops_per_image(model: torch.nn.Module) -> int:
     """FLOPs of one image at the model's input size, counted by PyTorch's FlopCounterMode (1 multiply-add = 2)."""
@@ -38,4 +40,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(lambda argv: main() or 0)  # a closed pipe (| head) or Ctrl-C: one line, no traceback

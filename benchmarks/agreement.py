@@ -14,24 +14,23 @@ import numpy as np
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, positive, run_cli
 
 from .report import read_report
+from .results import Report
 
 TOLERANCE = 0.15
 
 
-def fastest(report: dict, batch_size: int) -> dict:
+def fastest(report: Report, batch_size: int) -> dict:
     """The fastest passing row at ``batch_size``, with its speed-up and interval (None before schema 3)."""
-    try:
-        entries = list(report['summary']['fastest_passing'])
-    except (KeyError, TypeError):
-        raise ValueError('a report has no summary of its fastest rows') from None
-    for f in entries:
-        if f['batch_size'] == batch_size:
-            return {'row': f'{f["backend"]} {f["precision"]}', 'speedup': f['speedup_vs_torch_fp32'],
-                    'ci95': f.get('speedup_ci95'), 'ms': f.get('median_ms', f.get('p50_ms'))}
+    if report.summary is None:
+        raise ValueError('a report has no summary of its fastest rows')
+    for f in report.summary.fastest_passing:
+        if f.batch_size == batch_size:
+            return {'row': f'{f.backend} {f.precision}', 'speedup': f.speedup_vs_torch_fp32, 'ci95': f.speedup_ci95,
+                    'ms': f.ms}
     raise ValueError(f'no passing row at batch {batch_size} in a report')
 
 
-def agreement(reports: Sequence[dict], batch_size: int = 1, tolerance: float = TOLERANCE) -> dict:
+def agreement(reports: Sequence[Report], batch_size: int = 1, tolerance: float = TOLERANCE) -> dict:
     """Each run's fastest row and speed-up, the spread around their median, and whether the target holds."""
     runs = [fastest(r, batch_size) for r in reports]
     if any(run['speedup'] is None for run in runs):

@@ -7,7 +7,8 @@ import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
 from alexnet_zoo.files import PathLike
-from export.contract import exported_graphs, read_metadata
+from export.contract import read_metadata
+from export.export_manifest import exported_graphs
 from export.onnx import ParityGateError, export_onnx
 from export.parity import gate_failure
 from export.trt.build import BatchProfile, build_engine

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 from export.contract import read_metadata
+from export.timing import time_calls
 
 from .environment import cpu_threads
 from .latency import summarize, time_runner
@@ -65,12 +66,10 @@ def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) 
         x = tile(sample_batch(graph_model(onnx_path)[0])[1].numpy(), batch_size)
         prepared = runner.prepare(x)
         times = time_runner(runner, prepared, warmup_iters=3, warmup_s=1.0, min_iters=10, min_time_s=seconds)
-        overhead = []
-        for _ in range(100):
-            start = time.perf_counter_ns()
-            request = runner.run(prepared)
-            overhead.append((time.perf_counter_ns() - start) / 1e6 - request.latency)
-    return summarize(times, batch_size)['latency_ms']['p50'], float(np.median(overhead))
+        latencies = []  # OpenVINO's own latency of each request, read after its run
+        walls = time_calls(partial(runner.run, prepared), min_iters=100,
+                           each=lambda request: latencies.append(request.latency))
+    return summarize(times, batch_size)['latency_ms']['p50'], float(np.median(np.subtract(walls, latencies)))
 
 
 def crosscheck(onnx_path: Path, batch_size: int = 1, rounds: int = 3, seconds: float = 10.0) -> List[Dict[str, float]]:

@@ -33,10 +33,12 @@ from export.runner import BackendUnavailable, Runner
 from export.views import reference_logits
 
 from .artifacts import artifact_for, export_graphs, graphs_in
+from .compare import compare_reports
 from .environment import cpu_features, cpu_threads, environment
 from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
 from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
-from .report import SCHEMA_VERSION, compare_reports, read_report, write_report
+from .report import read_report, write_report
+from .results import SCHEMA_VERSION, read_back
 from .limits import measure_limits
 from .summary import add_noise, add_roofline, add_speedups, passing_by_latency
 from .uncertainty import median_ci_rank
@@ -268,7 +270,7 @@ def run_benchmark(
     add_noise(report)
     add_roofline(report)
     if old_report is not None:
-        report['comparison'] = compare_reports(old_report, report, str(compare))
+        report['comparison'] = compare_reports(old_report, read_back(report), str(compare))
     report['duration_s'] = round(time.perf_counter() - started, 1)
     write_report(report, output_dir)
     return report

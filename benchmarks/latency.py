@@ -6,16 +6,16 @@ a seeded generator and recorded: a window of one untimed run (what the previous 
 pools is not charged to this one) and timed runs until both a minimum count and a minimum time have passed. On a
 shared machine other tenants' load comes and goes within seconds; spread over rounds it reaches every row alike,
 and the per-round medians show it. Only ``runner.run(prepared)`` is inside the timed region, one
-``perf_counter_ns`` pair around each call; the garbage collector is paused meanwhile.
+``perf_counter_ns`` pair around each call; the garbage collector is paused meanwhile (``export.timing``'s loop).
 """
-import gc
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from export.runner import Runner
+from export.timing import time_calls
 
 from .uncertainty import CI_METHOD, RUN_TO_RUN, cpu_times, median_ci, steal_fraction, widen
 
@@ -58,17 +58,15 @@ class Rounds(NamedTuple):
 
 def time_runner(runner: Runner, prepared: Any, warmup_iters: int = 3, warmup_s: float = 0.5, min_iters: int = 10,
                 min_time_s: float = 2.0) -> List[float]:
-    """One window of per-run latencies in ms after a warm-up (what ``benchmarks.crosscheck`` compares with
-    benchmark_app's single window)."""
-    _loop(runner, prepared, warmup_iters, warmup_s)
-    return _loop(runner, prepared, min_iters, min_time_s)
+    """One window of per-run latencies in ms after a warm-up: ``runner.run(prepared)`` alone is timed."""
+    return time_calls(partial(runner.run, prepared), min_iters, min_time_s, warmup_iters, warmup_s)
 
 
 def time_rounds(windows: Sequence[Window], timing: TimingConfig = DEFAULT_TIMING,
                 on_round: Optional[Callable[[int], None]] = None) -> Rounds:
     """Warm every row up, then ``timing.rounds`` rounds over all rows in seeded shuffled orders."""
     for w in windows:
-        _loop(w.runner, w.prepared, timing.warmup_iters, timing.warmup_s)
+        time_runner(w.runner, w.prepared, timing.warmup_iters, timing.warmup_s, min_iters=0, min_time_s=0.0)
     rng = np.random.default_rng(timing.seed)
     times: List[List[List[float]]] = [[] for _ in windows]
     order, steal = [], []
@@ -77,8 +75,8 @@ def time_rounds(windows: Sequence[Window], timing: TimingConfig = DEFAULT_TIMING
         visit = [int(i) for i in rng.permutation(len(windows))]
         for i in visit:
             w = windows[i]
-            _loop(w.runner, w.prepared, timing.window_warmup_iters, 0.0)
-            times[i].append(_loop(w.runner, w.prepared, timing.min_iters, timing.seconds_per_row))
+            times[i].append(time_runner(w.runner, w.prepared, timing.window_warmup_iters, 0.0, timing.min_iters,
+                                        timing.seconds_per_row))
         order.append(visit)
         now = cpu_times()
         steal.append(steal_fraction(counters, now))
@@ -86,25 +84,6 @@ def time_rounds(windows: Sequence[Window], timing: TimingConfig = DEFAULT_TIMING
         if on_round:
             on_round(r)
     return Rounds([w.label for w in windows], times, order, steal, steal_fraction(start, counters))
-
-
-def _loop(runner: Runner, prepared: Any, min_iters: int, min_time_s: float) -> List[float]:
-    run, clock = runner.run, time.perf_counter_ns
-    min_time_ns = int(min_time_s * 1e9)
-    times, total = [], 0
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        while len(times) < min_iters or total < min_time_ns:
-            start = clock()
-            run(prepared)
-            elapsed = clock() - start
-            times.append(elapsed)
-            total += elapsed
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return [t / 1e6 for t in times]
 
 
 def summarize(times_ms: List[float], batch_size: int) -> Dict[str, Any]:

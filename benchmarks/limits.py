@@ -15,19 +15,16 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
+from export.timing import time_calls
+
 BANDWIDTH_BYTES = 512 << 20
 GEMM = (512, 4096, 4096)  # M, K, N of the OpenVINO MatMul
 TORCH_N = 2048
 
 
 def best_seconds(run: Callable[[], object], repeats: int = 5) -> float:
-    run()  # warm-up: first-touch, JIT, caches
-    best = float('inf')
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """The fastest of ``repeats`` runs after one untimed (first-touch, JIT, caches): a ceiling is a best case."""
+    return min(time_calls(run, min_iters=repeats, warmup_iters=1)) / 1e3
 
 
 def memory_read_bandwidth() -> float:

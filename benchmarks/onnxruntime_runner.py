@@ -15,37 +15,26 @@ PROVIDERS = {'cpu': 'CPUExecutionProvider', 'cuda': 'CUDAExecutionProvider'}
 
 class OnnxRuntimeRunner(GraphRunner):
     """fp32/fp16/int8 live in the graph. Every output is bound by name once (``run_with_iobinding`` on pre-made
-    OrtValues), so a timed run copies nothing; one session, sequential execution, ``threads`` intra-op threads."""
+    OrtValues), so a timed run copies nothing; one session with export.ort_session's options, ``threads`` intra-op
+    threads."""
     backend = 'onnxruntime'
 
     def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
         self.require(precision, device)
-        import onnxruntime as ort
+        from export.ort_session import ort_session  # imports onnxruntime, which available() found installed
         self.precision, self.device, self.graph = precision, str(device), onnx_path
         self.ort_device = 'cuda' if self.device.startswith('cuda') else 'cpu'
         self.device_id = cuda_index(self.device)  # cuda:N runs on GPU N (the CUDA EP's device_id)
         self.threads = threads or cpu_threads()
-        options = self._options()
         provider = PROVIDERS[self.ort_device]
         # fp32 on the CUDA EP computes in fp32: its use_tf32 defaults to on (~1e-3 error, beyond the fp32 gate)
         cuda_options = {'device_id': self.device_id, **({'use_tf32': 0} if precision == 'fp32' else {})}
         providers = [(provider, cuda_options)] if self.ort_device == 'cuda' else [provider]
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        self.session = ort_session(onnx_path, self.threads, providers)
         self.providers = providers
         self.outputs = self.session.get_outputs()
         if OUTPUT_NAME not in [o.name for o in self.outputs]:
             raise ValueError(f'{onnx_path} has no output {OUTPUT_NAME!r} (outputs: {[o.name for o in self.outputs]})')
-
-    def _options(self):
-        """One session, sequential execution, ``threads`` intra-op threads, all graph optimizations."""
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: the Q/DQ graph makes ORT chatty about fusions
-        return options
 
     @classmethod
     def devices(cls, precision: str, gpu: bool) -> Tuple[str, ...]:
@@ -90,11 +79,9 @@ class OnnxRuntimeRunner(GraphRunner):
 
     def layer_times(self, x: np.ndarray, runs: int = 10):
         """ONNX Runtime's own profiler (``enable_profiling``) on a second session: node kernel times per run."""
-        import onnxruntime as ort
-        options = self._options()
+        from export.ort_session import ort_session
         with tempfile.TemporaryDirectory(prefix='alexnet-zoo-ort-profile-') as folder:
-            options.enable_profiling, options.profile_file_prefix = True, f'{folder}/profile'
-            session = ort.InferenceSession(str(self.graph), options, providers=self.providers)
+            session = ort_session(self.graph, self.threads, self.providers, profile_prefix=f'{folder}/profile')
             feed = {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)}
             for _ in range(runs):
                 session.run([OUTPUT_NAME], feed)

@@ -1,25 +1,24 @@
 """The ONNX contract every tool relies on: names, file names, the metadata schema, reading and validating a graph.
 
 ``export.onnx`` writes graphs that keep it; ``export.trt``, the benchmark and a deployer read them through it. Kept
-free of torch and timm, so that the TensorRT preflight and reading a graph's metadata stay light imports.
+free of torch and timm, so that the TensorRT preflight and reading a graph's metadata stay light imports. What
+TensorRT alone asks of a graph (Q/DQ zero points of 0) is in ``export.trt.preflight``; the folder's ``export.json``
+in ``export.export_manifest``.
 """
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from alexnet_zoo.cli import first_line
-from alexnet_zoo.files import PathLike, write_text_atomic
-from alexnet_zoo.manifest import locked, sha256_file
+from alexnet_zoo.files import PathLike
 
 INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, BATCH_DIM = 'input', 'logits', 'probabilities', 'batch'
 GRAPH_PRECISIONS = ('fp32', 'fp16', 'int8')  # the precisions export.onnx writes a graph for
 FILENAMES = {'fp32': 'model.onnx', 'fp16': 'model.fp16.onnx', 'int8': 'model.int8.onnx'}
 CALIBRATION_FILE = 'model.int8.calibration.json'  # the int8 graph's tensor ranges, for --calibration-cache
-EXPORT_MANIFEST = 'export.json'  # what export.onnx wrote into a folder: each file's sha256, weights and settings
 # Opset 18 is what torch's exporter implements natively (lower opsets are down-converted, which fails for some
 # ops), and ONNX Runtime, OpenVINO and TensorRT 10/11 all parse it (TensorRT 8.6 stops at 17: ask for 17 there).
 # 13 is the first opset with per-channel Q/DQ.
@@ -140,45 +139,6 @@ def check_graph(graph: onnx.ModelProto, softmax: bool = False) -> None:
         raise RuntimeError('exported graph breaks its contract: ' + '; '.join(problems))
 
 
-def constant(model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
-    """The value of a tensor that is an initializer or a Constant node's output; None if computed at run time."""
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    for node in model.graph.node:
-        if node.op_type == 'Constant' and node.output[0] == name:
-            for attr in node.attribute:
-                if attr.name == 'value':
-                    return numpy_helper.to_array(attr.t)
-    return None
-
-
-def zero_points(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto] = None) -> Dict[str, Optional[np.ndarray]]:
-    """Every Q/DQ node's zero point, by node label: its value, or None where it is not a constant."""
-    return {node_label(node): constant(model, node.input[2])
-            for node in (model.graph.node if nodes is None else nodes)
-            if node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2]}
-
-
-def zero_point_problems(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto] = None) -> List[str]:
-    """Q/DQ zero points that TensorRT's parser refuses: not constant, not 0, or uint8 (it needs symmetric int8)."""
-    problems = []
-    for label, zero_point in zero_points(model, nodes).items():
-        if zero_point is None:
-            problems.append(f'node {label}: zero point is not a constant; TensorRT needs constant zero points of 0')
-        elif np.any(zero_point != 0):
-            nonzero = sorted(set(np.asarray(zero_point).ravel().tolist()) - {0})
-            problems.append(f'node {label}: zero point is not 0 (values {nonzero[:5]}); TensorRT needs symmetric '
-                            f'quantization (zero point 0)')
-        elif zero_point.dtype == np.uint8:
-            problems.append(f'node {label}: quantizes to uint8; TensorRT needs signed int8 with zero point 0')
-    return problems
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    return f'{node.name!r} ({node.op_type})' if node.name else f'{node.op_type} -> {", ".join(node.output)}'
-
-
 def graph_precision(model: onnx.ModelProto) -> str:
     """fp32 / fp16 / int8: what export.onnx wrote into the metadata, else what the graph holds."""
     meta = {p.key: p.value for p in model.metadata_props}
@@ -203,74 +163,3 @@ def weight_bytes(path: PathLike, float_bytes: Optional[int] = None) -> int:
         width = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
         total += count * (float_bytes if float_bytes and init.data_type in FLOAT_TYPES else width)
     return total
-
-
-def write_export_manifest(folder: PathLike, written: Dict[str, dict]) -> dict:
-    """Record ``written`` (file name -> its sha256, the weights' hash and the export's settings) in the folder's
-    ``export.json``, atomically and after the files, keeping the entries of earlier exports of the same weights
-    whose files are still the ones they list. Two exports into one folder at once can then leave files of both,
-    but never a manifest that vouches for a file it did not write: readers (``check_export``) notice the mix."""
-    folder = Path(folder)
-    with locked(folder):
-        try:
-            kept = read_export_manifest(folder)['files']
-        except (FileNotFoundError, ValueError):
-            kept = {}
-        weights = {entry.get('weights_sha256') for entry in written.values()} or {None}
-        files = {name: entry for name, entry in kept.items() if name not in written
-                 and entry.get('weights_sha256') in weights  # one folder, one set of weights
-                 and (folder / name).is_file() and sha256_file(folder / name) == entry.get('sha256')}
-        manifest = {'kind': 'export', 'files': {**files, **written}}
-        write_text_atomic(folder / EXPORT_MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + '\n')
-    return manifest
-
-
-def read_export_manifest(folder: PathLike) -> dict:
-    path = Path(folder) / EXPORT_MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f'{Path(folder)} has no {EXPORT_MANIFEST}: its graphs were not written by this '
-                                f'version of export.onnx (or were copied in by hand); export them again there')
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest['files']
-        if not isinstance(files, dict) or not all(isinstance(e, dict) and isinstance(e.get('sha256'), str)
-                                                  for e in files.values()):
-            raise ValueError('files must map names to entries with a sha256')
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{path} is not an export manifest ({first_line(e, 120)})') from None
-    return manifest
-
-
-def exported_graphs(folder: PathLike, precisions: Sequence[str]) -> Tuple[Dict[str, Path], Optional[dict]]:
-    """The graphs export.onnx wrote in ``folder`` for ``precisions`` (an absent one left out), checked against the
-    folder's ``export.json`` (see ``check_export``), and that manifest (None when no graph is there)."""
-    folder = Path(folder)
-    graphs = {p: folder / FILENAMES[p] for p in precisions if (folder / FILENAMES[p]).is_file()}
-    return graphs, check_export(list(graphs.values()))
-
-
-def check_export(graphs: Sequence[PathLike], required: bool = True) -> Optional[dict]:
-    """Check ``graphs`` (files of one folder) against that folder's ``export.json`` before they are used: each
-    listed and the very file it lists, all of the same weights. Without a manifest: an error when ``required``,
-    else None (a single graph from another tool)."""
-    paths = [Path(g) for g in graphs]
-    if not paths:
-        return None
-    folder = paths[0].parent
-    if not required and not (folder / EXPORT_MANIFEST).is_file():
-        return None
-    manifest = read_export_manifest(folder)
-    files = manifest['files']
-    for path in paths:
-        entry = files.get(path.name)
-        if entry is None:
-            raise ValueError(f'{path} is not listed in {folder / EXPORT_MANIFEST}: not written by the export that '
-                             f'wrote the others (an export was interrupted, or two ran at once); export again')
-        if sha256_file(path) != entry['sha256']:
-            raise ValueError(f'{path} is not the file {folder / EXPORT_MANIFEST} lists (written by another export '
-                             f'at the same time, or changed since); export again')
-    weights = {files[p.name].get('weights_sha256') for p in paths}
-    if len(weights) > 1:
-        raise ValueError(f'the graphs in {folder} come from different weights ({len(weights)} checkpoints); '
-                         f'export them again from one')
-    return manifest

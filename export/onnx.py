@@ -26,20 +26,22 @@ import onnx
 from alexnet_zoo.checkpoint import LoadedModel, load_model
 from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, bounded, run_cli
 from alexnet_zoo.data import data_config
-from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir, write_bytes_atomic
+from alexnet_zoo.files import PathLike, atomic_path, check_writable_dir, ensure_writable_dir, write_bytes_atomic
 from alexnet_zoo.manifest import sha256_file
 
 from .calibration import calibration_crops
 from .contract import (CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSET,
-                       MIN_OPSET, check_graph, set_metadata, write_export_manifest, zero_point_problems)
+                       MIN_OPSET, check_graph, set_metadata)
 from .contract import read_metadata  # noqa: F401  (export.onnx.read_metadata, as the docs once showed)
 from .diagnose import DIAGNOSIS_VIEWS, TOP
 from .diagnose import render as render_diagnosis
 from .diagnose import table as diagnosis_table
+from .export_manifest import write_export_manifest
 from .int8 import Int8Result, make_int8, parse_fallback
 from .parity import gate_failure, judge, sqnr_text, verdict
 from .precision import CALIBRATION_METHODS, read_calibration_record, to_fp16
 from .torch_export import base_metadata, torch_to_onnx
+from .trt.preflight import zero_point_problems
 from .views import ParityViews, ort_ms_b1, run_onnx
 
 Progress = Optional[Callable[[str], None]]
@@ -101,6 +103,8 @@ def export_onnx(
     fallback = parse_fallback(int8_fallback)
     if calibration_cache is not None and not Path(calibration_cache).is_file():
         raise FileNotFoundError(f'calibration cache not found: {calibration_cache}')
+    check_writable_dir(output_dir)  # the cheap checks first: the views and crops below take a while
+    record = read_calibration_record(calibration_cache) if calibration_cache and 'int8' in precisions else None
     model = loaded.model.eval()
     result = ExportResult(trained=loaded.trained)
     crops, calibration = None, {}
@@ -109,8 +113,7 @@ def export_onnx(
         calibration = {'method': calibration_method, 'crops': len(crops),
                        'source': f'{source}, {calibration_method} calibration'}
         result.calibration = calibration['source']
-        if calibration_cache is not None:  # the graph records how its ranges were computed, not where they were read
-            record = read_calibration_record(calibration_cache)
+        if record is not None:  # the graph records how its ranges were computed, not where they were read
             calibration = {key: record[key] for key in ('method', 'crops', 'source')}
             result.calibration = f'{calibration["source"]} (ranges read from {Path(calibration_cache).name})'
     views = ParityViews.of(loaded, parity_images)

@@ -27,7 +27,8 @@ from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, bounded, parse_list, pars
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set
 
-from .contract import FILENAMES, GRAPH_PRECISIONS, dims, exported_graphs, graph_inputs, metadata, read_onnx
+from .contract import FILENAMES, GRAPH_PRECISIONS, dims, graph_inputs, metadata, read_onnx
+from .export_manifest import exported_graphs
 from .trt.record import read_record
 
 KIND = 'triton repository'

@@ -1,14 +1,12 @@
 """The views every exported graph is judged on: PyTorch fp32's logits on them, their labels where known, and
 ONNX Runtime runs of a graph on them."""
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from alexnet_zoo.checkpoint import LoadedModel
@@ -17,7 +15,9 @@ from alexnet_zoo.files import PathLike
 from alexnet_zoo.samples import folder_images
 
 from .contract import INPUT_NAME, OUTPUT_NAME
+from .ort_session import ort_session
 from .parity import accuracy_figures, compare, judge, margin_std
+from .timing import time_calls
 
 
 @dataclass
@@ -78,17 +78,9 @@ def reference_logits(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype, 
     return np.concatenate(out)
 
 
-def cpu_session(graph: Union[bytes, PathLike]) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session of a graph, serialized or a file."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's buffer-reuse notes are not the user's business
-    return ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
-                                providers=['CPUExecutionProvider'])
-
-
 def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> np.ndarray:
     """The ``logits`` of a graph (serialized, or a file) for ``x``, with ONNX Runtime on the CPU."""
-    session = cpu_session(graph)
+    session = ort_session(graph)
     return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
                            for i in range(0, len(x), batch)])
 
@@ -96,12 +88,6 @@ def run_onnx(graph: Union[bytes, PathLike], x: np.ndarray, batch: int = 32) -> n
 def ort_ms_b1(graph: Union[bytes, PathLike], x: np.ndarray, runs: int = 20) -> float:
     """Median ONNX Runtime CPU latency at batch 1, a quick figure for what a precision or a float layer costs
     (the benchmark measures properly)."""
-    session = cpu_session(graph)
+    session = ort_session(graph)
     feed = {INPUT_NAME: np.ascontiguousarray(x[:1])}
-    times = []
-    for i in range(runs + 3):
-        started = time.perf_counter()
-        session.run([OUTPUT_NAME], feed)
-        if i >= 3:
-            times.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(times))
+    return float(np.median(time_calls(lambda: session.run([OUTPUT_NAME], feed), min_iters=runs, warmup_iters=3)))

@@ -9,6 +9,8 @@ import hashlib
 import importlib
 import inspect
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,8 @@ from alexnet_zoo.checkpoint import LoadedModel, save_checkpoint_dir
 from alexnet_zoo.data import random_crops, seeded
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs
 from export.onnx import export_onnx
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Property-based tests (tests/test_fuzz.py): the suite runs a fixed, deterministic subset of each property; `make
 # fuzz` runs the same properties with --hypothesis-profile=fuzz (1,000 random examples each).
@@ -111,17 +115,44 @@ def exported_graphs(trained_model, tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def softmax_graphs(trained_model, tmp_path_factory):
-    """The trained model's int8 graph with a second output, ``probabilities``: the folder it is in."""
-    out = tmp_path_factory.mktemp('softmax-graphs')
-    export_onnx(_loaded(trained_model), out, precisions=('int8',), softmax=True)
-    return out
+def softmax_graphs(trained_checkpoint, tmp_path_factory):
+    """``python -m export.onnx --softmax`` as a user runs it (the suite's one export.onnx subprocess): int8 and fp16
+    graphs of the trained checkpoint with a second output, ``probabilities``. (exit code, stdout, stderr, folder)."""
+    out = tmp_path_factory.mktemp('softmax') / 'graphs'
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+    env.pop('ALEXNET_ZOO_DEBUG', None)
+    run = subprocess.run([sys.executable, '-m', 'export.onnx', '--checkpoint', str(trained_checkpoint),
+                          '--output-dir', str(out), '--precisions', 'int8,fp16', '--softmax'],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return run.returncode, run.stdout, run.stderr, out
 
 
-# Tests that export a graph, run a whole benchmark or train are ``slow``: ``pytest -m "not slow"`` is the quick
-# loop (pure logic, runners on small inputs, bad input), the full suite (the README's command) runs them all.
-SLOW_FIXTURES = {'exported_graphs', 'softmax_graphs', 'fault_log', 'quick_run', 'bad_runs', 'softmax_run', 'photo_folder',
-                 'outlier_checkpoint', 'outlier_model', 'torchvision_checkpoint'}
+@pytest.fixture(scope='session')
+def photos_data(tmp_path_factory):
+    """An ImageFolder of the sample photographs, one class folder per photograph (the checkpoint's labels)."""
+    root = tmp_path_factory.mktemp('data')
+    for name, image in photographs():
+        (root / name).mkdir()
+        image.save(root / name / f'{name}.png')
+    return root
+
+
+@pytest.fixture(scope='session')
+def quick_run(trained_checkpoint, photos_data, tmp_path_factory):
+    """``python -m benchmarks --quick`` as a user runs it (the suite's one benchmark subprocess), exporting its
+    graphs into --onnx-dir: (CompletedProcess, report folder, graph folder)."""
+    out = tmp_path_factory.mktemp('quick')
+    cmd = [sys.executable, '-m', 'benchmarks', '--checkpoint', str(trained_checkpoint), '--quick',
+           '--data', str(photos_data), '--onnx-dir', str(out / 'graphs'), '--output-dir', str(out / 'report')]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    return proc, out / 'report', out / 'graphs'
+
+
+# Tests that train, export a graph or run a whole benchmark are ``slow``: ``pytest -m "not slow"`` is the quick loop
+# (pure logic, runners on small inputs, bad input; it trains nothing), the full suite (the README's command) runs
+# them all. A test is slow when it uses one of these fixtures, directly or through another fixture.
+SLOW_FIXTURES = {'trained_model', 'trained_checkpoint', 'exported_graphs', 'softmax_graphs', 'fault_log',
+                 'quick_run', 'photo_folder', 'outlier_checkpoint', 'outlier_model', 'torchvision_checkpoint'}
 
 
 def pytest_collection_modifyitems(config, items):

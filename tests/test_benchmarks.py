@@ -22,7 +22,8 @@ from benchmarks.onnxruntime_runner import OnnxRuntimeRunner
 from benchmarks.openvino_runner import OpenVINORunner
 from benchmarks.registry import Spec, parse_batch_sizes, parse_list, plan
 from benchmarks.plots import PLOTS
-from benchmarks.report import SCHEMA_VERSION, read_report
+from benchmarks.report import read_report
+from benchmarks.results import SCHEMA_VERSION
 from benchmarks.torch_runner import TorchCompileRunner, TorchRunner
 from export import parity
 from export.runner import BackendUnavailable, Runner
@@ -37,26 +38,6 @@ ACCURACY_KEYS = {'accuracy_top1', 'reference_accuracy_top1', 'accuracy_views'}  
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope='module')
-def photos_data(tmp_path_factory):
-    """An ImageFolder of the sample photographs, one class folder per photograph (the checkpoint's labels)."""
-    root = tmp_path_factory.mktemp('data')
-    for name, image in photographs():
-        (root / name).mkdir()
-        image.save(root / name / f'{name}.png')
-    return root
-
-
-@pytest.fixture(scope='module')
-def quick_run(trained_checkpoint, photos_data, tmp_path_factory):
-    """``python -m benchmarks --quick`` as a user runs it (a subprocess), exporting its graphs into --onnx-dir."""
-    out = tmp_path_factory.mktemp('quick')
-    cmd = [sys.executable, '-m', 'benchmarks', '--checkpoint', str(trained_checkpoint), '--quick',
-           '--data', str(photos_data), '--onnx-dir', str(out / 'graphs'), '--output-dir', str(out / 'report')]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    return proc, out / 'report', out / 'graphs'
 
 
 @pytest.fixture(scope='module')
@@ -279,11 +260,13 @@ def test_torch_runner(trained_model, photo_batch, reference):
 
 
 def test_torch_runner_unsupported_precisions(trained_model):
+    """int8 is never a PyTorch row; fp16 is CUDA's only; bf16 runs on a CPU with AMX and is refused, saying why,
+    on one without (each case asserted on whichever machine runs the test)."""
     with pytest.raises(BackendUnavailable, match='not supported'):
         TorchRunner(trained_model, 'int8')
-    if not HAS_GPU:
-        with pytest.raises(BackendUnavailable, match='CUDA'):
-            TorchRunner(trained_model, 'fp16')
+    with pytest.raises(BackendUnavailable, match='CUDA only; no GPU here' if not HAS_GPU else 'see the cuda row'):
+        TorchRunner(trained_model, 'fp16')
+    assert (TorchRunner.available('bf16', 'cpu') is None) == cpu_has_amx()
     if not cpu_has_amx():
         with pytest.raises(BackendUnavailable, match='AMX'):
             TorchRunner(trained_model, 'bf16')
@@ -526,7 +509,7 @@ def test_quick_run_files(quick_run):
 def test_non_finite_rows_read_non_finite_everywhere(quick_run):
     """A row whose logits had NaN: 'non-finite' in report.md and report.csv, never 'exact'; a failed gate."""
     from benchmarks.plots import render_plots
-    from benchmarks.report import render_csv, render_markdown
+    from benchmarks.markdown import render_csv, render_markdown
     from benchmarks.summary import add_speedups
     _, out, _ = quick_run
     report = json.loads((out / 'report.json').read_text())
@@ -560,7 +543,8 @@ def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path):
                  '--images', str(images), '--onnx-dir', str(graph_dir), '--compare', str(first / 'report.json'),
                  '--output-dir', str(out), '--no-progress'])
     assert code == 0
-    report = read_report(out / 'report.json')
+    assert read_report(out / 'report.json').results  # it reads back as a report, typed and checked
+    report = json.loads((out / 'report.json').read_text())
     check_schema(report)
     assert report['images']['count'] == 3 and report['graphs']['exported'] == []
     rows = {(c['backend'], c['precision']): c for c in report['comparison']['rows']}

@@ -1,7 +1,8 @@
 """export.onnx: real exports of the briefly trained alexnet_bn, run in ONNX Runtime and checked against PyTorch.
 
-The three graphs are exported once per module (library call) and once more through the CLI with ``--softmax``;
-every bad input runs the CLI in its own process, all of them at once, to keep the wall time down.
+The three graphs are exported once per test run (library call, conftest's ``exported_graphs``) and once more
+through the CLI with ``--softmax`` (``softmax_graphs``); every bad input runs the command's own ``main`` through
+``run_cli`` in-process, and one runs in a real process.
 """
 import json
 import os
@@ -17,13 +18,16 @@ import torch
 from onnx import numpy_helper
 
 import alexnet_zoo
+from alexnet_zoo.cli import run_cli
 from alexnet_zoo.data import random_crops, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS
-from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, EXPORT_MANIFEST, FILENAMES, read_metadata, zero_points
+from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, FILENAMES, read_metadata
 from export.contract import GRAPH_PRECISIONS as PRECISIONS
+from export.export_manifest import EXPORT_MANIFEST
 from export.onnx import ParityGateError, export_onnx
 from export.parity import GATES, compare, judge
 from export.torch_export import fold_batchnorm
+from export.trt.preflight import zero_points
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,29 +209,8 @@ def test_read_metadata_of_a_file_that_is_not_onnx(tmp_path):
 # ------------------------------------------------------------------------------------------- the command line
 
 
-def _cli(*args) -> subprocess.Popen:
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
-    env.pop('ALEXNET_ZOO_DEBUG', None)
-    return subprocess.Popen([sys.executable, '-m', 'export.onnx', *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait(process: subprocess.Popen, timeout: float = 600):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-@pytest.fixture(scope='module')
-def softmax_run(trained_checkpoint, tmp_path_factory):
-    """The CLI on the trained checkpoint directory, fp16 and int8 only, with a probabilities output."""
-    out = tmp_path_factory.mktemp('softmax') / 'graphs'
-    code, stdout, stderr = _wait(_cli('--checkpoint', trained_checkpoint, '--output-dir', out,
-                                      '--precisions', 'int8,fp16', '--softmax'))
-    return code, stdout, stderr, out
-
-
-def test_cli_softmax_adds_probabilities(softmax_run, photos):
-    code, stdout, stderr, out = softmax_run
+def test_cli_softmax_adds_probabilities(softmax_graphs, photos):
+    code, stdout, stderr, out = softmax_graphs
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) == [  # only those asked for,
         'export.json', 'model.fp16.onnx', 'model.int8.calibration.json', 'model.int8.onnx']  # int8's ranges, the set
@@ -248,62 +231,77 @@ def test_cli_softmax_adds_probabilities(softmax_run, photos):
 
 
 @pytest.fixture(scope='module')
-def bad_runs(trained_model, trained_checkpoint, tmp_path_factory):
-    """Every bad input of the issue, each in its own CLI process, started together; name -> (code, stderr, out)."""
-    root = tmp_path_factory.mktemp('bad')
-    state_dict = root / 'weights.safetensors'
+def bad_inputs(tmp_path_factory):
+    """Files for the bad inputs: an untrained 19-class alexnet_bn as a state dict and as a checkpoint folder (each
+    input is refused before any weights matter), an empty folder, one without images, a plain file."""
+    import timm
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(state_dict))
+    from alexnet_zoo.checkpoint import save_checkpoint_dir
+    root = tmp_path_factory.mktemp('bad')
+    model = timm.create_model('alexnet_bn', num_classes=len(PHOTOGRAPHS))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / 'weights.safetensors'))
+    save_checkpoint_dir(model, root / 'checkpoint', list(PHOTOGRAPHS))
     (root / 'empty').mkdir()
     (root / 'not-images').mkdir()
     (root / 'not-images' / 'notes.txt').write_text('not an image')
     (root / 'not-images' / 'fake.png').write_bytes(b'not a png either')
     (root / 'a-file').write_text('a file, not a folder')
-    cases = {
-        'unknown model': ['--model', 'alexnet_xl'],
-        'unknown precision': ['--precisions', 'fp32,fp8'],
-        'missing checkpoint': ['--checkpoint', root / 'missing.safetensors'],
-        'classifier mismatch (state dict)': ['--checkpoint', state_dict, '--num-classes', 17],
-        'classifier mismatch (directory)': ['--checkpoint', trained_checkpoint, '--num-classes', 17],
-        'empty calibration folder': ['--checkpoint', trained_checkpoint, '--calibration-images', root / 'empty'],
-        'calibration folder without images': ['--checkpoint', trained_checkpoint,
-                                              '--calibration-images', root / 'not-images'],
-        'output directory not writable': ['--checkpoint', trained_checkpoint],
-        'opset out of range': ['--opset', 12],
-        'int8 fallback mixed': ['--int8-fallback', 'auto,features.8'],
-        'missing calibration cache': ['--checkpoint', trained_checkpoint, '--calibration-cache', root / 'none.json'],
-        'calibration cache not a cache': ['--checkpoint', trained_checkpoint, '--precisions', 'int8',
-                                          '--calibration-cache', root / 'a-file'],
-        'missing parity images': ['--checkpoint', trained_checkpoint, '--parity-images', root / 'missing'],
-    }
-    outputs = {name: root / 'a-file' / 'out' if 'writable' in name else root / f'out-{i}'
-               for i, name in enumerate(cases)}
-    processes = {name: _cli(*args, '--output-dir', outputs[name]) for name, args in cases.items()}
-    return {name: (*_wait(p)[::2], outputs[name]) for name, p in processes.items()}
+    return root
 
 
-@pytest.mark.parametrize('case, code, message', [
-    ('unknown model', 1, "unknown model: 'alexnet_xl'"),
-    ('unknown precision', 2, "unknown precision 'fp8'"),
-    ('missing checkpoint', 1, 'checkpoint not found: '),
-    ('classifier mismatch (state dict)', 1, 'classes, the model has 17 (set --num-classes'),
-    ('classifier mismatch (directory)', 1, 'classes, --num-classes asks for 17'),
-    ('empty calibration folder', 1, 'no readable images in '),
-    ('calibration folder without images', 1, 'no readable images in '),
-    ('output directory not writable', 1, 'output directory not writable: '),
-    ('opset out of range', 2, '--opset: must be at least 13, got 12'),
-    ('int8 fallback mixed', 2, '--int8-fallback takes auto, none, or a list of layers, not a mix'),
-    ('missing calibration cache', 1, 'calibration cache not found: '),
-    ('calibration cache not a cache', 1, 'is not a calibration file of export.onnx'),
-    ('missing parity images', 1, 'image folder not found: ')])
-def test_cli_bad_input_is_one_error_line(bad_runs, case, code, message):
-    """Each bad input is refused where it should be: its own message and exit code, not any error line."""
-    found, stderr, out = bad_runs[case]
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], (case, stderr)
-    assert found == code, (case, found, stderr)
-    assert 'Traceback' not in stderr
-    assert not out.exists() or not any(out.iterdir()), case
+BAD = {  # name: (arguments, exit code, the message's words, what the one line must name)
+    'unknown model': (['--model', 'alexnet_xl'], 1, "unknown model: 'alexnet_xl'", None),
+    'unknown precision': (['--precisions', 'fp32,fp8'], 2, "unknown precision 'fp8'", None),
+    'missing checkpoint': (['--checkpoint', '{root}/missing.safetensors'], 1, 'checkpoint not found: ',
+                           'missing.safetensors'),
+    'classifier mismatch (state dict)': (['--checkpoint', '{root}/weights.safetensors', '--num-classes', 17], 1,
+                                         'classes, the model has 17 (set --num-classes', 'weights.safetensors'),
+    'classifier mismatch (directory)': (['--checkpoint', '{root}/checkpoint', '--num-classes', 17], 1,
+                                        'classes, --num-classes asks for 17', 'checkpoint'),
+    'empty calibration folder': (['--checkpoint', '{root}/checkpoint', '--calibration-images', '{root}/empty'], 1,
+                                 'no readable images in ', 'empty'),
+    'calibration folder without images': (['--checkpoint', '{root}/checkpoint', '--calibration-images',
+                                           '{root}/not-images'], 1, 'no readable images in ', 'not-images'),
+    'output directory not writable': (['--checkpoint', '{root}/checkpoint'], 1, 'output directory not writable: ',
+                                      'a-file'),
+    'opset out of range': (['--opset', 12], 2, '--opset: must be at least 13, got 12', None),
+    'int8 fallback mixed': (['--int8-fallback', 'auto,features.8'], 2,
+                            '--int8-fallback takes auto, none, or a list of layers, not a mix', None),
+    'missing calibration cache': (['--checkpoint', '{root}/checkpoint', '--calibration-cache', '{root}/none.json'],
+                                  1, 'calibration cache not found: ', 'none.json'),
+    'calibration cache not a cache': (['--checkpoint', '{root}/checkpoint', '--precisions', 'int8',
+                                       '--calibration-cache', '{root}/a-file'], 1,
+                                      'is not a calibration file of export.onnx', 'a-file'),
+    'missing parity images': (['--checkpoint', '{root}/checkpoint', '--parity-images', '{root}/missing'], 1,
+                              'image folder not found: ', 'missing'),
+}
+
+
+@pytest.mark.parametrize('case', BAD)
+def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys):
+    """Each bad input is refused where it should be: its own message, naming the file, and exit code, through the
+    command's own ``run_cli`` (one real process in test_bad_input_in_a_process); nothing written."""
+    from export.onnx import main
+    args, code, message, named = BAD[case]
+    out = bad_inputs / 'a-file' / 'out' if 'writable' in case else bad_inputs / f'out-{case}'
+    before = sorted(p.name for p in bad_inputs.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(a).format(root=bad_inputs) for a in args] + ['--output-dir', str(out)])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and message in lines[0], (case, lines)
+    assert named is None or named in lines[0], (case, named, lines)
+    assert exit_.value.code == code, (case, exit_.value.code, lines)
+    assert not out.exists() and sorted(p.name for p in bad_inputs.iterdir()) == before, case
+
+
+def test_bad_input_in_a_process(tmp_path):
+    """The real command in its own process: the same one line, no traceback, nothing written."""
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+    env.pop('ALEXNET_ZOO_DEBUG', None)
+    run = subprocess.run([sys.executable, '-m', 'export.onnx', '--model', 'alexnet_xl', '--output-dir',
+                          str(tmp_path / 'out')], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stderr.startswith("error: unknown model: 'alexnet_xl'"), run.stderr
+    assert run.stderr.count('\n') == 1 and run.stdout == '' and not (tmp_path / 'out').exists()
 
 
 # --- paths the default export does not take ------------------------------------------------------------------

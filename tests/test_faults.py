@@ -1,12 +1,14 @@
 """Writers against being killed and against a full disk: nothing at a final path is ever half a file.
 
-``export.onnx``, ``export.trt --check-only``, ``alexnet_zoo.train`` and ``benchmarks`` are sent SIGKILL at random
-moments of their run (the suite: 3 moments each, from a fixed seed; ``make fuzz``: ALEXNET_ZOO_KILL_MOMENTS=20,
-fresh moments). After every kill, every file at a final path is complete and valid (graphs pass the ONNX checker,
-JSON parses, safetensors load, a folder saved as a set matches its manifest); after the next, uninterrupted run,
-no temporary file is left and the result is whole: a resumed training run ends with the very weights and metrics
-of one never interrupted. Then each writer fills a small tmpfs (mounted in a user namespace with ``unshare``):
-one line naming the path, exit 1, nothing at a final path, no temporary file.
+``make fuzz`` runs these (they are marked ``faults``; ``make test`` keeps the cheaper tests of the same promises
+in tests/test_folders.py: a failure injected at every file move, a full disk simulated in-process).
+``export.onnx``, ``alexnet_zoo.train`` and ``benchmarks`` are sent SIGKILL at random moments of their run, drawn
+after the command's start-up (its imports), where a kill meets the work (ALEXNET_ZOO_KILL_MOMENTS moments each,
+3 by default; ``make fuzz``: 20, fresh moments). After every kill, every file at a final path is complete and
+valid (graphs pass the ONNX checker, JSON parses, safetensors load, a folder saved as a set matches its manifest);
+after the next, uninterrupted run, no temporary file is left and the result is whole: a resumed training run ends
+with the very weights and metrics of one never interrupted. Then each writer fills a small tmpfs (mounted in a
+user namespace with ``unshare``): one line naming the path, exit 1, nothing at a final path, no temporary file.
 """
 import json
 import os
@@ -26,7 +28,7 @@ from safetensors.torch import load_file
 
 from alexnet_zoo.manifest import MANIFEST, verify
 from alexnet_zoo.samples import write_image_folder
-from export.contract import EXPORT_MANIFEST, check_export
+from export.export_manifest import EXPORT_MANIFEST, check_export
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 MOMENTS = int(os.environ.get('ALEXNET_ZOO_KILL_MOMENTS', '3'))
@@ -61,10 +63,17 @@ def kill_after(argv: list, seconds: float) -> bool:
         return True
 
 
-def moments(name: str, duration: float) -> list:
-    """MOMENTS kill times spread at random over a run of ``duration`` seconds."""
+def start_up(module: str) -> float:
+    """Seconds ``python -m module --help`` takes: the imports, before a command can write anything."""
+    return timed_run(command(module, '--help'))
+
+
+def moments(name: str, duration: float, start: float) -> list:
+    """MOMENTS kill times spread at random over the part of a ``duration`` seconds run after its first ``start``
+    seconds (imports: a kill there tests nothing)."""
+    assert start < duration, (name, start, duration)
     rng = random.Random(f'{SEED}-{name}')
-    return sorted(rng.uniform(0.02, 1.0) * duration for _ in range(MOMENTS))
+    return sorted(start + rng.uniform(0.0, 1.0) * (duration - start) for _ in range(MOMENTS))
 
 
 def check_files(folder: Path) -> list:
@@ -121,7 +130,7 @@ def test_export_killed_at_random_moments(trained_checkpoint, tmp_path, fault_log
     duration = timed_run(argv)
     assert export_is_noticed_or_whole(out) == 'whole' and not leftovers(out)
     states = []
-    for t in moments('export', duration):
+    for t in moments('export', duration, start_up('export.onnx')):
         killed = kill_after(argv, t)
         check_files(out)
         states.append(export_is_noticed_or_whole(out) + ('' if killed else ' (finished)'))
@@ -130,19 +139,6 @@ def test_export_killed_at_random_moments(trained_checkpoint, tmp_path, fault_log
     assert not leftovers(out), leftovers(out)
     fault_log.append(f'export.onnx: {len(states)} kills over a {duration:.0f} s run; graph folder after each: '
                      f'{", ".join(states)}; next run whole, no temporary left')
-
-
-def test_trt_check_only_killed_at_random_moments(exported_graphs, tmp_path, fault_log):
-    _, folder = exported_graphs
-    graph = tmp_path / 'model.int8.onnx'
-    shutil.copy(folder / 'model.int8.onnx', graph)
-    argv = command('export.trt', '--onnx', graph, '--check-only')
-    duration = timed_run(argv)
-    for t in moments('trt', duration):
-        kill_after(argv, t)
-        assert sorted(p.name for p in tmp_path.iterdir()) == ['model.int8.onnx']  # a reader writes nothing
-    timed_run(argv)
-    fault_log.append(f'export.trt --check-only: {MOMENTS} kills over a {duration:.1f} s run; nothing written')
 
 
 def _weights_and_metrics(run: Path) -> tuple:
@@ -168,7 +164,7 @@ def test_train_killed_at_random_moments_resumes_to_the_same_weights(tmp_path, fa
         return command('alexnet_zoo.train', *settings, '--output', run)
 
     epochs_seen = []
-    for t in moments('train', duration):
+    for t in moments('train', duration, start_up('alexnet_zoo.train')):
         if saved() == 3:  # a moment past the end let the run finish: the next kill meets a new one
             shutil.rmtree(run)
         kill_after(argv(), t)
@@ -195,7 +191,7 @@ def test_benchmark_killed_at_random_moments(trained_checkpoint, tmp_path, fault_
     duration = timed_run(argv)
     shutil.rmtree(graphs)  # the kills meet the export into --onnx-dir too
     states = []
-    for t in moments('benchmarks', duration):
+    for t in moments('benchmarks', duration, start_up('benchmarks')):
         kill_after(argv, t)
         check_files(report) if report.exists() else None
         check_files(graphs) if graphs.exists() else None

@@ -25,8 +25,8 @@ from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
 from benchmarks.artifacts import graphs_in
 from benchmarks.plots import PLOTS
 from benchmarks.report import read_report, write_report
-from export.contract import (CALIBRATION_FILE, DEFAULT_OPSET, EXPORT_MANIFEST, check_export, read_metadata,
-                             write_export_manifest)
+from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, read_metadata
+from export.export_manifest import EXPORT_MANIFEST, check_export, write_export_manifest
 from test_timing import complete, synthetic_report, synthetic_rounds
 
 REPLACES_PER_REPORT = 1 + 3 + len(PLOTS) + 1  # the staged manifest, then the files and the manifest moved into place
@@ -84,8 +84,8 @@ def test_interrupted_report_is_the_old_one_or_the_new_one(tmp_path, monkeypatch,
     monkeypatch.undo()
     assert calls[0] == k
     seen = read_report(tmp_path / 'report.json')  # a reader finishes a save that had staged everything
-    assert seen['run_id'] == (old['run_id'] if k == 1 else new['run_id'])
-    assert seen['run_id'] in (tmp_path / 'report.md').read_text()
+    assert seen.run_id == (old['run_id'] if k == 1 else new['run_id'])
+    assert seen.run_id in (tmp_path / 'report.md').read_text()
     assert verify(tmp_path) and leftovers(tmp_path) == []
 
 
@@ -98,7 +98,7 @@ def test_compare_refuses_a_mixed_report_folder(tmp_path):
     shutil.copy(tmp_path / 'b' / 'report.json', tmp_path / 'a' / 'report.json')
     with pytest.raises(ValueError, match='mixes reports'):
         read_report(tmp_path / 'a' / 'report.json')
-    assert read_report(tmp_path / 'b' / 'report.json')['results']
+    assert read_report(tmp_path / 'b' / 'report.json').results
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -221,7 +221,7 @@ def test_a_reader_waits_for_the_writer_it_meets(tmp_path, monkeypatch):
     release.set()
     writer.join(10)
     thread.join(10)
-    assert seen['report']['run_id'] == new['run_id'] and leftovers(tmp_path) == []
+    assert seen['report'].run_id == new['run_id'] and leftovers(tmp_path) == []
 
 
 def test_a_pending_save_is_finished_before_the_next(tmp_path, monkeypatch):

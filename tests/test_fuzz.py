@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -28,7 +29,8 @@ from alexnet_zoo.checkpoint import load_model, load_weights
 from alexnet_zoo.cli import run_cli
 from alexnet_zoo.data import _readable_image
 from alexnet_zoo.samples import MAX_PIXELS, ImageTooLarge, folder_images, open_rgb
-from export.contract import METADATA_KEYS, check_export, graph_precision, input_chw, read_metadata, read_onnx
+from export.contract import METADATA_KEYS, graph_precision, input_chw, read_metadata, read_onnx
+from export.export_manifest import EXPORT_MANIFEST, check_export
 from export.trt.preflight import check_onnx
 from export.trt.record import check_record, read_record
 
@@ -128,12 +130,14 @@ def test_onnx_readers(data, tmp_path_factory):
     path.write_bytes(data)
     before = files_in(folder)
     read_or_refuse(lambda: read_metadata(path), path.name)
-    read_or_refuse(lambda: input_chw(read_onnx(path)))
-    read_or_refuse(lambda: graph_precision(read_onnx(path)))
+    if read_or_refuse(lambda: read_onnx(path), path.name):
+        model = read_onnx(path)
+        read_or_refuse(lambda: input_chw(model), 'input')  # a graph that parses: its input is what is refused
+        assert isinstance(graph_precision(model), str)  # never refused: metadata first, else the graph's ops
     if read_or_refuse(lambda: check_onnx(path), path.name):
         problems = check_onnx(path)
         assert all(isinstance(p, str) and '\n' not in p for p in problems), problems
-    read_or_refuse(lambda: check_export([path], required=False))
+    read_or_refuse(lambda: check_export([path], required=False), EXPORT_MANIFEST)
     assert files_in(folder) == before
 
 
@@ -263,7 +267,7 @@ def test_engine_records(data, tmp_path_factory):
     (folder / 'model.int8.plan.json').write_text(text)
     before = files_in(folder)
     if read_or_refuse(lambda: read_record(plan), plan.name):
-        read_or_refuse(lambda: check_record(read_record(plan), '10.13.0', 'NVIDIA H100', '9.0'))
+        read_or_refuse(lambda: check_record(read_record(plan), '10.13.0', 'NVIDIA H100', '9.0'), '10.13.0', 'H100')
     assert files_in(folder) == before
 
 
@@ -280,7 +284,10 @@ def _valid_report() -> dict:
 @given(data=st.data())
 @example(data=None)
 def test_reports_given_to_compare(data, tmp_path_factory):
-    from benchmarks.report import compare_reports, comparison_lines, read_report
+    from benchmarks.compare import compare_reports
+    from benchmarks.markdown import comparison_lines
+    from benchmarks.report import read_report
+    from benchmarks.results import read_back
     folder = tmp_path_factory.mktemp('report')
     path = folder / 'old.json'
     if data is None:  # NaN where a figure is read
@@ -298,7 +305,7 @@ def test_reports_given_to_compare(data, tmp_path_factory):
     path.write_text(text)
     before = files_in(folder)
     if read_or_refuse(lambda: read_report(path), path.name):
-        comparison = compare_reports(read_report(path), _valid_report(), str(path))
+        comparison = compare_reports(read_report(path), read_back(_valid_report()), str(path))
         assert all(isinstance(line, str) for line in comparison_lines(comparison))
     assert files_in(folder) == before
 
@@ -395,21 +402,38 @@ def test_every_numeric_argument_is_bounded():
 @given(text=st.one_of(st.integers(-10 ** 30, 10 ** 30).map(str), st.floats().map(repr), st.text(max_size=8),
                       st.sampled_from(['', '0', '-1', '1e999', 'nan', '-inf', '4096', '4097', '0x10'])))
 def test_numeric_arguments(command, option, nargs, text):
+    """A number in range is read as that number; anything else is refused with one line naming the option (exit 2),
+    exactly when the option's own kind and bounds say so."""
     parser, required = _parsers()[command]
     action = next(a for a in parser._actions if option in a.option_strings)
-    low, high, above = action.type.bounds
+    expected = in_range(action.type, text)
+    if nargs != 1 and text.startswith('-') and not re.fullmatch(r'-\d+|-\d*\.\d+', text):
+        expected = None  # argparse takes it for an option: the option is missing its values, also a refusal
     err = io.StringIO()
     argv = [*required, f'{option}={text}'] if nargs == 1 else [*required, option, *[text] * nargs]
     with contextlib.redirect_stderr(err):
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:
-            assert e.code == 2 and err.getvalue().count('\n') == 1 and err.getvalue().startswith('error: '), err.getvalue()
+            lines = err.getvalue().splitlines()
+            assert e.code == 2 and len(lines) == 1 and lines[0].startswith('error: ') and option in lines[0], lines
+            assert expected is None, f'{option} refused {text!r}, which is {expected} and in range: {lines}'
             return
+    assert expected is not None, f'{option} took {text!r}'
     value = getattr(args, action.dest)
-    for v in (value if isinstance(value, list) else [value]):
-        assert math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high) and \
-            (above is None or v > above), (option, text, v)
+    assert value == (expected if nargs == 1 else [expected] * nargs), (option, text, value)
+
+
+def in_range(parse, text: str):
+    """What a bounded option should make of ``text``: the number, or None where it must refuse it."""
+    low, high, above = parse.bounds
+    try:
+        value = {'int': int, 'float': float}[parse.__name__](text)
+    except (ValueError, OverflowError):
+        return None
+    ok = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high) and \
+        (above is None or value > above)
+    return value if ok else None
 
 
 @given(text=st.one_of(st.text(max_size=12), st.lists(st.integers(-10 ** 20, 10 ** 20)).map(lambda v: ','.join(map(str, v)))))

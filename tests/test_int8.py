@@ -24,6 +24,16 @@ OUTLIER_CHANNEL, K = 7, 100.0
 pytestmark = pytest.mark.slow  # every test here exports an int8 graph
 
 
+def _run(*args, capsys):
+    """``python -m export.onnx`` in-process, through its own ``run_cli``: (exit code, stdout, stderr)."""
+    from alexnet_zoo.cli import run_cli
+    from export.onnx import main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
 def _cli(*args, cwd=REPO, env=None):
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(env or {})}
     env.pop('ALEXNET_ZOO_DEBUG', None)
@@ -111,13 +121,13 @@ def test_where_equalization_cannot_help_the_worst_layer_stays_float(as_loaded, o
     assert read_metadata(tmp_path / FILENAMES['int8'])['float_layers'] == row['float_layers']
 
 
-def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoint, tmp_path):
-    proc = _cli('--checkpoint', outlier_checkpoint, '--output-dir', tmp_path / 'out', '--precisions', 'int8',
-                '--int8-fallback', 'none')
-    assert proc.returncode == 1, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and 'int8' in errors[0] and 'SQNR' in errors[0] and 'Traceback' not in proc.stderr
-    assert 'per-layer diagnosis' in proc.stdout and '| conv2d_2 | node_conv2d_2 | Conv | features.8 |' in proc.stdout
+def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoint, tmp_path, capsys):
+    code, stdout, stderr = _run('--checkpoint', outlier_checkpoint, '--output-dir', tmp_path / 'out', '--precisions',
+                                'int8', '--int8-fallback', 'none', capsys=capsys)
+    assert code == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'int8' in errors[0] and 'SQNR' in errors[0] and 'Traceback' not in stderr
+    assert 'per-layer diagnosis' in stdout and '| conv2d_2 | node_conv2d_2 | Conv | features.8 |' in stdout
     assert not (tmp_path / 'out' / FILENAMES['int8']).exists()
     assert (tmp_path / 'out' / 'model.int8.layers.md').is_file()
 
@@ -136,7 +146,7 @@ def test_fp16_overflow_fails_its_gate(as_loaded, trained_model, tmp_path):
     assert not (tmp_path / FILENAMES['fp16']).exists()
 
 
-def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path):
+def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path, capsys):
     """A NaN weight: PyTorch's own logits are not finite, so nothing can be judged or calibrated (ONNX Runtime's
     calibrator would end in an assertion): one error line, exit 1, no file."""
     from safetensors.torch import load_file, save_file
@@ -144,10 +154,11 @@ def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path):
     weights['features.0.weight'][0, 0, 0, 0] = float('nan')
     broken = tmp_path / 'broken.safetensors'
     save_file(weights, str(broken))
-    proc = _cli('--checkpoint', broken, '--num-classes', len(PHOTOGRAPHS), '--output-dir', tmp_path / 'out')
-    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
-    assert len(errors) == 1 and 'logits are not finite' in errors[0], proc.stderr
+    code, _, stderr = _run('--checkpoint', broken, '--num-classes', len(PHOTOGRAPHS), '--output-dir', tmp_path / 'out',
+                           capsys=capsys)
+    assert code == 1 and 'Traceback' not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'logits are not finite' in errors[0], stderr
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 

@@ -1,6 +1,8 @@
 """Serving past one machine: the Triton model repository (every config parsed with Triton's own schema), and a real
-Triton server (PyTriton's) on a free localhost port: answers checked, a short load, bad requests, a killed server,
-a port in use. Bounded: the whole file runs in about a minute and a half."""
+Triton server (PyTriton's) on a free localhost port: answers checked, a short load with the batching flags, bad
+requests, a server gone under load, a port in use. One real server in the suite; the real server killed under load
+runs in ``make fuzz`` (marked ``faults``)."""
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +18,8 @@ import pytest
 
 from alexnet_zoo.cli import run_cli
 from alexnet_zoo.manifest import sha256_file
-from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx, write_export_manifest
+from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx
+from export.export_manifest import write_export_manifest
 from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
 from export.trt.build import BatchProfile
 from test_trt import fake_engine
@@ -95,7 +98,24 @@ def test_repository_without_engines_says_why(exported_graphs, tmp_path, capsys):
         'alexnet_bn_openvino_fp32']
 
 
-@pytest.mark.parametrize('case', ['foreign folder', 'graph not in export.json', 'preferred above max', 'no graphs'])
+def test_batching_and_instances_flags_reach_the_config(exported_graphs, tmp_path, capsys):
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(repo), '--backends', 'openvino',
+                              '--precisions', 'int8', '--max-batch', '16', '--preferred-batch', '16,4',
+                              '--max-queue-delay-us', '1500', '--instances', '3'])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    config = parse_config((repo / 'alexnet_bn_openvino_int8' / 'config.pbtxt').read_text())
+    assert config.backend == 'openvino' and config.default_model_filename == 'model.onnx'
+    assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1500
+    kind_cpu = model_config_pb2.ModelInstanceGroup.Kind.Value('KIND_CPU')
+    assert [(g.count, g.kind) for g in config.instance_group] == [(3, kind_cpu)]
+
+
+@pytest.mark.parametrize('case', ['foreign folder', 'graph not in export.json', 'preferred above max', 'no graphs',
+                                  'no instances', 'negative queue delay', 'unknown backend'])
 def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsys):
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
@@ -117,6 +137,15 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
     elif case == 'preferred above max':
         argv += ['--max-batch', '8', '--preferred-batch', '4,16']
         code, message = 2, '--preferred-batch size must be 1 to --max-batch (8), got 16'
+    elif case == 'no instances':
+        argv += ['--instances', '0']
+        code, message = 2, 'argument --instances: must be above 0, got 0'
+    elif case == 'negative queue delay':
+        argv += ['--max-queue-delay-us', '-1']
+        code, message = 2, 'argument --max-queue-delay-us: must be at least 0, got -1'
+    elif case == 'unknown backend':
+        argv += ['--backends', 'openvino,triton']
+        code, message = 2, "unknown backend: 'triton' (choose from onnxruntime, openvino, tensorrt)"
     else:
         argv[1], message = str(tmp_path), 'no exported graph'
     before = sorted(p.name for p in tmp_path.rglob('*'))
@@ -129,26 +158,86 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
 
 # ------------------------------------------------------------------------------------------------ a real server
 @needs_pytriton
-def test_served_answers_and_a_short_load(trained_model, as_loaded, exported_graphs, tmp_path):
-    from benchmarks.serve import serve_benchmark
+def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tmp_path, capsys, monkeypatch):
+    """The command as a user runs it: OpenVINO int8 behind Triton with the batching flags; the model config the
+    server itself reports is the one asked for, and 4 clients are batched up to --max-batch and no further."""
+    import benchmarks.serve as serve
+    import tritonclient.grpc as grpc_client
     _, graphs = exported_graphs
     http, grpc, metrics = free_ports()
-    report = serve_benchmark(as_loaded(trained_model), tmp_path / 'serve', 'onnxruntime', 'int8', (1, 4), 2.0,
-                             onnx_dir=graphs, ports={'--http-port': http, '--grpc-port': grpc, '--metrics-port': metrics},
-                             progress=lambda message: None)
+    served_config = {}
+
+    def bad_requests_and_config(url, name, image, timeout):  # while the server runs: ask it for its config
+        client = grpc_client.InferenceServerClient(url)
+        served_config.update(client.get_model_config(name, as_json=True)['config'])
+        client.close()
+        return real_bad_requests(url, name, image, timeout)
+
+    real_bad_requests = serve.bad_requests
+    monkeypatch.setattr(serve, 'bad_requests', bad_requests_and_config)
+    out = tmp_path / 'serve'
+    assert serve.main(['--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs), '--backend', 'openvino',
+                       '--precision', 'int8', '--concurrency', '1,4', '--seconds', '2', '--max-batch', '2',
+                       '--preferred-batch', '2', '--max-queue-delay-us', '2000', '--http-port', str(http),
+                       '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out)]) == 0
+    assert '# alexnet_bn_openvino_int8 served by Triton' in capsys.readouterr().out
+    assert served_config['max_batch_size'] == 2
+    assert served_config['dynamic_batching']['preferred_batch_size'] == [2]
+    assert int(served_config['dynamic_batching']['max_queue_delay_microseconds']) == 2000
+    report = json.loads((out / 'serve.json').read_text())
+    assert {k: report['served'][k] for k in ('backend', 'precision', 'max_batch_size', 'preferred_batch_size',
+                                             'max_queue_delay_us')} == {
+        'backend': 'openvino', 'precision': 'int8', 'max_batch_size': 2, 'preferred_batch_size': [2],
+        'max_queue_delay_us': 2000}
     for protocol in ('http', 'grpc'):
         assert report['check'][protocol]['same_top1'] == report['check'][protocol]['images'] == 18
     bad = report['bad_requests']
-    assert 'unexpected shape' in bad['wrong shape'] and 'FP64' in bad['wrong type'] and bad['served after'] is True
+    assert 'unexpected shape' in bad['wrong shape'] and '[1,3,17,17]' in bad['wrong shape']
+    assert "'FP64'" in bad['wrong type'] and "'FP32'" in bad['wrong type'] and bad['served after'] is True
     assert report['complete'] and [level['concurrency'] for level in report['levels']] == [1, 4]
     for level in report['levels']:
         assert level['errors'] == 0 and level['completed'] > 0 and level['throughput_ips'] > 0
         assert level['latency_ms']['p50'] <= level['latency_ms']['p99']
         assert sum(int(size) * count for size, count in level['batches'].items()) == level['completed']
-    assert max(int(size) for size in report['levels'][1]['batches']) > 1  # 4 clients: Triton batched them
-    saved = json.loads((tmp_path / 'serve' / 'serve.json').read_text())
-    assert saved['levels'] == json.loads(json.dumps(report['levels']))
-    assert (tmp_path / 'serve' / 'serve.png').read_bytes()[:4] == b'\x89PNG'
+    assert set(report['levels'][0]['batches']) == {'1'}  # one client cannot be batched
+    assert set(report['levels'][1]['batches']) <= {'1', '2'} and '2' in report['levels'][1]['batches']
+    assert (out / 'serve.png').read_bytes()[:4] == b'\x89PNG'
+    assert 'dynamic batching up to 2' in (out / 'serve.md').read_text()
+
+
+def test_a_server_gone_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path,
+                                                                   capsys, monkeypatch):
+    """The same promise as the real server killed under load (``make fuzz``), in-process: the checks pass, then the
+    load meets a port nobody answers on. The clients give up, the command ends with one line and exit 1, and the
+    partial report keeps the server's last log line."""
+    import benchmarks.serve as serve
+    _, graphs = exported_graphs
+
+    @contextlib.contextmanager
+    def gone_server(runner, name, chw, classes, batching, ports, log_file):
+        log_file.write_text('E0101 12:00:00.000 server.cc:1] the last thing the server said\n')
+        yield []  # no batch is ever formed: nothing listens on the ports
+
+    monkeypatch.setattr(serve, 'triton_server', gone_server)
+    monkeypatch.setattr(serve, 'classify', lambda url, protocol, name, images, timeout: [0] * len(images))
+    monkeypatch.setattr(serve, 'bad_requests', lambda url, name, image, timeout: {})
+    http, grpc, metrics = free_ports()
+    out = tmp_path / 'serve'
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(serve.main, ['--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs), '--backend',
+                             'onnxruntime', '--concurrency', '4', '--seconds', '30', '--timeout', '5', '--http-port',
+                             str(http), '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir',
+                             str(out)])
+    err = capsys.readouterr().err.splitlines()
+    after_load = err[next(i for i, line in enumerate(err) if line.startswith('load:')) + 1:]
+    assert exit_.value.code == 1 and len(after_load) == 1, err
+    assert after_load[0].startswith('error: the server stopped answering at concurrency 4 (') and \
+        after_load[0].endswith(f'partial results in {out / "serve.json"}, marked incomplete'), after_load
+    report = json.loads((out / 'serve.json').read_text())
+    assert report['complete'] is False and report['levels'][-1]['complete'] is False
+    assert report['levels'][-1]['errors'] >= 3 and report['levels'][-1]['seconds'] < 30  # gave up, did not wait
+    assert report['server_log'] == ['triton.log: E0101 12:00:00.000 server.cc:1] the last thing the server said']
+    assert 'Incomplete' in (out / 'serve.md').read_text()
 
 
 def _tritonserver_children(pid: int) -> list:
@@ -179,6 +268,7 @@ def _descends(ppid: int, ancestor: int) -> bool:
 
 
 @needs_pytriton
+@pytest.mark.faults
 def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path):
     _, graphs = exported_graphs
     http, grpc, metrics = free_ports()
@@ -211,7 +301,8 @@ def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_che
     assert 'incomplete' in (out / 'serve.md').read_text().lower()
 
 
-def test_port_in_use_is_one_line(trained_checkpoint, tmp_path, capsys):
+def test_port_in_use_is_one_line(tmp_path, capsys):
+    """Named before any work: the checkpoint named here does not exist."""
     from benchmarks.serve import main as serve_main
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
@@ -219,11 +310,36 @@ def test_port_in_use_is_one_line(trained_checkpoint, tmp_path, capsys):
         port = taken.getsockname()[1]
         http, metrics = free_ports(2)
         with pytest.raises(SystemExit) as exit_:
-            run_cli(serve_main, ['--checkpoint', str(trained_checkpoint), '--grpc-port', str(port), '--http-port',
+            run_cli(serve_main, ['--checkpoint', str(tmp_path / 'run'), '--grpc-port', str(port), '--http-port',
                                  str(http), '--metrics-port', str(metrics), '--output-dir', str(tmp_path / 'out')])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err == f'error: port {port} on 127.0.0.1 is in use: choose another with ' \
                                           f'--grpc-port\n'
+    assert not (tmp_path / 'out').exists()
+
+
+SERVE_MISTAKES = {  # the command line -> what the one line must name
+    'no weights': ([], 'give --checkpoint RUN (or --pretrained): served answers are checked against trained weights'),
+    'same ports': (['--http-port', '9000', '--grpc-port', '9000'],
+                   '--http-port, --grpc-port and --metrics-port must differ'),
+    'preferred above max': (['--max-batch', '2', '--preferred-batch', '1,4'],
+                            '--preferred-batch size must be 1 to --max-batch (2), got 4'),
+    'unknown precision': (['--precision', 'int4'], "unknown precision: 'int4'"),
+    'junk concurrency': (['--concurrency', '4,x'], "--concurrency must be a whole number, got 'x'"),
+    'backend not served': (['--backend', 'torch-compile'], "argument --backend: invalid choice: 'torch-compile'"),
+}
+
+
+@pytest.mark.parametrize('case', SERVE_MISTAKES)
+def test_serve_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
+    """Each mistake named in one line, before a model is loaded (the checkpoint named here does not exist)."""
+    from benchmarks.serve import main as serve_main
+    argv, message = SERVE_MISTAKES[case]
+    weights = [] if case == 'no weights' else ['--checkpoint', str(tmp_path / 'run')]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(serve_main, [*weights, *argv, '--output-dir', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith('error: ') and err.count('\n') == 1 and message in err, err
     assert not (tmp_path / 'out').exists()
 
 

@@ -3,6 +3,7 @@ intervals, a noisy phase injected into some rounds, the seeded shuffled order, p
 noise warnings and ``--compare``'s significance. Nothing here asserts how fast anything runs."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,10 @@ import pytest
 from alexnet_zoo.cli import UsageError
 from benchmarks.harness import timing_config
 from benchmarks.latency import QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds
-from benchmarks.report import compare_reports, read_report, render_markdown
+from benchmarks.compare import compare_reports
+from benchmarks.markdown import render_markdown
+from benchmarks.report import read_report
+from benchmarks.results import SCHEMA_VERSION, decode, encode, read_back
 from benchmarks.summary import add_noise, add_speedups
 from benchmarks.uncertainty import (change, cpu_times, median_ci, median_ci_rank, noise_warnings, paired_ratios,
                                     robust_cv, round_noise, steal_fraction, widen)
@@ -169,7 +173,8 @@ def synthetic_report(rows, run_to_run=0.0):
         results.append({'backend': backend, 'precision': precision, 'device': 'cpu', 'batch_size': 1,
                         'parity': {'passed': True}, 'parity_fp64': {'passed': True},
                         **round_figures([[m] for m in medians], 1, run_to_run)})
-    report = {'results': results, 'timing': {'steal': 0.0}, 'settings': {'timing': {'run_to_run': run_to_run}}}
+    report = {'schema_version': SCHEMA_VERSION, 'results': results, 'timing': {'steal': 0.0},
+              'settings': {'timing': {'run_to_run': run_to_run}}}
     add_speedups(report)
     add_noise(report)
     return report
@@ -234,7 +239,8 @@ def test_compare_names_a_change_only_outside_the_noise(tmp_path):
     old = synthetic_report([('torch', 'fp32', base), ('openvino', 'int8', fast), ('onnxruntime', 'fp32', base)])
     slower = synthetic_report([('torch', 'fp32', base), ('openvino', 'int8', (np.array(fast) * 1.5).tolist()),
                                ('openvino', 'fp32', base)])
-    rows = {(c['backend'], c['precision']): c for c in compare_reports(old, slower, 'old.json')['rows']}
+    rows = {(c['backend'], c['precision']): c for c in compare_reports(read_back(old), read_back(slower),
+                                                                       'old.json')['rows']}
     assert rows[('torch', 'fp32')]['latency_change'] == 'within noise'
     assert rows[('openvino', 'int8')]['latency_change'] == 'slower'
     assert rows[('openvino', 'int8')]['speedup_change'] == 'lower'
@@ -243,9 +249,11 @@ def test_compare_names_a_change_only_outside_the_noise(tmp_path):
     assert rows[('openvino', 'fp32')]['latency_change'] == rows[('onnxruntime', 'fp32')]['latency_change'] \
         == 'only in one report'
     # an older report (one window per row, no interval) is put beside, never judged
-    v2 = {'results': [{'backend': 'openvino', 'precision': 'int8', 'device': 'cpu', 'batch_size': 1,
-                       'latency_ms': {'p50': 4.0}, 'parity': {}, 'throughput_ips': 250.0}]}
-    rows = {(c['backend'], c['precision']): c for c in compare_reports(v2, slower, 'v2.json')['rows']}
+    v2 = {'schema_version': 2, 'results': [{'backend': 'openvino', 'precision': 'int8', 'device': 'cpu',
+                                            'batch_size': 1, 'latency_ms': {'p50': 4.0}, 'parity': {},
+                                            'throughput_ips': 250.0}]}
+    rows = {(c['backend'], c['precision']): c for c in compare_reports(decode(v2), read_back(slower),
+                                                                       'v2.json')['rows']}
     assert rows[('openvino', 'int8')]['latency_change'] == 'no interval'
     assert rows[('openvino', 'int8')]['old_ms'] == 4.0
 
@@ -254,12 +262,33 @@ def test_compare_names_a_change_only_outside_the_noise(tmp_path):
                                           ('median_ci95_ms', [5.0, 3.0]), ('speedup_ci95', 'wide')])
 def test_compare_refuses_a_report_with_broken_figures(tmp_path, field, value):
     report = synthetic_report([('torch', 'fp32', [20.0] * 6)])
-    report.update(schema_version=3)
     report['results'][0][field] = value
     path = tmp_path / 'report.json'
     path.write_text(json.dumps(report))
-    with pytest.raises(ValueError, match='not a benchmark report'):
+    with pytest.raises(ValueError, match=rf'{re.escape(str(path))} is not a benchmark report \(results\[0\]\.{field} is not'):
         read_report(path)
+
+
+def test_a_report_reads_back_as_typed_results():
+    """report.json's one encoder and one decoder: a report reads back as typed rows, the same after a second trip
+    through its text; a row's latency is the median over rounds with its interval, or an older report's p50."""
+    base, fast = synthetic_rounds(slow=())
+    report = read_back(synthetic_report([('torch', 'fp32', base), ('openvino', 'int8', fast)]))
+    row = report.results[1]
+    assert row.key == ('openvino', 'int8', 'cpu', 1) and row.parity.passed is True
+    assert row.latency() == (row.median_ms, row.median_ci95_ms) and row.median_ci95_ms[0] <= row.median_ms
+    assert report.summary.fastest_passing[0].backend == 'openvino'
+    assert decode(json.loads(encode(report))) == report
+    old = decode({'schema_version': 1, 'results': [{'backend': 'torch', 'precision': 'fp32', 'batch_size': 1,
+                                                    'latency_ms': {'p50': 2}}]})
+    assert old.results[0].latency() == (2.0, None) and old.results[0].device == 'cpu'
+    for bad, message in (({'schema_version': 4, 'results': []}, 'no schema_version'),
+                         ({'schema_version': 3}, 'the report has no results'),
+                         ({'schema_version': 3, 'results': [{'backend': 'torch'}]}, 'results[0] has no precision'),
+                         ({'schema_version': 3, 'results': [], 'environment': {'cpu': []}},
+                          'environment.cpu is not an object')):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            decode(bad)
 
 
 def test_timing_options():
@@ -279,16 +308,16 @@ def test_agreement_of_repeated_runs(tmp_path, capsys):
     base, fast = synthetic_rounds(slow=())
     runs = [synthetic_report([('torch', 'fp32', (np.array(base) * scale).tolist()), ('openvino', 'int8', fast)])
             for scale in (1.0, 1.004, 0.996)]
-    result = agreement(runs)
+    result = agreement([read_back(r) for r in runs])
     assert result['passed'] and result['within_tolerance'] and result['intervals_contain_others']
     assert result['median'] == pytest.approx(runs[0]['summary']['fastest_passing'][0]['speedup_vs_torch_fp32'])
     swing = synthetic_report([('torch', 'fp32', (np.array(base) * 1.3).tolist()), ('openvino', 'int8', fast)])
-    result = agreement(runs[:2] + [swing])
+    result = agreement([read_back(r) for r in runs[:2] + [swing]])
     assert not result['passed'] and not result['intervals_contain_others']
     paths = []
     for i, report in enumerate(runs[:2] + [swing]):
         paths.append(tmp_path / f'{i}.json')
-        paths[-1].write_text(json.dumps({**report, 'schema_version': 3}))
+        paths[-1].write_text(json.dumps(report))
     assert main([str(p) for p in paths]) == 1
     out = capsys.readouterr().out
     assert 'target NOT met' in out and 'NOT every run' in out

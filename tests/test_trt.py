@@ -101,11 +101,16 @@ def cli(argv, capsys):
 
 
 def test_preflight_passes_the_exported_graphs(real_graphs, capsys):
+    """The exported graphs pass; ``--check-only`` reads and writes nothing (a kill at any moment cannot leave a
+    file: there is none), so the folder is byte for byte as it was."""
     assert sorted(real_graphs) == ['fp16', 'fp32', 'int8']
     for precision, path in real_graphs.items():
         assert check_onnx(path) == [], precision
+    folder = real_graphs['int8'].parent
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*')}
     code, out, err = cli(['--onnx', real_graphs['int8'], '--check-only'], capsys)
     assert (code, err) == (0, []) and 'passes the TensorRT preflight' in out
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*')} == before
 
 
 def test_preflight_passes_a_symmetric_qdq_graph(tmp_path):
@@ -656,22 +661,24 @@ def loadable_stubs(tmp_path: Path) -> Path:
     return stubs
 
 
-def mypy(files, cwd: Path, stubs: Path, monkeypatch):
+def mypy(files, cwd: Path, stubs: Path, cache: Path, monkeypatch):
+    """mypy on ``files`` against the stubs, with an incremental cache kept between runs (pytest's cache folder)."""
     api = pytest.importorskip('mypy.api', reason='mypy is not installed (the dev extra has it)')
     monkeypatch.setenv('MYPYPATH', str(stubs))
     monkeypatch.chdir(cwd)
-    out, err, code = api.run([*files, '--config-file', str(REPO / 'pyproject.toml'), '--cache-dir', str(stubs.parent / 'cache')])
+    out, err, code = api.run([*files, '--config-file', str(REPO / 'pyproject.toml'), '--cache-dir', str(cache)])
     return code, out + err
 
 
 @pytest.mark.slow
-def test_tensorrt_calls_type_check_against_the_published_stubs(tmp_path, monkeypatch):
+def test_tensorrt_calls_type_check_against_the_published_stubs(tmp_path, monkeypatch, request):
     """Every TensorRT call of the builder, the runtime and the runner against TensorRT 10.13's published stubs:
     a misspelt method or a wrong argument fails here, not on the first GPU. The check can fail: the same code
     with one call misspelt and one argument too many does."""
     import shutil
     stubs = loadable_stubs(tmp_path)
-    code, out = mypy(TYPE_CHECKED, REPO, stubs, monkeypatch)
+    cache = request.config.cache.mkdir('mypy') if request.config.cache else tmp_path / 'mypy-cache'
+    code, out = mypy(TYPE_CHECKED, REPO, stubs, cache, monkeypatch)
     assert code == 0, out
     broken = tmp_path / 'broken'
     for package in ('export', 'benchmarks'):
@@ -681,5 +688,5 @@ def test_tensorrt_calls_type_check_against_the_published_stubs(tmp_path, monkeyp
     assert 'builder.create_builder_config()' in text and 'config.clear_flag(trt.BuilderFlag.TF32)' in text
     build.write_text(text.replace('builder.create_builder_config()', 'builder.create_builder_confg()')
                      .replace('network.get_flag(strongly_typed)', 'network.get_flag(strongly_typed, True)'))
-    code, out = mypy(TYPE_CHECKED, broken, stubs, monkeypatch)
+    code, out = mypy(TYPE_CHECKED, broken, stubs, cache, monkeypatch)
     assert code == 1 and 'create_builder_confg' in out and 'get_flag' in out, out

@@ -11,7 +11,7 @@ from typing import Sequence
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 
 from . import __doc__ as package_doc
-from ..contract import check_export
+from ..export_manifest import check_export
 from .build import BatchProfile, build_engine
 from .preflight import check_onnx
 from .runtime import load_engine

@@ -2,17 +2,19 @@
 
 Runs on the CPU with neither a GPU nor TensorRT (``python -m export.trt --check-only``): ONNX checker, opset range,
 every op in TensorRT's ONNX parser's supported list, a dynamic batch dimension, Q/DQ zero points of 0, and tensor
-types TensorRT takes. Imports onnx and numpy only.
+types TensorRT takes. Imports onnx and numpy only. ``export.onnx`` checks its int8 graphs' zero points here too.
 """
 from collections import defaultdict
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from alexnet_zoo.cli import first_line, printable
 from alexnet_zoo.files import PathLike
 
-from ..contract import input_chw, node_label, read_onnx, zero_point_problems
+from ..contract import QDQ_OPS, input_chw, read_onnx
 
 # Opsets TensorRT's ONNX parser accepts (onnx-tensorrt docs/operators.md): TensorRT 10.0 takes opset 9 to 20,
 # TensorRT 10.15 and the 11.x parsers take 9 to 24. The preflight accepts the newest range.
@@ -49,6 +51,46 @@ def _walk(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
         for attr in node.attribute:
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                 yield from _walk(g.node)
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return f'{node.name!r} ({node.op_type})' if node.name else f'{node.op_type} -> {", ".join(node.output)}'
+
+
+def constant(model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
+    """The value of a tensor that is an initializer or a Constant node's output; None if computed at run time."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in model.graph.node:
+        if node.op_type == 'Constant' and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == 'value':
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def zero_points(model: onnx.ModelProto,
+                nodes: Optional[Sequence[onnx.NodeProto]] = None) -> Dict[str, Optional[np.ndarray]]:
+    """Every Q/DQ node's zero point, by node label: its value, or None where it is not a constant."""
+    return {node_label(node): constant(model, node.input[2])
+            for node in (model.graph.node if nodes is None else nodes)
+            if node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2]}
+
+
+def zero_point_problems(model: onnx.ModelProto, nodes: Optional[Sequence[onnx.NodeProto]] = None) -> List[str]:
+    """Q/DQ zero points that TensorRT's parser refuses: not constant, not 0, or uint8 (it needs symmetric int8)."""
+    problems = []
+    for label, zero_point in zero_points(model, nodes).items():
+        if zero_point is None:
+            problems.append(f'node {label}: zero point is not a constant; TensorRT needs constant zero points of 0')
+        elif np.any(zero_point != 0):
+            nonzero = sorted(set(np.asarray(zero_point).ravel().tolist()) - {0})
+            problems.append(f'node {label}: zero point is not 0 (values {nonzero[:5]}); TensorRT needs symmetric '
+                            f'quantization (zero point 0)')
+        elif zero_point.dtype == np.uint8:
+            problems.append(f'node {label}: quantizes to uint8; TensorRT needs signed int8 with zero point 0')
+    return problems
 
 
 def _check_types(model: onnx.ModelProto, nodes: List[onnx.NodeProto]) -> List[str]:

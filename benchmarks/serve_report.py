@@ -1,0 +1,89 @@
+"""The serving report of ``benchmarks.serve``: serve.json, serve.md and serve.png, rendered and saved as one set.
+
+A run the server left is saved too, marked ``"complete": false``, so that what was measured before it stopped is
+not lost.
+"""
+import json
+from pathlib import Path
+from typing import List, Optional
+
+from alexnet_zoo.manifest import save_set
+
+from .plots import png, pyplot
+
+SCHEMA = 1
+
+
+def agreement(names: List[str], local: List[int], served: List[int]) -> dict:
+    """How many images the server gave the runner's own top-1, and which it did not."""
+    differ = [n for n, a, b in zip(names, local, served) if a != b]
+    return {'images': len(names), 'same_top1': len(names) - len(differ), 'differ': differ}
+
+
+def served_as_expected(report: dict) -> bool:
+    """Every photograph's top-1 the runner's own over both protocols, both bad requests refused, the next served."""
+    bad = report['bad_requests']
+    return (all(c['same_top1'] == c['images'] for c in report['check'].values())
+            and bad['wrong shape'] != 'accepted' and bad['wrong type'] != 'accepted' and bad['served after'])
+
+
+def write_serve_report(report: dict, output_dir: Path) -> None:
+    """serve.json, serve.md and serve.png, saved as one set (a partial run's too, marked incomplete)."""
+    files = {'serve.json': (json.dumps(report, indent=2) + '\n').encode(), 'serve.md': render_markdown(report).encode()}
+    if report['levels']:
+        files['serve.png'] = render_plot(report)
+
+    def write(staging: Path) -> None:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+
+    save_set(output_dir, write, {'kind': 'serving report', 'created_at': report['created_at'],
+                                 'complete': report['complete']})
+
+
+def render_markdown(report: dict) -> str:
+    served = report['served']
+    lines = [f'# {served["name"]} served by Triton', '',
+             f'{served["server"]}; dynamic batching up to {served["max_batch_size"]} (preferred '
+             f'{served["preferred_batch_size"]}, queue delay {served["max_queue_delay_us"]} µs), '
+             f'{served["instances"]} instance; {report["machine"]["cpu"]}, {report["machine"]["threads"]} threads. '
+             f'Started in {served.get("start_seconds", "–")} s.', '']
+    if not report['complete']:
+        lines += ['**Incomplete: the run stopped early (see the last row, and the server\'s last log lines in '
+                  'serve.json).**', '']
+    for protocol, check in report.get('check', {}).items():
+        lines.append(f'- {protocol}: {check["same_top1"]}/{check["images"]} photographs with the runner\'s own top-1'
+                     + (f' (differ: {", ".join(check["differ"])})' if check['differ'] else ''))
+    for what, answer in report.get('bad_requests', {}).items():
+        lines.append(f'- {what}: {answer}')
+    lines += ['', '| clients | requests | errors | images/s | p50 ms | p90 ms | p99 ms | batches formed (size: count) '
+                  '| mean batch |', '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |']
+    for level in report['levels']:
+        ms = level['latency_ms'] or {}
+        batches = ', '.join(f'{size}: {count}' for size, count in level['batches'].items()) or '–'
+        lines.append(f'| {level["concurrency"]} | {level["requests"]} | {level["errors"]} | '
+                     f'{level["throughput_ips"]:.1f} | {_ms(ms.get("p50"))} | {_ms(ms.get("p90"))} | '
+                     f'{_ms(ms.get("p99"))} | {batches} | '
+                     f'{"–" if level["mean_batch"] is None else format(level["mean_batch"], ".1f")} |')
+    return '\n'.join(lines) + '\n'
+
+
+def _ms(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value:.1f}'
+
+
+def render_plot(report: dict) -> bytes:
+    plt = pyplot()
+    levels = [level for level in report['levels'] if level['latency_ms']]
+    clients = [level['concurrency'] for level in levels]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(clients, [level['throughput_ips'] for level in levels], 'o-', color='tab:blue')
+    ax.set_xlabel('concurrent clients')
+    ax.set_ylabel('images/s', color='tab:blue')
+    ax.set_xscale('log', base=2)
+    other = ax.twinx()
+    other.plot(clients, [level['latency_ms']['p99'] for level in levels], 's--', color='tab:red')
+    other.set_ylabel('p99 latency (ms)', color='tab:red')
+    ax.set_title(f'{report["served"]["name"]} behind Triton', fontsize=10)
+    fig.tight_layout()
+    return png(fig, f'alexnet-zoo serving report, {report["served"]["name"]}')

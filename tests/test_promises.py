@@ -1,0 +1,471 @@
+"""The promises from the docs that had no test: the model card's sizes, ``export.onnx --explain`` and
+``--calibration-images``, a full (not ``--quick``) benchmark at batch 32 with torch.compile, the crosscheck's
+verdict, the training flags, and the command-line conventions (Ctrl-C, a closed pipe, ``ALEXNET_ZOO_DEBUG``,
+control characters in error lines, ``ALEXNET_ZOO_REQUIRE_GPU``).
+
+Each runs the command's own ``main`` in-process (through ``run_cli`` where the exit code matters) on the smallest
+input that still shows the promise; a real process only where the promise is about one (signals, pipes,
+tracebacks).
+"""
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alexnet_zoo.cli import UsageError, run_cli
+from alexnet_zoo.samples import write_image_folder
+
+pytest_plugins = ['pytester']
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {k: v for k, v in os.environ.items() if k not in ('ALEXNET_ZOO_DEBUG', 'ALEXNET_ZOO_REQUIRE_GPU')}
+CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+
+
+def one_error_line(err: str) -> str:
+    """The single ``error: ...`` line of ``err``, with no control character left in it."""
+    assert err.endswith('\n') and err.count('\n') == 1, repr(err)
+    line = err[:-1]
+    assert line.startswith('error: ') and not CONTROL.search(line), repr(err)
+    return line
+
+
+# --------------------------------------------------------------------------------------- the model card's sizes
+
+
+# The design's figures for alexnet_bn (its "The models" section): parameters at 1000 and 17 classes, GFLOPs and
+# G multiply-adds per 227 x 227 image, the fully connected layers' share of the weights.
+DESIGN_ALEXNET_BN = {'parameters': 63_400_480, 'parameters_17': 62_416_497, 'gflops': '2.27', 'gmacs': '1.14',
+                     'fc_share': 94}
+
+
+def markdown_table(text: str, header: str) -> dict:
+    """The rows of the Markdown table whose header line starts with ``header``: first cell -> the other cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith('|'):
+            break
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_stats_agree_with_the_model_card_and_the_design(capsys):
+    """``python -m alexnet_zoo.stats`` prints, measured from the models, exactly the table docs/model_card.md
+    quotes, and its alexnet_bn figures are the design's."""
+    from alexnet_zoo import stats
+    stats.main()
+    header = '| model | input | parameters |'
+    printed = markdown_table(capsys.readouterr().out, header)
+    card = markdown_table((REPO / 'docs' / 'model_card.md').read_text(), header)
+    assert list(printed) == ['alexnet_bn', 'alexnet_bn (17 classes)', 'alexnet', 'alexnet_lrn']
+    assert printed == card
+
+    bn, bn17 = printed['alexnet_bn'], printed['alexnet_bn (17 classes)']
+    assert bn[0] == bn17[0] == '227'
+    assert int(bn[1].replace(',', '')) == DESIGN_ALEXNET_BN['parameters']
+    assert int(bn17[1].replace(',', '')) == DESIGN_ALEXNET_BN['parameters_17']
+    assert f'{float(bn[2]):.2f}' == DESIGN_ALEXNET_BN['gflops'] and f'{float(bn[3]):.2f}' == DESIGN_ALEXNET_BN['gmacs']
+    assert float(bn[2]) == pytest.approx(2 * float(bn[3]), abs=0.002)  # one multiply-add = 2 FLOPs
+    assert round(float(bn[4].rstrip('%'))) == DESIGN_ALEXNET_BN['fc_share']
+
+
+# ------------------------------------------------------------------- export.onnx --explain, --calibration-images
+
+
+@pytest.fixture(scope='module')
+def explained_export(trained_checkpoint, tmp_path_factory):
+    """``python -m export.onnx --precisions int8 --explain --calibration-images DIR`` (in-process, through
+    run_cli) on the trained checkpoint, DIR a user's folder of crops of the photographs: (exit code, stdout,
+    stderr, output folder, calibration folder)."""
+    root = tmp_path_factory.mktemp('explain')
+    calibration = write_image_folder(root / 'my-images', train_per_class=2, val_per_class=0, size=128, seed=7)
+    out = root / 'graphs'
+    from export.onnx import main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        run_cli(main, ['--checkpoint', str(trained_checkpoint), '--output-dir', str(out), '--precisions', 'int8',
+                       '--explain', '--calibration-images', str(calibration)])
+    return exit_.value.code, stdout.getvalue(), stderr.getvalue(), out, calibration
+
+
+@pytest.mark.slow
+def test_explain_diagnoses_a_passing_int8_graph(explained_export):
+    """--explain on a graph that passes its gate (docs/export.md): the top 5 tensors printed, worst first, each
+    named by its ONNX node and PyTorch module; every tensor in model.int8.layers.md/.json and a plot; no remedy
+    tried, the graph written."""
+    code, out, err, folder, _ = explained_export
+    assert code == 0, err[-2000:]
+    assert 'diagnosing int8 per layer' in err
+    int8_row = next(line for line in out.splitlines() if line.startswith('int8 '))
+    assert int8_row.split()[-1] == 'pass' and 'int8 remedy tried' not in out and 'equalized' not in out
+    assert (folder / 'model.int8.onnx').is_file()
+
+    lines = out.splitlines()
+    start = lines.index('int8 per-layer diagnosis, worst 5 (all in model.int8.layers.md):')
+    assert lines[start + 1].startswith('| tensor | node | op | module | SQNR vs fp32 dB |')
+    printed = lines[start + 3:start + 8]
+    assert all(line.startswith('| ') for line in printed) and not lines[start + 8].startswith('|')
+
+    layers = json.loads((folder / 'model.int8.layers.json').read_text())
+    rows = layers['layers']
+    assert len(rows) > 5 and layers['views'] == 32 and 'Gate: pass' in layers['summary']
+    damage = [min(v for v in (r['quant_sqnr_db'], r['weight_sqnr_db'], float('inf')) if v is not None) for r in rows]
+    assert damage == sorted(damage)  # worst first
+    assert {r['op'] for r in rows} >= {'Conv', 'Gemm'}
+    assert all(re.fullmatch(r'(features|head)\.[\w.]+', r['module']) for r in rows if r['op'] in ('Conv', 'Gemm'))
+    for line, row in zip(printed, rows):  # the printed five are the first five of the file, in order
+        assert [c.strip() for c in line.strip('|').split('|')][:4] == [row['tensor'], row['node'], row['op'],
+                                                                      row['module'] or '–']
+    markdown = (folder / 'model.int8.layers.md').read_text()
+    assert sum(line.startswith('| ') for line in markdown.splitlines()) == len(rows) + 1  # header + every tensor
+    assert (folder / 'model.int8.layers.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def _ranges(folder: Path) -> dict:
+    data = json.loads((folder / 'model.int8.calibration.json').read_text())
+
+    def value(v):  # ORT writes a numpy array ({'CLS': 'numpy.array', 'data': [...]}) or a bare float
+        return float(v['data'][0] if isinstance(v, dict) else v)
+    return {name: (value(t['lowest']), value(t['highest'])) for name, t in data['data'].items()}
+
+
+@pytest.mark.slow
+def test_calibration_images_are_what_int8_is_calibrated_on(explained_export, exported_graphs):
+    """--calibration-images DIR: the int8 ranges come from DIR's images (they differ from the default export's,
+    computed on the sample photographs), and the printout, the calibration file and the graph's metadata say so."""
+    from export.contract import read_metadata
+    code, out, err, folder, calibration = explained_export
+    assert code == 0, err[-2000:]
+    images = sum(1 for _ in calibration.rglob('*.jpg'))
+    source = f'128 random crops of {images} image(s) in {calibration.name}, minmax calibration'
+    assert f'int8 calibration: {source}' in out.splitlines()
+    assert read_metadata(folder / 'model.int8.onnx')['calibration'] == {'method': 'minmax', 'crops': 128,
+                                                                      'source': source}
+    record = json.loads((folder / 'model.int8.calibration.json').read_text())['alexnet_zoo']
+    assert record['source'] == source and record['crops'] == 128
+
+    default_folder = exported_graphs[1]
+    default_record = json.loads((default_folder / 'model.int8.calibration.json').read_text())['alexnet_zoo']
+    assert default_record['source'].startswith('128 random crops of the sample photographs')
+    assert record['graph_sha256'] == default_record['graph_sha256']  # the same fp32 graph, calibrated otherwise
+    mine, default = _ranges(folder), _ranges(default_folder)
+    assert mine.keys() == default.keys()
+    differ = [name for name in mine if mine[name] != pytest.approx(default[name], rel=1e-3)]
+    assert len(differ) > len(mine) // 2, differ
+    assert (folder / 'model.int8.onnx').read_bytes() != (default_folder / 'model.int8.onnx').read_bytes()
+
+
+# ------------------------------------------------------------------ a full benchmark: batch 32 and torch.compile
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint of one of timm's test CNNs at 32 x 32 (its cfg's input size): the harness runs any timm CNN
+    the same way, and this one makes a batch of 32 cost milliseconds instead of alexnet_bn's half second."""
+    import timm
+    import torch
+    from alexnet_zoo.checkpoint import save_checkpoint_dir
+    torch.manual_seed(0)
+    model = timm.create_model('test_byobnet', num_classes=4)
+    model.pretrained_cfg = {**model.pretrained_cfg, 'input_size': (3, 32, 32), 'crop_pct': 1.0}
+    return save_checkpoint_dir(model, tmp_path_factory.mktemp('tiny') / 'ckpt', ['a', 'b', 'c', 'd'])
+
+
+@pytest.mark.slow
+def test_full_benchmark_at_batch_32_with_torch_compile(tiny_checkpoint, tmp_path, monkeypatch):
+    """``python -m benchmarks`` without --quick, restricted by its own options to PyTorch eager and torch.compile,
+    fp32, batch 32, the fewest rounds it accepts: both rows timed in those rounds, parity judged and passing
+    on the full set of views, the compiled row's speed-up against eager, all in report.json and report.md.
+    (The machine's limits, measured and checked in tests/test_benchmarks.py, are not measured again here.)"""
+    import benchmarks.harness as harness
+    from benchmarks.__main__ import main
+    from benchmarks.harness import MIN_ROUNDS
+    monkeypatch.setattr(harness, 'measure_limits', lambda *args, **kwargs: {'error': 'not measured in this test'})
+    out = tmp_path / 'report'
+    code = main(['--checkpoint', str(tiny_checkpoint), '--backends', 'torch,torch-compile', '--precisions', 'fp32',
+                 '--batch-sizes', '32', '--rounds', str(MIN_ROUNDS), '--seconds-per-row', '0.001', '--output-dir',
+                 str(out), '--no-progress'])
+    assert code == 0
+    report = json.loads((out / 'report.json').read_text())
+    settings = report['settings']
+    assert settings['quick'] is False and settings['batch_sizes'] == [32]
+    assert settings['timing']['rounds'] == MIN_ROUNDS and report['model']['gates_judged'] is True
+    assert report['skipped'] == []
+    rows = {row['backend']: row for row in report['results']}
+    assert set(rows) == {'torch', 'torch-compile'}
+    for row in rows.values():
+        assert (row['precision'], row['device'], row['batch_size']) == ('fp32', 'cpu', 32)
+        assert len(row['round_medians_ms']) == MIN_ROUNDS and all(m > 0 for m in row['round_medians_ms'])
+        assert row['iterations'] >= MIN_ROUNDS * settings['timing']['min_iters']
+        assert 0 < row['latency_ms']['min'] <= row['median_ms'] <= row['latency_ms']['max']
+        assert row['throughput_ips'] > 0
+        parity = row['parity']
+        assert parity['judged'] is True and parity['passed'] is True and parity['views'] >= 256, parity
+    eager, compiled = rows['torch'], rows['torch-compile']
+    per_round = [e / c for e, c in zip(eager['round_medians_ms'], compiled['round_medians_ms'])]
+    assert compiled['speedup_vs_torch_fp32'] == pytest.approx(statistics.median(per_round))  # paired by round
+    assert eager['speedup_vs_torch_fp32'] == 1.0
+    table = [line for line in (out / 'report.md').read_text().splitlines() if line.startswith('| torch')]
+    assert [line.split(' | ')[:4] for line in table] == [['| torch', 'fp32', 'cpu', '32'],
+                                                         ['| torch-compile', 'fp32', 'cpu', '32']]
+    assert all(line.endswith('| pass |') for line in table)
+
+
+# -------------------------------------------------------------------------------------- the crosscheck's verdict
+
+
+@pytest.mark.parametrize('app_ms, harness_ms, verdict', [
+    ((6.0, 6.4, 6.2), (6.3, 6.5, 6.9), 'ratio 1.048 (within 10 %)'),    # medians 6.20 and 6.50
+    ((6.0, 6.4, 6.2), (5.6, 5.8, 5.5), 'ratio 0.903 (within 10 %)'),    # 5.60 / 6.20: a faster harness, within
+    ((6.0, 6.4, 6.2), (7.0, 6.9, 30.0), 'ratio 1.129 (NOT within 10 %)'),  # 7.00 / 6.20; the outlier is not the median
+    ((6.0, 6.4, 6.2), (5.4, 5.5, 5.5), 'ratio 0.887 (NOT within 10 %)'),
+])
+def test_crosscheck_verdict(app_ms, harness_ms, verdict, tmp_path, monkeypatch, capsys):
+    """The verdict is the harness's median of rounds against benchmark_app's, within 10 % either way; each round is
+    printed; the command exits 0 either way (it reports, it does not gate)."""
+    from benchmarks import crosscheck
+    rows = [{'benchmark_app_ms': a, 'harness_ms': h, 'ratio': h / a, 'overhead_ms': 0.065}
+            for a, h in zip(app_ms, harness_ms)]
+    calls = []
+    monkeypatch.setattr(crosscheck, 'crosscheck', lambda *args: calls.append(args) or rows)
+    graph = tmp_path / 'model.int8.onnx'
+    graph.write_bytes(b'not read: the measurement is replaced')
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(crosscheck.main, ['--onnx', str(graph), '--rounds', '3', '--seconds', '2', '--batch-size', '4'])
+    out = capsys.readouterr().out.splitlines()
+    assert exit_.value.code == 0 and calls == [(graph, 4, 3, 2.0)]
+    assert out[0] == (f'round 1: benchmark_app {app_ms[0]:.2f} ms, harness {harness_ms[0]:.2f} ms, '
+                      f'harness / benchmark_app {harness_ms[0] / app_ms[0]:.3f}; harness overhead per run 65 us')
+    assert len(out) == 4 and out[-1].startswith('median of rounds: benchmark_app 6.20 ms, harness ')
+    assert out[-1].endswith(verdict)
+
+
+# ---------------------------------------------------------------------------------------------- training flags
+
+
+@pytest.mark.slow
+def test_training_flags_reach_what_they_configure(tmp_path, monkeypatch):
+    """--sched, --warmup-epochs, --smoothing, --weight-decay and --auto-augment, given to ``alexnet_zoo.train``,
+    configure timm's scheduler, optimizer, loss and training transform (one epoch of a tiny CNN on 8 images):
+    the first epoch runs at the warm-up rate, not --lr; the run's config.json records them."""
+    from timm.scheduler import StepLRScheduler
+    from alexnet_zoo import train as trainer
+    seen = {}
+
+    def spy(name, make):
+        def wrapper(*args, **kwargs):
+            seen[name] = (args, kwargs, make(*args, **kwargs))
+            return seen[name][2]
+        monkeypatch.setattr(trainer, name, wrapper)
+    for name in ('create_optimizer_v2', 'create_scheduler_v2', 'train_transform'):
+        spy(name, getattr(trainer, name))
+    losses = []
+
+    class CountingLoss(trainer.LabelSmoothingCrossEntropy):
+        def forward(self, x, target):
+            losses.append(self)
+            return super().forward(x, target)
+    monkeypatch.setattr(trainer, 'LabelSmoothingCrossEntropy', CountingLoss)
+
+    data = write_image_folder(tmp_path / 'data', ['astronaut', 'coffee'], train_per_class=4, val_per_class=1, size=32)
+    out = tmp_path / 'run'
+    assert trainer.main(['--data', str(data), '--output', str(out), '--model', 'test_resnet', '--epochs', '1',
+                         '--batch-size', '4', '--lr', '0.01', '--sched', 'step', '--warmup-epochs', '1',
+                         '--smoothing', '0.25', '--weight-decay', '0.02', '--auto-augment', 'rand-m9-mstd0.5',
+                         '--workers', '0', '--no-progress']) == 0
+
+    optimizer = seen['create_optimizer_v2'][2]
+    decays = {group['weight_decay'] for group in optimizer.param_groups}
+    assert decays == {0.0, 0.02}  # timm: no decay for biases and norms, --weight-decay for the rest
+    scheduler = seen['create_scheduler_v2'][2][0]
+    assert isinstance(scheduler, StepLRScheduler) and scheduler.warmup_t == 1
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['epochs'][0]['lr'] == pytest.approx(scheduler.warmup_lr_init) and scheduler.warmup_lr_init < 0.01
+
+    assert losses and all(loss is losses[0] for loss in losses)  # the one loss of every step
+    assert losses[0].smoothing == 0.25 and losses[0].confidence == pytest.approx(0.75)
+    steps = [type(t).__name__ for t in seen['train_transform'][2].transforms]
+    assert 'RandAugment' in steps and 'ColorJitter' not in steps  # the policy replaces colour jitter
+
+    recorded = json.loads((out / 'config.json').read_text())['training']
+    assert {k: recorded[k] for k in ('sched', 'warmup_epochs', 'smoothing', 'weight_decay', 'auto_augment')} == {
+        'sched': 'step', 'warmup_epochs': 1, 'smoothing': 0.25, 'weight_decay': 0.02,
+        'auto_augment': 'rand-m9-mstd0.5'}
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C and pipes
+
+
+def test_ctrl_c_is_exit_130_and_one_line(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(interrupted, [])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 130 and captured.out == ''
+    assert one_error_line(captured.err) == 'error: interrupted'
+
+
+def test_ctrl_c_in_a_running_command(tmp_path):
+    """SIGINT to ``python -m alexnet_zoo.samples --write-folder`` once it is writing: exit 130, one line."""
+    out = tmp_path / 'photos'
+    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_zoo.samples', '--write-folder', str(out),
+                             '--train-per-class', '10000', '--size', '16'], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((out / 'train').glob('*/*.jpg')) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, 'the command ended before it could be interrupted'
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and stdout == ''
+    assert one_error_line(stderr) == 'error: interrupted'
+
+
+def _closed_pipe_run(args, buffered: bool) -> subprocess.CompletedProcess:
+    """``python -m ARGS | head -0``: stdout a pipe whose reader is gone before anything is written."""
+    env = dict(ENV)
+    env.pop('PYTHONUNBUFFERED', None)
+    if not buffered:
+        env['PYTHONUNBUFFERED'] = '1'
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize('buffered', [True, False])  # block-buffered: the output meets the pipe only at the end
+def test_closed_pipe_is_quiet_exit_1(buffered):
+    """``python -m alexnet_zoo.samples | head -0``: no traceback and no "Exception ignored" message, exit 1."""
+    proc = _closed_pipe_run(['alexnet_zoo.samples'], buffered)
+    assert (proc.returncode, proc.stderr) == (1, '')
+
+
+def test_stats_on_a_closed_pipe_is_quiet_exit_1(monkeypatch, capsys):
+    """``python -m alexnet_zoo.stats | head -0`` goes through run_cli too (run as ``__main__`` in-process, its first
+    line meeting a pipe whose reader is gone, before any model is made)."""
+    import runpy
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, 'w', buffering=1) as closed:
+        monkeypatch.setattr(sys, 'stdout', closed)
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module('alexnet_zoo.stats', run_name='__main__')
+        monkeypatch.undo()
+    assert exit_.value.code == 1 and capsys.readouterr().err == ''
+
+
+# --------------------------------------------------------------------------------- ALEXNET_ZOO_DEBUG, escapes
+
+
+def test_debug_shows_the_traceback_of_a_users_mistake(tmp_path, monkeypatch, capsys):
+    """A user's mistake is one line; with ALEXNET_ZOO_DEBUG=1 the exception itself comes out, traceback and
+    all (in-process: raised through run_cli; in a process: Python's traceback on stderr)."""
+    from alexnet_zoo import samples
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    argv = ['--write-folder', str(blocker / 'photos')]
+    monkeypatch.delenv('ALEXNET_ZOO_DEBUG', raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(samples.main, argv)
+    assert exit_.value.code == 1
+    assert one_error_line(capsys.readouterr().err).startswith('error: output directory not writable: ')
+
+    monkeypatch.setenv('ALEXNET_ZOO_DEBUG', '1')
+    with pytest.raises(PermissionError, match='output directory not writable'):
+        run_cli(samples.main, argv)
+    def usage_mistake(argv):
+        raise UsageError('unknown model: alexnet_xl')
+    with pytest.raises(UsageError, match='unknown model'):  # a usage mistake too (exit 2 without the variable)
+        run_cli(usage_mistake, [])
+
+    proc = subprocess.run([sys.executable, '-m', 'alexnet_zoo.samples', *argv], cwd=REPO, capture_output=True,
+                          text=True, env={**ENV, 'ALEXNET_ZOO_DEBUG': '1'}, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith('Traceback (most recent call last):')
+    assert 'ensure_writable_dir' in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith('PermissionError: output directory not writable: ')
+    assert not (blocker / 'photos').exists()
+
+
+HOSTILE = 'in\x1b[31mred\rback\ttab'  # a terminal escape, a carriage return, a tab
+ESCAPED = r'in\x1b[31mred\rback\ttab'
+
+
+@pytest.mark.parametrize('command, argv, code', [
+    ('benchmarks.crosscheck', ['--onnx', '{tmp}/' + HOSTILE + '.onnx'], 1),  # a file's name, from the command line
+    ('alexnet_zoo.samples', ['--write-folder', '{tmp}/a-file/' + HOSTILE], 1),  # a folder that cannot be made
+    ('alexnet_zoo.samples', [HOSTILE], 2),  # argparse's own message: an unrecognized argument
+])
+def test_control_characters_are_escaped_in_the_error_line(command, argv, code, tmp_path, capsys, monkeypatch):
+    """Every control character of a name (not only newlines) is shown escaped, the whole name in one line."""
+    import importlib
+    monkeypatch.delenv('ALEXNET_ZOO_DEBUG', raising=False)
+    (tmp_path / 'a-file').write_text('')
+    main = importlib.import_module(command).main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [a.replace('{tmp}', str(tmp_path)) for a in argv])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_.value.code == code and ESCAPED in line, line
+
+
+# ---------------------------------------------------------------------------------------- ALEXNET_ZOO_REQUIRE_GPU
+
+
+GPU_TESTS = '''
+import pytest
+
+@pytest.mark.gpu
+def test_needs_a_gpu():
+    pytest.skip('no GPU here')
+
+@pytest.mark.tensorrt
+def test_needs_tensorrt():
+    pytest.skip('TensorRT is not installed')
+
+@pytest.mark.gpu
+def test_runs_on_a_gpu():
+    pass
+
+def test_skips_for_another_reason():
+    pytest.skip('not a GPU test')
+'''
+
+
+@pytest.mark.parametrize('required', [False, True])
+def test_require_gpu_turns_a_skipped_gpu_test_into_a_failure(required, pytester, monkeypatch):
+    """The project's conftest hook: under ALEXNET_ZOO_REQUIRE_GPU (``make test-gpu``) a gpu or tensorrt test that
+    skips fails, naming the skip's reason; other skips and passing GPU tests are untouched."""
+    pytester.makeconftest((Path(__file__).with_name('conftest.py')).read_text())
+    pytester.makeini('[pytest]\nmarkers =\n    gpu: needs a GPU\n    tensorrt: needs TensorRT\n')
+    pytester.makepyfile(test_gpu=GPU_TESTS)
+    if required:
+        monkeypatch.setenv('ALEXNET_ZOO_REQUIRE_GPU', '1')
+    else:
+        monkeypatch.delenv('ALEXNET_ZOO_REQUIRE_GPU', raising=False)
+    result = pytester.runpytest('-p', 'no:cacheprovider', '-rfs')
+    if required:
+        result.assert_outcomes(passed=1, failed=2, skipped=1)
+        result.stdout.fnmatch_lines(['*_ test_needs_a_gpu _*', 'a GPU test skipped under make test-gpu: *no GPU here',
+                                     '*_ test_needs_tensorrt _*',
+                                     'a GPU test skipped under make test-gpu: *TensorRT is not installed'])
+    else:
+        result.assert_outcomes(passed=1, skipped=3)
