@@ -108,18 +108,9 @@ class AlexNetHead(nn.Module):
     feature map through untouched, as timm's heads do for ``global_pool=''``.
     """
 
-    def __init__(
-            self,
-            in_chs: int,
-            hidden: Tuple[int, ...],
-            num_classes: int,
-            pool_type: str = 'avg',
-            drop_rate: float = 0.5,
-            norm_layer: Optional[Callable[..., nn.Module]] = None,
-            feat_size: Tuple[int, int] = (6, 6),
-            device=None,
-            dtype=None,
-    ) -> None:
+    def __init__(self, in_chs: int, hidden: Tuple[int, ...], num_classes: int, pool_type: str = 'avg',
+                 drop_rate: float = 0.5, norm_layer: Optional[Callable[..., nn.Module]] = None,
+                 feat_size: Tuple[int, int] = (6, 6), device=None, dtype=None) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.feat_size = feat_size
@@ -184,17 +175,9 @@ class AlexNet(nn.Module):
     ``features_only`` can tap the end of any block.
     """
 
-    def __init__(
-            self,
-            cfg: AlexNetCfg,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: Optional[str] = None,
-            drop_rate: Optional[float] = None,
-            img_size: Optional[Union[int, Tuple[int, int]]] = None,
-            device=None,
-            dtype=None,
-    ) -> None:
+    def __init__(self, cfg: AlexNetCfg, num_classes: int = 1000, in_chans: int = 3, global_pool: Optional[str] = None,
+                 drop_rate: Optional[float] = None, img_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 device=None, dtype=None) -> None:
         """global_pool, drop_rate: None takes the cfg's. img_size: with global_pool='flatten', the input size the
         first FC layer is sized for (227 -> 6x6 grid)."""
         super().__init__()
@@ -254,15 +237,9 @@ class AlexNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, **get_device_dtype(self))
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
+                              ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Features and the output of each conv block (indices 0-4; block 4's is the forward_features output).
 
         norm: unused, AlexNet has no final norm layer.
@@ -286,12 +263,8 @@ class AlexNet(nn.Module):
             return intermediates
         return x, intermediates
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
         """Drop the blocks after the last wanted intermediate, and the head (it is sized for the full network)."""
         take_indices, max_index = _feature_indices(len(self.feature_ends), indices)
         self.features = self.features[:self.feature_ends[max_index] + 1]

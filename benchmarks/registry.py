@@ -1,5 +1,6 @@
 """The backends, one table: a runner class per backend, each answering where it runs, which graph it needs and
-whether it can run here. Adding a backend is a runner class and an entry below; nothing else names backends."""
+whether it can run here. Adding a backend is a runner class and an entry below (docs/architecture.md lists the few
+other places that name a backend, and why)."""
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from alexnet_zoo.cli import MAX_BATCH, parse_list, parse_sizes  # noqa: F401  (benchmarks.registry.parse_list)

@@ -23,6 +23,7 @@ from onnxruntime.quantization.qdq_loss_debug import (collect_activations, comput
 
 from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
+from .ort_session import session_options
 from .precision import INT8_OP_TYPES, Int8Quantizer, quiet
 
 DIAGNOSIS_VIEWS = 32  # every tensor of both graphs is kept in memory: 32 views of alexnet_bn take about 1 GB
@@ -55,7 +56,7 @@ def diagnose(quantizer: Int8Quantizer, int8: onnx.ModelProto, views: np.ndarray,
             augmented = workdir / f'augmented.{kind}.onnx'
             modify_model_output_intermediate_tensors(str(path), str(augmented))
             reader.rewind()
-            activations[kind] = collect_activations(str(augmented), reader)
+            activations[kind] = collect_activations(str(augmented), reader, session_options=session_options())
             augmented.unlink()
         matched = create_activation_matching(activations['qdq'], activations['float'])
         errors = compute_activation_error(matched)

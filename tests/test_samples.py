@@ -76,5 +76,13 @@ def test_write_folder_command(tmp_path):
     assert sorted(p.name for p in (out / 'train').iterdir()) == sorted(samples.PHOTOGRAPHS)
     assert len(list((out / 'train').rglob('*.jpg'))) == 2 * len(samples.PHOTOGRAPHS)
     assert len(list((out / 'val').rglob('*.jpg'))) == len(samples.PHOTOGRAPHS)
-    bad = subprocess.run(cmd[:-1] + ['0'], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith('error: ') and len(bad.stderr.splitlines()) == 1
+    assert done.stdout and not done.stderr
+
+
+def test_write_folder_bad_size_is_one_line(tmp_path, capsys):
+    from alexnet_zoo.cli import run_cli
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(samples.main, ['--write-folder', str(tmp_path / 'photos'), '--size', '0'])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1 and '--size: must be' in lines[0] and 'got 0' in lines[0], lines
+    assert not (tmp_path / 'photos').exists()
