@@ -279,14 +279,18 @@ class AlexNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            # One checkpoint per block, not per layer (timm's checkpoint_seq): a layer's saved input would be what
-            # the in-place ReLU after a conv overwrites; a block starts with a conv and leaves its input alone.
-            ends = [e + 1 for e in self.feature_ends if e < len(self.features)] + [len(self.features)]
-            for start, end in zip([0, *ends], ends):
-                if end > start:
-                    x = checkpoint(self.features[start:end], x, use_reentrant=False)
-            return x
+            return self._checkpointed_features(x)
         return self.features(x)
+
+    @torch.jit.ignore
+    def _checkpointed_features(self, x: torch.Tensor) -> torch.Tensor:
+        """One checkpoint per block, not per layer (timm's checkpoint_seq): a layer's saved input would be what the
+        in-place ReLU after a conv overwrites; a block starts with a conv and leaves its input alone."""
+        ends = [e + 1 for e in self.feature_ends if e < len(self.features)] + [len(self.features)]
+        for start, end in zip([0, *ends], ends):
+            if end > start:
+                x = checkpoint(self.features[start:end], x, use_reentrant=False)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)

@@ -14,6 +14,7 @@ from alexnet_zoo.samples import folder_images
 from .harness import run_benchmark, timing_config
 from .latency import DEFAULT_TIMING, QUICK_TIMING
 from .registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
+from .report import read_report
 from .summary import exit_code
 
 
@@ -60,6 +61,8 @@ def main(argv: Sequence[str] = None) -> int:
         parse_batch_sizes(args.batch_sizes)
     timing = timing_config(args.quick, args.rounds, args.seconds_per_row, args.seed, args.run_to_run)
     images = folder_images(args.images) if args.images else None
+    if args.compare:
+        read_report(args.compare)  # a report that cannot be compared is refused before the model is made
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
     report = run_benchmark(
         loaded, args.output_dir, backends=args.backends, precisions=args.precisions, batch_sizes=args.batch_sizes,
