@@ -1,6 +1,11 @@
 """Shared fixtures: a briefly trained alexnet_bn, so that parity gates are meaningful (random weights give
 logit margins too small to judge), and its checkpoint in timm's Hugging Face layout.
 
+The fixture's alexnet_bn takes 99 x 99 images (``img_size`` sizes its first FC layer for the 2 x 2 grid, the data
+config says 99): the same layers and the same code paths as at 227 x 227, at a fifth of the convolutions'
+arithmetic and less than half the weights, so that the suite's exports and benchmarks fit its time budget. The
+full-size network is exported in test_export_onnx.py (``test_export_the_other_alexnets``) and by ``make report``.
+
 The trained weights are cached between runs in pytest's cache folder (``.pytest_cache``), under a key made of
 everything that decides them (torch and timm versions, the model, data and training code), behind a file lock
 so that parallel sessions train once; ``pytest --cache-clear`` retrains.
@@ -9,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,17 +71,26 @@ def fit_photographs(
 
 
 def _weights_key() -> str:
-    parts = [torch.__version__, timm.__version__, inspect.getsource(fit_photographs)]
+    parts = [torch.__version__, timm.__version__, inspect.getsource(fit_photographs), str(FIXTURE_SIZE)]
     parts += [Path(importlib.import_module(f'alexnet_zoo.{name}').__file__).read_text()
               for name in ('alexnet', 'data', 'samples')]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
+
+
+FIXTURE_SIZE = 99  # conv 5's output is 2 x 2 after its pool
+
+
+def fixture_alexnet_bn(num_classes: int = len(PHOTOGRAPHS)) -> torch.nn.Module:
+    """alexnet_bn at the fixture's input size, its data config saying so (checkpoints carry both)."""
+    return timm.create_model('alexnet_bn', num_classes=num_classes, img_size=FIXTURE_SIZE,
+                             pretrained_cfg_overlay=dict(input_size=(3, FIXTURE_SIZE, FIXTURE_SIZE)))
 
 
 @pytest.fixture(scope='session')
 def trained_model(request):
     """alexnet_bn taught to tell the sample photographs apart (19 classes), in eval mode; trained once per key."""
     torch.manual_seed(0)
-    model = timm.create_model('alexnet_bn', num_classes=len(PHOTOGRAPHS))
+    model = fixture_alexnet_bn()
     cache = getattr(request.config, 'cache', None)  # None under -p no:cacheprovider
     if cache is None:
         return fit_photographs(model, steps=40, seed=0)
@@ -138,10 +153,12 @@ def photos_data(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def quick_run(trained_checkpoint, photos_data, tmp_path_factory):
-    """``python -m benchmarks --quick`` as a user runs it (the suite's one benchmark subprocess), exporting its
-    graphs into --onnx-dir: (CompletedProcess, report folder, graph folder)."""
+def quick_run(trained_checkpoint, exported_graphs, photos_data, tmp_path_factory):
+    """``python -m benchmarks --quick`` as a user runs it (the suite's one benchmark subprocess), on the graphs
+    export.onnx wrote (a copy of ``exported_graphs``' folder as --onnx-dir: reused, not exported again; the runs
+    that export into --onnx-dir are in-process tests): (CompletedProcess, report folder, graph folder)."""
     out = tmp_path_factory.mktemp('quick')
+    shutil.copytree(exported_graphs[1], out / 'graphs', copy_function=os.link)
     cmd = [sys.executable, '-m', 'benchmarks', '--checkpoint', str(trained_checkpoint), '--quick',
            '--data', str(photos_data), '--onnx-dir', str(out / 'graphs'), '--output-dir', str(out / 'report')]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
