@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import timm
 import torch
 from onnx import numpy_helper
 
@@ -345,13 +346,19 @@ def test_percentile_calibration_clips_what_minmax_keeps(as_loaded, trained_model
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['alexnet_bn', 'alexnet', 'alexnet_lrn'])
-def test_export_the_other_alexnets(name, tmp_path):
-    """Every AlexNet at its own full size (alexnet_bn at 227 x 227, which the trained fixture is not; alexnet in
-    torchvision's layout; alexnet_lrn, the paper's, with LocalResponseNorm) exports to an fp32 graph that computes
-    what PyTorch computes (random weights: checked directly, the gates are not judged)."""
-    from alexnet_zoo.checkpoint import load_model
-    loaded = load_model(name, num_classes=10)
+@pytest.mark.parametrize('name, size', [('alexnet_bn', None), ('alexnet', FIXTURE_SIZE), ('alexnet_lrn', FIXTURE_SIZE)])
+def test_export_the_other_alexnets(name, size, tmp_path):
+    """alexnet_bn at its own 227 x 227 (the trained fixture is smaller), alexnet in torchvision's layout (adaptive
+    pooling) and alexnet_lrn, the paper's, with LocalResponseNorm and grouped convolutions (both at the fixture's
+    size) export to fp32 graphs that compute what PyTorch computes (random weights: checked directly, the gates
+    are not judged)."""
+    from alexnet_zoo.checkpoint import LoadedModel, load_model
+    if size is None:
+        loaded = load_model(name, num_classes=10)
+    else:
+        model = timm.create_model(name, num_classes=10, img_size=size,
+                                  pretrained_cfg_overlay=dict(input_size=(3, size, size))).eval()
+        loaded = LoadedModel(model, name, 10, False, 'random init')
     result = export_onnx(loaded, tmp_path, precisions=('fp32',))
     assert result.rows[0]['judged'] is False and read_metadata(result.paths['fp32'])['model_name'] == name
     x = sample_batch(loaded.model)[1][:4]

@@ -150,12 +150,12 @@ def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path, cap
     """A NaN weight: PyTorch's own logits are not finite, so nothing can be judged or calibrated (ONNX Runtime's
     calibrator would end in an assertion): one error line, exit 1, no file."""
     from safetensors.torch import load_file, save_file
-    weights = load_file(str(trained_checkpoint / 'model.safetensors'))
+    broken = tmp_path / 'broken'
+    shutil.copytree(trained_checkpoint, broken)
+    weights = load_file(str(broken / 'model.safetensors'))
     weights['features.0.weight'][0, 0, 0, 0] = float('nan')
-    broken = tmp_path / 'broken.safetensors'
-    save_file(weights, str(broken))
-    code, _, stderr = _run('--checkpoint', broken, '--num-classes', len(PHOTOGRAPHS), '--output-dir', tmp_path / 'out',
-                           capsys=capsys)
+    save_file(weights, str(broken / 'model.safetensors'))
+    code, _, stderr = _run('--checkpoint', broken, '--output-dir', tmp_path / 'out', capsys=capsys)
     assert code == 1 and 'Traceback' not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith('error: ')]
     assert len(errors) == 1 and 'logits are not finite' in errors[0], stderr

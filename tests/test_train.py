@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from alexnet_zoo import train as trainer
 from alexnet_zoo.checkpoint import load_model
@@ -105,11 +105,10 @@ def test_fine_tune_reaches_accuracy_and_reloads(photo_folder, trained_checkpoint
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly_with_frozen_features(small_folder, trained_model, tmp_path, monkeypatch, capsys):
+def test_resume_continues_exactly_with_frozen_features(small_folder, trained_model, trained_checkpoint, tmp_path,
+                                                     monkeypatch, capsys):
     """An interrupted run, resumed, ends with the very weights of an uninterrupted one (so --seed is deterministic)."""
-    init = tmp_path / 'init.safetensors'
-    save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, str(init))
-    settings = trainer.Settings(epochs=2, batch_size=8, lr=1e-3, init=str(init), freeze_features=True)
+    settings = trainer.Settings(epochs=2, batch_size=8, lr=1e-3, init=str(trained_checkpoint), freeze_features=True)
     full = trainer.train(small_folder, tmp_path / 'full', settings, workers=0, progress=False)
 
     calls = []
