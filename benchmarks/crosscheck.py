@@ -49,11 +49,11 @@ def run_benchmark_app(onnx_path: Path, batch_size: int, seconds: float) -> float
     cmd = [benchmark_app_path(), '-m', str(onnx_path), '-d', 'CPU', '-shape', f'[{shape}]',
            '-hint', 'latency', '-api', 'sync', '-t', str(max(1, round(seconds)))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    match = re.search(r'Median:\s+([\d.]+) ms', proc.stdout)
+    match = re.search(r'Median:\s+([\d.]+) (ms|us)', proc.stdout)  # below a millisecond it says us
     if proc.returncode != 0 or not match:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ['no output']
         raise RuntimeError(f'benchmark_app failed: {tail[0]}')
-    return float(match.group(1))
+    return float(match.group(1)) / (1000 if match.group(2) == 'us' else 1)
 
 
 def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) -> Tuple[float, float]:

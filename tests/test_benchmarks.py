@@ -590,17 +590,22 @@ def no_limits(monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, tmp_path, monkeypatch, no_limits):
+def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, exported_graphs, tmp_path, monkeypatch,
+                                                       no_limits):
     """int8 misses a gate nothing can pass: its rows are measured from the failed graph and fail, with the reason;
-    the fp32 rows run and pass; the exit code says a gate failed."""
+    the fp32 rows (export.onnx's graph, reused from --onnx-dir) run and pass; the exit code says a gate failed."""
+    import shutil
     import export.int8
+    graphs = tmp_path / 'graphs'
+    shutil.copytree(exported_graphs[1], graphs, ignore=shutil.ignore_patterns('model.int8.*', 'model.fp16.*'))
     monkeypatch.setitem(parity.GATES['int8'], 'sqnr_min_db', 500.0)
     monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))  # the remedies fail as the plain
     monkeypatch.setattr(export.int8, 'MAX_FLOAT_LAYERS', 0)  # graph does (tests/test_int8.py tries them for real)
     code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
-                 'fp32,int8', '--output-dir', str(tmp_path / 'out'), '--no-progress'])
+                 'fp32,int8', '--onnx-dir', str(graphs), '--output-dir', str(tmp_path / 'out'), '--no-progress'])
     assert code == 1
     report = json.loads((tmp_path / 'out' / 'report.json').read_text())
+    assert report['graphs']['reused'] and report['graphs']['exported'] and not (graphs / 'model.int8.onnx').exists()
     rows = {r['precision']: r for r in report['results']}
     assert set(rows) == {'fp32', 'int8'} and not [s for s in report['skipped'] if s['backend'] == 'onnxruntime']
     assert rows['fp32']['parity']['passed'] is True and 'export_failure' not in rows['fp32']
