@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.cli import UsageError, run_cli
 from alexnet_zoo.data import parity_views, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs
@@ -25,7 +24,7 @@ from benchmarks.registry import Spec, parse_batch_sizes, parse_list, plan
 from benchmarks.plots import PLOTS
 from benchmarks.report import read_report
 from benchmarks.results import SCHEMA_VERSION
-from benchmarks.torch_runner import TorchCompileRunner, TorchRunner
+from benchmarks.torch_runner import TorchRunner
 from export import parity
 from export.runner import BackendUnavailable, Runner
 
@@ -277,23 +276,6 @@ def test_torch_runner_unsupported_precisions(trained_model):
 def test_torch_runner_bf16(trained_model, photo_batch, reference):
     with TorchRunner(trained_model, 'bf16') as runner:
         _check_runner(runner, photo_batch, reference, 'bf16')
-
-
-@pytest.mark.slow
-def test_torch_compile_runner_matches_eager():
-    """torch.compile (Inductor, frozen weights) on a small network: same logits as eager at two batch sizes."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
-                                torch.nn.Flatten(), torch.nn.Linear(32, 5)).eval()
-    x = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
-    with TorchCompileRunner(model) as runner:
-        assert runner.backend == 'torch-compile'
-        for size in (1, 4):
-            logits = runner.infer(x[:size])
-            assert logits.dtype == np.float32 and logits.shape == (size, 5)
-            np.testing.assert_allclose(logits, expected[:size], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize('precision', ['fp32', 'int8'])

@@ -5,9 +5,6 @@ through the CLI with ``--softmax`` (``softmax_graphs``); every bad input runs th
 ``run_cli`` in-process, and one runs in a real process.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +280,8 @@ BAD = {  # name: (arguments, exit code, the message's words, what the one line m
 @pytest.mark.parametrize('case', BAD)
 def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys):
     """Each bad input is refused where it should be: its own message, naming the file, and exit code, through the
-    command's own ``run_cli`` (one real process in test_bad_input_in_a_process); nothing written."""
+    command's own ``run_cli`` (the real process: tests/test_fuzz.py's pickle attack through the command); nothing
+    written."""
     from export.onnx import main
     args, code, message, named = BAD[case]
     out = bad_inputs / 'a-file' / 'out' if 'writable' in case else bad_inputs / f'out-{case}'
@@ -295,16 +293,6 @@ def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys):
     assert named is None or named in lines[0], (case, named, lines)
     assert exit_.value.code == code, (case, exit_.value.code, lines)
     assert not out.exists() and sorted(p.name for p in bad_inputs.iterdir()) == before, case
-
-
-def test_bad_input_in_a_process(tmp_path):
-    """The real command in its own process: the same one line, no traceback, nothing written."""
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
-    env.pop('ALEXNET_ZOO_DEBUG', None)
-    run = subprocess.run([sys.executable, '-m', 'export.onnx', '--model', 'alexnet_xl', '--output-dir',
-                          str(tmp_path / 'out')], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1 and run.stderr.startswith("error: unknown model: 'alexnet_xl'"), run.stderr
-    assert run.stderr.count('\n') == 1 and run.stdout == '' and not (tmp_path / 'out').exists()
 
 
 # --- paths the default export does not take ------------------------------------------------------------------
