@@ -662,6 +662,7 @@ def test_bad_folders_and_files(tmp_path, capsys, not_a_report):
         assert not out.exists() or not any(out.iterdir()), args
 
 
+@pytest.mark.slow  # a real process (imports torch): the quick loop has the in-process tests
 def test_bad_input_subprocess_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'benchmarks', '--backends', 'nope', '--output-dir',
                            str(tmp_path / 'out')], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -456,6 +456,7 @@ def test_list_arguments(text):
         assert check(value), (text, value)
 
 
+@pytest.mark.slow  # a real process (imports torch): the quick loop has the in-process tests
 def test_payload_is_never_run_through_the_command_line(tmp_path):
     """The pickle attack end to end: the command refuses the file in one line and the payload never runs."""
     import subprocess

@@ -317,6 +317,7 @@ def _fresh(code: str) -> str:
     return subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow  # a real process (imports torch): the quick loop has the in-process tests
 def test_registration_in_a_clean_interpreter():
     out = _fresh(
         'import sys; assert "alexnet_zoo" not in sys.modules\n'

@@ -272,6 +272,7 @@ def test_init_of_another_architecture(trained_checkpoint, small_folder, tmp_path
     assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow  # a real process (imports torch): the quick loop has the in-process tests
 def test_cli_error_has_no_traceback(tmp_path):
     result = run(['--data', tmp_path / 'nowhere', '--output', tmp_path / 'run'])
     assert result.returncode == 1
