@@ -6,11 +6,15 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
+from alexnet_zoo.cli import first_line
 from alexnet_zoo.files import PathLike
 from export.contract import read_metadata
 from export.export_manifest import exported_graphs
+from export.calibration import calibration_crops
 from export.onnx import ParityGateError, export_onnx
 from export.parity import gate_failure
+from export.runner import BackendUnavailable
+from export.torch_int8 import quantize_pt2e
 from export.trt.build import BatchProfile, build_engine
 
 from .registry import Spec
@@ -56,8 +60,16 @@ def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],
 
 
 def artifact_for(spec: Spec, model: torch.nn.Module, graphs: Dict[str, Path], workdir: Path,
-                 batch_sizes: Sequence[int]):
-    """What the row's runner is made from: the PyTorch module, the exported graph, or an engine built from it."""
+                 batch_sizes: Sequence[int], calibration_images: Optional[PathLike] = None):
+    """What the row's runner is made from: the PyTorch module (int8: quantized by PT2E on the crops that calibrate
+    the ONNX int8 graph), the exported graph, or an engine built from it."""
+    if spec.runner.artifact == 'module' and spec.precision == 'int8':
+        try:
+            return quantize_pt2e(model, calibration_crops(model, calibration_images)[0])
+        except (FileNotFoundError, ValueError):
+            raise  # the calibration folder: the user's mistake, said as export.onnx says it
+        except Exception as e:  # a model torch.export or the quantizer cannot take: this row skipped, saying why
+            raise BackendUnavailable(f'PT2E int8 quantization failed: {first_line(e)}') from None
     if spec.runner.artifact == 'module':
         return model
     if spec.runner.artifact == 'onnx':

@@ -2,7 +2,7 @@
 import os
 import platform
 from importlib import metadata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 PACKAGES = ('torch', 'torchvision', 'timm', 'numpy', 'onnx', 'onnxruntime', 'onnxruntime-gpu', 'openvino',
             'tensorrt', 'matplotlib')
@@ -48,6 +48,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vendor_family() -> Tuple[str, int]:
+    """The CPU's vendor and family from /proc/cpuinfo ('GenuineIntel', 6; 'AuthenticAMD', 25 is Zen 4), or ('', 0)."""
+    fields = {}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() in ('vendor_id', 'cpu family') and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    family = fields.get('cpu family', '')
+    return fields.get('vendor_id', ''), int(family) if family.isdigit() else 0
+
+
 def cpu_features() -> Dict[str, bool]:
     """The instruction sets that decide int8 and bf16 speed on a CPU."""
     import torch
@@ -62,7 +77,7 @@ def cpu_features() -> Dict[str, bool]:
         pass
     return {'avx2': bool(torch.cpu._is_avx2_supported()), 'avx512': bool(torch.cpu._is_avx512_supported()),
             'avx512_vnni': bool(torch.cpu._is_vnni_supported()) or 'avx512_vnni' in flags,
-            'avx512_bf16': bool(torch.cpu._is_avx512_bf16_supported()),
+            'avx512_bf16': bool(torch.cpu._is_avx512_bf16_supported()), 'avx_vnni': 'avx_vnni' in flags,
             'amx': cpu_has_amx()}
 
 

@@ -35,11 +35,11 @@ from export.views import reference_logits
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .compare import compare_reports
 from .environment import cpu_features, cpu_threads, environment
+from .probes import measure_ceilings
 from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
 from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import read_report, write_report
 from .results import SCHEMA_VERSION, read_back
-from .limits import measure_limits
 from .summary import add_noise, add_roofline, add_speedups, passing_by_latency
 from .uncertainty import median_ci_rank
 
@@ -206,7 +206,7 @@ def run_benchmark(
             try:
                 if reasons[spec]:
                     raise BackendUnavailable(reasons[spec])
-                artifact = artifact_for(spec, model, graphs, workdir, batch_sizes)
+                artifact = artifact_for(spec, model, graphs, workdir, batch_sizes, calibration_images)
                 runner = open_runners.enter_context(spec.runner(artifact, spec.precision, spec.device, threads))
             except BackendUnavailable as e:
                 skipped.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
@@ -222,11 +222,14 @@ def run_benchmark(
                 results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
                                 'batch_size': batch_size, **common})
             bar.update()
-        bar.set_description('the machine\'s limits')
-        try:  # the limits and per-layer times add to the report; a failure there must not cost the timed rows
-            limits = measure_limits(threads, cpu_features(), openvino=importlib.util.find_spec('openvino') is not None)
+        bar.set_description('the machine\'s ceilings')
+        try:  # the ceilings and per-layer times add to the report; a failure there must not cost the timed rows
+            ceilings = measure_ceilings(
+                threads, cpu_features(), [r['weight_bytes'] for r in results if r['device'] == 'cpu' and r['weight_bytes']],
+                gpu=any(r['device'] != 'cpu' for r in results), quick=quick,
+                openvino=importlib.util.find_spec('openvino') is not None)
         except Exception as e:
-            limits = {'error': first_line(e)}
+            ceilings = {'error': first_line(e)}
         bar.set_description(f'timing {len(windows)} rows in {timing.rounds} rounds')
         rounds = time_rounds(windows, timing, lambda _: bar.update())
         for row, times in zip(results, rounds.times_ms):
@@ -263,7 +266,7 @@ def run_benchmark(
         'skipped': skipped,
         'timing': {'rows': rounds.labels, 'order': rounds.order, 'steal_per_round': rounds.steal,
                    'steal': rounds.steal_total},
-        'limits': limits,
+        'ceilings': ceilings,
         'layer_profiles': profiles,
     }
     add_speedups(report)

@@ -156,10 +156,12 @@ def render_markdown(report: dict) -> str:
                 f'{_interval(f["runner_up_ratio_ci95"], "", 3)})')
         lines.append(f'- batch {f["batch_size"]}: {f["backend"]} {f["precision"]} ({f["device"]}), '
                      f'{f["median_ms"]:.2f} ms ({_interval(f["median_ci95_ms"], "", 2)}), {against}{rank}')
+        if f.get('bound'):
+            lines.append(f'  - what bounds it now: {f["bound"]}')
     if summary['gates_judged']:
         lines.append(f'- gates: {"all judged rows pass" if summary["passed"] else str(summary["rows_failed"]) + " row(s) FAIL"}')
     lines += _noise_lines(report)
-    lines += _limits_lines(report)
+    lines += _ceilings_lines(report)
 
     lines += ['', '## Skipped', '']
     if report['skipped']:
@@ -204,37 +206,53 @@ def speedup_text(speedup: Optional[float], ci) -> str:
     return f'{speedup:.1f}×' + (f' ({_interval(ci)})' if ci else '')
 
 
-def _gops(value: Optional[float]) -> str:
-    return '–' if value is None else f'{value / 1e9:.0f}'
+def _tops(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value / 1e12:.2f}'
 
 
-def _limits_lines(report: dict) -> list:
-    limits = report.get('limits')
-    if not limits:
+def _ceilings_lines(report: dict) -> list:
+    ceilings = report.get('ceilings')
+    if not ceilings:
         return []
-    if 'error' in limits:
-        return ['', '## Against the machine\'s limits', '', f'Not measured: {limits["error"]}']
-    lines = ['', '## Against the machine\'s limits', '',
-             f'Measured in the same run ({limits["seconds"]} s): memory read '
-             f'**{limits["memory_read_bytes_per_s"] / 1e9:.1f} GB/s** ({limits["memory_method"]}).']
-    for precision, peak in limits['peak'].items():
-        others = '; '.join(f'{name}: {value / 1e9:.0f}' for name, value in peak['measured'].items())
-        lines.append(f'- peak {precision}: **{peak["ops_per_s"] / 1e9:.0f} GOP/s** (best of: {others})')
-    lines += [f'- no {precision} ceiling: {reason}' for precision, reason in limits.get('peak_skipped', {}).items()]
+    title = ['', '## Against the machine\'s ceilings', '']
+    if 'error' in ceilings:
+        return [*title, f'Not measured: {ceilings["error"]}']
+    lines = title
+    for device, c in ceilings.items():
+        clock = f', clock {c["clock_ghz"]} GHz ({c["clock_method"]})' if 'clock_ghz' in c else ''
+        lines += [f'{c["name"]} ({device}{clock}), measured in the same run ({c["seconds"]} s). Compute in TOP/s '
+                  '(a multiply-add is 2):', '', '| precision | documented | how | attainable | best probe | every probe |',
+                  '| --- | --- | --- | --- | --- | --- |']
+        for precision, f in c['compute'].items():
+            probes = '; '.join(f'{name}: {value / 1e12:.2f}' for name, value in f['measured'].items())
+            lines.append(f'| {precision} | {_tops(f["documented"])} | {f["documented_basis"]} | '
+                         f'{_tops(f["attainable"])} | {f["attainable_method"] or "–"} | {probes} |')
+        memory = c['memory']
+        reads = [f'DRAM {memory["dram"]["bytes_per_s"] / 1e9:.1f} GB/s ({memory["dram"]["method"]})'] if memory['dram'] else []
+        reads += [f'last-level cache at {f["working_set"] / 1e6:.1f} MB {f["bytes_per_s"] / 1e9:.1f} GB/s'
+                  for f in {f['working_set']: f for f in memory['llc'].values()}.values()]
+        llc = f'{memory["llc_bytes"] / 2 ** 20:.0f} MiB' if memory.get('llc_bytes') else 'unknown'
+        lines += ['', f'Memory read: {"; ".join(reads) or "not measured"} (last-level cache {llc}).']
+        lines += [f'- not measured: {what}: {reason}' for what, reason in c['skipped'].items()]
+        lines.append('')
     flops = report['model'].get('flops_per_image')
-    lines += ['', f'The model: {flops / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2). A row\'s '
-              'bound is the longer of reading its weights once at the measured bandwidth and computing its FLOPs '
-              'at the measured peak of its precision; "× bound" is its median latency over that.', '',
-              '| backend | precision | batch | median ms | GOP/s | weights MB | weights GB/s | ops per weight byte | '
-              'bound | bound ms | × bound |', '|' + ' --- |' * 11]
+    lines += [f'The model: {flops / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2). A row\'s '
+              'bound is the longer of computing its FLOPs at the attainable rate of its precision and reading its '
+              'weights once from where they fit (the last-level cache, else DRAM); "× bound" is its median latency '
+              'over that, "of documented" its rate over the documented one.', '',
+              '| backend | precision | batch | median ms | TOP/s | of documented | weights MB | weights GB/s | '
+              'ops per weight byte | bound | bound ms | × bound |', '|' + ' --- |' * 12]
     for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
         f = r.get('roofline')
         if not f:
             continue
-        lines.append(f'| {r["backend"]} | {r["precision"]} | {r["batch_size"]} | {r["median_ms"]:.2f} | '
-                     f'{_gops(f["ops_per_s"])} | {r["weight_bytes"] / 1e6:.1f} | {f["weight_bytes_per_s"] / 1e9:.1f} | '
-                     f'{f["intensity"]:.1f} | {f["bound"]} ({f["ceiling"] or "no peak"}) | {f["bound_ms"]:.2f} | '
-                     f'{f["times_bound"]:.1f}× |')
+        share = f'{f["share_of_documented"]:.0%}' if f['share_of_documented'] else '–'
+        bound = f'{f["bound"]} ({f["ceiling"] if f["bound"] == "compute" else f["memory"]})' if f['bound'] else '–'
+        where = '' if r['device'] == 'cpu' else f' ({r["device"]})'
+        lines.append(f'| {r["backend"]}{where} | {r["precision"]} | {r["batch_size"]} | {r["median_ms"]:.2f} | '
+                     f'{_tops(f["ops_per_s"])} | {share} | {r["weight_bytes"] / 1e6:.1f} | '
+                     f'{f["weight_bytes_per_s"] / 1e9:.1f} | {f["intensity"]:.1f} | {bound} | '
+                     f'{f["bound_ms"] or 0:.2f} | {f["times_bound"] or 0:.1f}× |')
     lines += ['', '![roofline](roofline.png)']
     for p in report.get('layer_profiles') or []:
         if 'error' in p:

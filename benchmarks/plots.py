@@ -145,18 +145,24 @@ def _plot_parity(plt, report: dict):
 
 def _plot_roofline(plt, report: dict):
     """Log-log: arithmetic intensity (operations per weight byte) against the rate achieved, one point per CPU row;
-    the measured ceilings drawn (memory bandwidth as a slope, each precision's peak as a level)."""
+    the three ceilings drawn: DRAM and last-level-cache bandwidth as slopes, each precision's attainable rate as a
+    solid level and its documented rate as a dotted one."""
     import numpy as np
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    limits = report.get('limits')
-    rows = [r for r in report['results'] if r.get('roofline')]
-    if limits and rows:
+    cpu = (report.get('ceilings') or {}).get('cpu')
+    rows = [r for r in report['results'] if r.get('roofline') and r['device'] == 'cpu']
+    if cpu and rows:
         x = np.geomspace(min(r['roofline']['intensity'] for r in rows) / 3, max(r['roofline']['intensity'] for r in rows) * 3)
-        bandwidth = limits['memory_read_bytes_per_s']
-        ax.plot(x, bandwidth * x, color='grey', label=f'memory read {bandwidth / 1e9:.0f} GB/s')
-        for (precision, peak), style in zip(limits['peak'].items(), ('-', '--', ':', '-.')):
-            ax.plot(x, np.minimum(bandwidth * x, peak['ops_per_s']), color='black', linestyle=style, linewidth=1,
-                    label=f'{precision} peak {peak["ops_per_s"] / 1e9:.0f} GOP/s')
+        slopes = [('DRAM', cpu['memory']['dram']['bytes_per_s'])] if cpu['memory'].get('dram') else []
+        sets = {f['working_set']: f['bytes_per_s'] for f in cpu['memory']['llc'].values()}
+        slopes += [(f'LLC at {size / 1e6:.0f} MB', bandwidth) for size, bandwidth in sets.items()]
+        for (name, bandwidth), style in zip(slopes, ('-', '--', ':', '-.', '-')):
+            ax.plot(x, bandwidth * x, color='grey', linestyle=style, linewidth=1, label=f'{name} read {bandwidth / 1e9:.0f} GB/s')
+        for (precision, f), color in zip(cpu['compute'].items(), ('tab:blue', 'tab:orange', 'tab:green')):
+            for rate, style, kind in ((f['attainable'], '-', 'attainable'), (f['documented'], ':', 'documented')):
+                if rate:
+                    ax.axhline(rate, color=color, linestyle=style, linewidth=1,
+                               label=f'{precision} {kind} {rate / 1e12:.2f} TOP/s')
         markers = {size: 'os^Dv<>ph*'[i % 9] for i, size in enumerate(sorted({r['batch_size'] for r in rows}))}
         for r in rows:
             f = r['roofline']

@@ -2,6 +2,7 @@
 fastest row that passes its gates, how noisy the machine was, and the exit code a run ends with."""
 from typing import List, Optional
 
+from .ceilings import place, what_bounds
 from .registry import BASELINE
 from .uncertainty import (NOISY_ROUND, median_ci, noise_warnings, paired_ratios, robust_cv, round_noise, separable,
                           widen)
@@ -103,22 +104,13 @@ def exit_code(report: dict) -> int:
 
 
 def add_roofline(report: dict) -> None:
-    """Each CPU row placed against the machine's measured limits: operations per second achieved (from the model's
-    FLOPs), weight bytes read per second, its arithmetic intensity, the bound that applies (reading the weights
-    at the measured bandwidth, or the FLOPs at the measured peak of its precision, whichever takes longer) and its
-    time as a multiple of that bound."""
-    limits, flops = report.get('limits'), report['model'].get('flops_per_image')
+    """Each row against its device's ceilings (``ceilings.place``), and for each fastest passing row what bounds it
+    now: the ceiling, how far it is from it, and the layer that takes most of its time."""
+    ceilings, flops = report.get('ceilings') or {}, report['model'].get('flops_per_image')
     for r in report['results']:
-        r['roofline'] = None
-        if not limits or 'peak' not in limits or not flops or r['device'] != 'cpu' or not r.get('weight_bytes'):
-            continue
-        ceiling = r['precision'] if r['precision'] in limits['peak'] else 'fp32'
-        peak = (limits['peak'].get(ceiling) or {}).get('ops_per_s')
-        ops, seconds = flops * r['batch_size'], r['median_ms'] / 1e3
-        memory_s = r['weight_bytes'] / limits['memory_read_bytes_per_s']
-        compute_s = ops / peak if peak else 0.0
-        bound_s = max(memory_s, compute_s)
-        r['roofline'] = {'ops_per_s': ops / seconds, 'weight_bytes_per_s': r['weight_bytes'] / seconds,
-                         'intensity': ops / r['weight_bytes'], 'ceiling': ceiling if peak else None,
-                         'peak_ops_per_s': peak, 'bound': 'compute' if compute_s > memory_s else 'memory',
-                         'bound_ms': bound_s * 1e3, 'times_bound': seconds / bound_s}
+        r['roofline'] = place(r, ceilings, flops) if flops and 'error' not in ceilings else None
+    profiles = {p.get('batch_size'): p for p in report.get('layer_profiles') or [] if 'error' not in p}
+    for fastest in report['summary']['fastest_passing']:
+        row = next(r for r in report['results'] if r['batch_size'] == fastest['batch_size'] and
+                   label(r) == label(fastest))
+        fastest['bound'] = what_bounds(row, profiles.get(fastest['batch_size']))

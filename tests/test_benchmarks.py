@@ -346,7 +346,7 @@ def test_crosscheck_against_benchmark_app(graphs):
 # ------------------------------------------------------------------------------------------ the whole command
 
 
-def check_schema(report: dict, limits_measured: bool = True):
+def check_schema(report: dict, ceilings_measured: bool = True):
     assert report['schema_version'] == SCHEMA_VERSION
     env = report['environment']
     for key in ('cpu', 'memory_gb', 'os', 'python', 'packages', 'gpu'):
@@ -374,23 +374,30 @@ def check_schema(report: dict, limits_measured: bool = True):
         assert row['parity']['views'] >= 256
         assert set(row['parity_fp64']) == PARITY_KEYS and row['parity_fp64']['reference'] == 'torch fp64'
     assert report['model']['flops_per_image'] > 1e8  # the fixture's alexnet_bn at 67 x 67: 0.18 GFLOPs
-    limits = report['limits']
-    if not limits_measured:  # an in-process run that skipped them (the no_limits fixture): said so, no roofline
-        assert limits == {'error': 'not measured in this test'}
+    ceilings = report['ceilings']
+    if not ceilings_measured:  # an in-process run that skipped them (the no_ceilings fixture): said so, no roofline
+        assert ceilings == {'error': 'not measured in this test'}
         assert all(not row['roofline'] for row in report['results'])
     else:
-        assert math.isfinite(limits['memory_read_bytes_per_s']) and limits['memory_read_bytes_per_s'] > 0
-        assert limits['peak']['fp32']['ops_per_s'] > 0 and limits['seconds'] < 15
-    for row in report['results'] if limits_measured else ():
+        cpu = ceilings['cpu']
+        assert math.isfinite(cpu['memory']['dram']['bytes_per_s']) and cpu['memory']['dram']['bytes_per_s'] > 0
+        assert cpu['memory']['dram']['working_set'] >= 4 * (cpu['memory']['llc_bytes'] or 0)
+        fp32 = cpu['compute']['fp32']
+        assert fp32['attainable'] == max(fp32['measured'].values()) > 0 and cpu['seconds'] < 20
+        assert any(name.startswith('torch ') for name in fp32['measured'])  # more than one library
+        assert any(name.startswith('OpenVINO ') for name in fp32['measured'])
+        assert cpu['clock_ghz'] is None or fp32['documented'] > 0 and 'ops/cycle/core' in fp32['documented_basis']
+    for row in report['results'] if ceilings_measured else ():
         f = row['roofline']
         if row['device'] != 'cpu':
             continue
         assert f and all(math.isfinite(v) and v > 0 for v in (f['ops_per_s'], f['weight_bytes_per_s'], f['intensity'],
                                                                f['bound_ms'], f['times_bound']))
         assert f['bound'] in ('memory', 'compute') and row['weight_bytes'] > 1e6
-        # consistent: no row beats the measured ceilings by more than the measurement's noise
+        assert f['memory'] == ('llc' if row['weight_bytes'] <= (cpu['memory']['llc_bytes'] or 0) else 'dram')
+        # consistent: no row beats the attainable ceiling by more than the measurement's noise
         slowest = report['model']['flops_per_image'] * row['batch_size'] / (row['median_ci95_ms'][1] / 1e3)
-        assert slowest <= 1.25 * f['peak_ops_per_s'], (row['backend'], row['precision'], slowest, f)
+        assert slowest <= 1.25 * f['attainable_ops_per_s'], (row['backend'], row['precision'], slowest, f)
         assert f['times_bound'] * f['bound_ms'] == pytest.approx(row['median_ms'])
     timing = report['timing']
     assert len(timing['rows']) == len(report['results']) and len(timing['order']) == rounds
@@ -449,28 +456,6 @@ def test_quick_run_per_layer_profile_of_the_fastest_row(quick_run):
         assert '### Per layer:' in (out / 'report.md').read_text()
 
 
-def test_roofline_bound_from_known_limits():
-    from benchmarks.summary import add_roofline
-    limits = {'memory_read_bytes_per_s': 50e9, 'peak': {'fp32': {'ops_per_s': 500e9}, 'int8': {'ops_per_s': 2e12}}}
-    rows = [{'backend': 'b', 'precision': p, 'device': 'cpu', 'batch_size': b, 'median_ms': ms, 'weight_bytes': w}
-            for p, b, ms, w in (('fp32', 1, 10.0, 250e6), ('int8', 32, 40.0, 62.5e6), ('int8', 1, 2.0, 62.5e6))]
-    report = {'results': rows, 'limits': limits, 'model': {'flops_per_image': 2e9}}
-    add_roofline(report)
-    fp32_b1, int8_b32, int8_b1 = (r['roofline'] for r in rows)
-    assert fp32_b1['bound'] == 'memory' and fp32_b1['bound_ms'] == pytest.approx(5.0)  # 250 MB at 50 GB/s
-    assert fp32_b1['times_bound'] == pytest.approx(2.0) and fp32_b1['ops_per_s'] == pytest.approx(200e9)
-    assert int8_b32['bound'] == 'compute' and int8_b32['bound_ms'] == pytest.approx(32.0)  # 64 GOP at 2 TOP/s
-    assert int8_b1['bound'] == 'memory' and int8_b1['intensity'] == pytest.approx(2e9 / 62.5e6)
-    assert int8_b1['weight_bytes_per_s'] == pytest.approx(62.5e6 / 2e-3)
-
-
-def test_limits_skip_what_the_cpu_does_not_run_natively():
-    from benchmarks.limits import native
-    assert native('fp32', {}) is None
-    assert 'bf16' in native('bf16', {'avx512_vnni': True}) and native('bf16', {'amx': True}) is None
-    assert 'VNNI' in native('int8', {'avx2': True}) and native('int8', {'avx512_vnni': True}) is None
-
-
 def test_quick_run_skips_with_reasons(quick_run):
     proc, out, _ = quick_run
     skipped = {(s['backend'], s['precision']): s['reason'] for s in json.loads((out / 'report.json').read_text())['skipped']}
@@ -520,7 +505,7 @@ def test_non_finite_rows_read_non_finite_everywhere(quick_run):
     assert set(render_plots(report)) == set(PLOTS)
 
 
-def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path, no_limits):
+def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path, no_ceilings):
     """A second run (own photographs, graphs reused from --onnx-dir) put beside the first with ratios."""
     _, first, graph_dir = quick_run
     images = tmp_path / 'photos'
@@ -534,7 +519,7 @@ def test_compare_and_images(trained_checkpoint, quick_run, graphs, tmp_path, no_
     assert code == 0
     assert read_report(out / 'report.json').results  # it reads back as a report, typed and checked
     report = json.loads((out / 'report.json').read_text())
-    check_schema(report, limits_measured=False)
+    check_schema(report, ceilings_measured=False)
     assert report['images']['count'] == 3 and report['graphs']['exported'] == []
     rows = {(c['backend'], c['precision']): c for c in report['comparison']['rows']}
     both = rows[('openvino', 'int8')]
@@ -564,16 +549,16 @@ def test_graphs_of_other_weights_are_refused(exported_graphs, tmp_path, capsys):
 
 
 @pytest.fixture
-def no_limits(monkeypatch):
-    """In-process whole runs skip measuring the machine's limits (seconds each): the --quick run measures and
+def no_ceilings(monkeypatch):
+    """In-process whole runs skip measuring the machine's ceilings (seconds each): the --quick run measures and
     checks them."""
     from benchmarks import harness
-    monkeypatch.setattr(harness, 'measure_limits', lambda *args, **kwargs: {'error': 'not measured in this test'})
+    monkeypatch.setattr(harness, 'measure_ceilings', lambda *args, **kwargs: {'error': 'not measured in this test'})
 
 
 @pytest.mark.slow
 def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, exported_graphs, tmp_path, monkeypatch,
-                                                       no_limits):
+                                                       no_ceilings):
     """int8 misses a gate nothing can pass: its rows are measured from the failed graph and fail, with the reason;
     the fp32 rows (export.onnx's graph, reused from --onnx-dir) run and pass; the exit code says a gate failed."""
     import shutil
@@ -677,7 +662,7 @@ TINY_TIMING = dict(rounds=6, seconds_per_row=0.0)
 
 
 @pytest.mark.slow
-def test_random_weights_end_to_end(tmp_path, no_limits):
+def test_random_weights_end_to_end(tmp_path, no_ceilings):
     """Random weights: every row is measured, no gate is judged ("not judged" in the report), exit 0."""
     from benchmarks import exit_code, run_benchmark
     from benchmarks.harness import timing_config
@@ -737,8 +722,13 @@ def test_roofline_plot_with_many_batch_sizes():
     import matplotlib.pyplot as plt
     rows = [{'backend': 'openvino', 'precision': 'int8', 'device': 'cpu', 'batch_size': b,
              'roofline': {'intensity': 10.0 * b, 'ops_per_s': 1e11 * b}} for b in (1, 2, 4, 8, 16, 32, 64)]
+    cpu = {'compute': {'int8': {'attainable': 2e12, 'documented': 8.6e12}, 'fp32': {'attainable': 2e11, 'documented': None}},
+           'memory': {'dram': {'bytes_per_s': 5e10}, 'llc': {'62500000': {'bytes_per_s': 2e11, 'working_set': 62500000}}}}
     report = {'results': rows, 'model': {'name': 'alexnet_bn'}, 'environment': {'cpu': {'model': 'cpu'}},
-              'limits': {'memory_read_bytes_per_s': 5e10, 'peak': {'int8': {'ops_per_s': 2e12}}}}
+              'ceilings': {'cpu': cpu}}
     fig = _plot_roofline(plt, report)
     assert len(fig.axes[0].collections) == len(rows)
+    labels = fig.axes[0].get_legend_handles_labels()[1]  # every ceiling drawn: two slopes, three levels
+    assert labels == ['DRAM read 50 GB/s', 'LLC at 62 MB read 200 GB/s', 'int8 attainable 2.00 TOP/s',
+                      'int8 documented 8.60 TOP/s', 'fp32 attainable 0.20 TOP/s']
     plt.close(fig)

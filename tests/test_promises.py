@@ -219,42 +219,54 @@ def test_calibration_images_are_what_int8_is_calibrated_on(int8_exports):
 @pytest.mark.slow
 def test_full_benchmark_at_batch_32_with_torch_compile(small_checkpoint, tmp_path, monkeypatch):
     """``python -m benchmarks`` without --quick on the small trained CNN, restricted by its own options to PyTorch
-    eager and torch.compile, fp32, batch 32, one thread, the fewest rounds it accepts: both rows timed in those
-    rounds, parity judged and passing on the full set of views, the compiled row's speed-up against eager (paired
-    by round), all in report.json and report.md. (The machine's limits, measured and checked by the --quick run's
-    tests in tests/test_benchmarks.py, are not measured again here.)"""
+    eager and torch.compile, fp32 and int8, batch 32, one thread, the fewest rounds it accepts: the rows timed in
+    those rounds, parity judged and passing on the full set of views, the compiled rows' speed-ups against eager
+    (paired by round), all in report.json and report.md. int8 is PyTorch's own (PT2E, x86 Inductor quantizer,
+    compiled), held to the int8 gates; eager int8 is skipped saying where PyTorch's int8 is. (The machine's
+    ceilings, measured and checked by the --quick run's tests in tests/test_benchmarks.py, are not measured here.)"""
     import benchmarks.harness as harness
     from benchmarks.__main__ import main
     from benchmarks.harness import MIN_ROUNDS
-    monkeypatch.setattr(harness, 'measure_limits', lambda *args, **kwargs: {'error': 'not measured in this test'})
+    from benchmarks.torch_runner import EAGER_INT8
+    from export.parity import GATES
+    from export.torch_int8 import torch_int8_unavailable
+    monkeypatch.setattr(harness, 'measure_ceilings', lambda *args, **kwargs: {'error': 'not measured in this test'})
     out = tmp_path / 'report'
     with one_torch_thread():  # --threads 1 sets PyTorch's threads for the process: restored after
         code = main(['--checkpoint', str(small_checkpoint), '--backends', 'torch,torch-compile', '--precisions',
-                     'fp32', '--batch-sizes', '32', '--rounds', str(MIN_ROUNDS), '--seconds-per-row', '0.001',
+                     'fp32,int8', '--batch-sizes', '32', '--rounds', str(MIN_ROUNDS), '--seconds-per-row', '0.001',
                      '--threads', '1', '--output-dir', str(out), '--no-progress'])
     assert code == 0
     report = json.loads((out / 'report.json').read_text())
     settings = report['settings']
     assert settings['quick'] is False and settings['batch_sizes'] == [32]
     assert settings['timing']['rounds'] == MIN_ROUNDS and report['model']['gates_judged'] is True
-    assert report['skipped'] == []
-    rows = {row['backend']: row for row in report['results']}
-    assert set(rows) == {'torch', 'torch-compile'}
+    no_int8 = torch_int8_unavailable()  # None where the CPU has VNNI or AMX and torchao is installed
+    skipped = {(s['backend'], s['precision']): s['reason'] for s in report['skipped']}
+    assert skipped == {('torch', 'int8'): EAGER_INT8, **({('torch-compile', 'int8'): no_int8} if no_int8 else {})}
+    rows = {(row['backend'], row['precision']): row for row in report['results']}
+    assert set(rows) == {('torch', 'fp32'), ('torch-compile', 'fp32')} | (set() if no_int8 else {('torch-compile', 'int8')})
     for row in rows.values():
-        assert (row['precision'], row['device'], row['batch_size']) == ('fp32', 'cpu', 32)
+        assert (row['device'], row['batch_size']) == ('cpu', 32)
         assert len(row['round_medians_ms']) == MIN_ROUNDS and all(m > 0 for m in row['round_medians_ms'])
         assert row['iterations'] >= MIN_ROUNDS * settings['timing']['min_iters']
         assert 0 < row['latency_ms']['min'] <= row['median_ms'] <= row['latency_ms']['max']
         assert row['throughput_ips'] > 0
         parity = row['parity']
         assert parity['judged'] is True and parity['passed'] is True and parity['views'] >= 256, parity
-    eager, compiled = rows['torch'], rows['torch-compile']
-    per_round = [e / c for e, c in zip(eager['round_medians_ms'], compiled['round_medians_ms'])]
-    assert compiled['speedup_vs_torch_fp32'] == pytest.approx(statistics.median(per_round))  # paired by round
+    eager = rows['torch', 'fp32']
+    for key, compiled in rows.items():
+        per_round = [e / c for e, c in zip(eager['round_medians_ms'], compiled['round_medians_ms'])]
+        assert compiled['speedup_vs_torch_fp32'] == pytest.approx(statistics.median(per_round))  # paired by round
     assert eager['speedup_vs_torch_fp32'] == 1.0
-    table = [line for line in (out / 'report.md').read_text().splitlines() if line.startswith('| torch')]
-    assert sorted(line.split(' | ')[:4] for line in table) == [['| torch', 'fp32', 'cpu', '32'],
-                                                               ['| torch-compile', 'fp32', 'cpu', '32']]
+    if not no_int8:
+        int8 = rows['torch-compile', 'int8']
+        assert int8['parity']['sqnr_db'] >= GATES['int8']['sqnr_min_db'] and int8['parity']['max_abs_err'] > 0
+        assert int8['weight_bytes'] < 0.3 * eager['weight_bytes']  # int8 weights, not the float originals
+    table = [line for line in (out / 'report.md').read_text().splitlines()
+             if line.startswith('| torch') and line.split(' | ')[3:4] == ['32']]  # the rows, not the skipped ones
+    assert sorted(line.split(' | ')[:4] for line in table) == sorted(
+        [f'| {backend}', precision, 'cpu', '32'] for backend, precision in rows)
     assert all(line.endswith('| pass |') for line in table)
 
 

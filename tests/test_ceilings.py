@@ -1,0 +1,108 @@
+"""The three ceilings: the documented rate's arithmetic, the placing of a row, what bounds the fastest one, and
+probes that fail becoming skipped figures with their reasons (docs/benchmarks.md, "Against the machine's
+ceilings")."""
+import pytest
+
+from benchmarks.ceilings import datasheet, documented_rate, memory_ceiling, place, what_bounds
+
+AMX = {'amx': True, 'avx512_vnni': True, 'avx512_bf16': True, 'avx512': True, 'avx2': True}
+CASCADE_LAKE = {'avx512_vnni': True, 'avx512': True, 'avx2': True}
+ZEN = {'avx512_vnni': True, 'avx512_bf16': True, 'avx512': True, 'avx2': True}
+
+
+@pytest.mark.parametrize('precision, features, vendor, family, ops, unit', [
+    ('int8', AMX, 'GenuineIntel', 6, 2048 * 2 * 2.1e9, 'AMX: 2048'),       # 8.6 TOPS on 2 cores at 2.1 GHz
+    ('bf16', AMX, 'GenuineIntel', 6, 1024 * 2 * 2.1e9, 'AMX: 1024'),
+    ('fp32', AMX, 'GenuineIntel', 6, 64 * 2 * 2.1e9, 'AVX-512 FMA: 64'),
+    ('int8', CASCADE_LAKE, 'GenuineIntel', 6, 256 * 2 * 2.1e9, 'AVX-512 VNNI: 256'),
+    ('int8', ZEN, 'AuthenticAMD', 26, 256 * 2 * 2.1e9, 'AVX-512 VNNI: 256'),   # Zen 5: full-width 512-bit units
+    ('int8', ZEN, 'AuthenticAMD', 25, 128 * 2 * 2.1e9, 'AVX-512 VNNI: 128'),   # Zen 4: two passes of 256 bits
+    ('bf16', ZEN, 'AuthenticAMD', 25, 64 * 2 * 2.1e9, 'AVX512-BF16: 64'),
+    ('fp32', {'avx2': True}, 'GenuineIntel', 6, 32 * 2 * 2.1e9, 'AVX2 FMA: 32'),
+])
+def test_documented_rate_is_the_widest_unit_times_cores_times_clock(precision, features, vendor, family, ops, unit):
+    rate, basis = documented_rate(precision, features, cores=2, ghz=2.1, vendor=vendor, family=family)
+    assert rate == pytest.approx(ops)
+    assert basis.startswith(unit) and '× 2 cores × 2.10 GHz' in basis
+
+
+def test_documented_rate_says_why_there_is_none():
+    rate, reason = documented_rate('bf16', CASCADE_LAKE, cores=2, ghz=2.1)
+    assert rate is None and reason == 'no bf16 unit this CPU documents (needs AMX or AVX512-BF16)'
+    rate, reason = documented_rate('int8', AMX, cores=2, ghz=None)
+    assert rate is None and reason == 'AMX: 2048 ops/cycle/core, but the clock is unknown'
+
+
+def test_gpu_data_sheet_by_name():
+    assert datasheet('NVIDIA H100 PCIe')['int8'] == 1513e12  # the more specific entry wins over 'H100'
+    assert datasheet('NVIDIA H100 80GB HBM3')['memory'] == 3.35e12
+    assert datasheet('NVIDIA H200')['fp16'] == 989e12
+    assert datasheet('NVIDIA GeForce GTX 1080') is None
+
+
+CPU = {'compute': {'fp32': {'attainable': 200e9, 'documented': 266e9},
+                   'int8': {'attainable': 2e12, 'documented': 8.6e12}},
+       'memory': {'llc_bytes': 100_000_000, 'dram': {'bytes_per_s': 20e9},
+                  'llc': {'62500000': {'bytes_per_s': 50e9}}}}
+
+
+def row(precision, batch_size, ms, weight_bytes, device='cpu'):
+    return {'backend': 'openvino', 'precision': precision, 'device': device, 'batch_size': batch_size,
+            'median_ms': ms, 'weight_bytes': weight_bytes}
+
+
+def test_a_row_is_held_to_the_attainable_rate_and_where_its_weights_live():
+    flops = 2e9
+    int8_b32 = place(row('int8', 32, 64.0, 62_500_000), {'cpu': CPU}, flops)
+    assert int8_b32['bound'] == 'compute' and int8_b32['ceiling'] == 'int8'
+    assert int8_b32['bound_ms'] == pytest.approx(32.0)  # 64 GOP at the attainable 2 TOP/s
+    assert int8_b32['times_bound'] == pytest.approx(2.0)
+    assert int8_b32['share_of_documented'] == pytest.approx(1e12 / 8.6e12)  # 64 GOP in 64 ms against 8.6 TOP/s
+    int8_b1 = place(row('int8', 1, 2.0, 62_500_000), {'cpu': CPU}, flops)
+    assert int8_b1['bound'] == 'memory' and int8_b1['memory'] == 'llc'  # 62.5 MB fit the 100 MB cache
+    assert int8_b1['bound_ms'] == pytest.approx(1.25)  # 62.5 MB at 50 GB/s, more than 1 ms of compute
+    assert int8_b1['intensity'] == pytest.approx(32.0)
+    fp32_b1 = place(row('fp32', 1, 25.0, 250_000_000), {'cpu': CPU}, flops)
+    assert fp32_b1['memory'] == 'dram' and fp32_b1['bound_ms'] == pytest.approx(12.5)  # 250 MB at 20 GB/s
+    fp16 = place(row('fp16', 1, 25.0, 125_000_000), {'cpu': CPU}, flops)
+    assert fp16['ceiling'] == 'fp32'  # an fp16 graph on a CPU computes in fp32
+    assert place(row('fp32', 1, 1.0, 1000, 'cuda'), {'cpu': CPU}, flops) is None  # no GPU ceilings measured
+    assert place(row('fp32', 1, 1.0, 1000), {'error': 'failed'}, flops) is None
+
+
+def test_weights_that_fit_the_cache_but_were_not_measured_there_are_read_from_dram():
+    assert memory_ceiling(62_500_000, CPU['memory']) == ('llc', 50e9)
+    assert memory_ceiling(50_000_000, CPU['memory']) == ('dram', 20e9)
+    assert memory_ceiling(50_000_000, {'llc_bytes': None, 'llc': {}, 'dram': None}) == (None, None)
+
+
+def test_what_bounds_the_fastest_row():
+    r = row('int8', 32, 64.0, 62_500_000)
+    r['roofline'] = place(r, {'cpu': CPU}, 2e9)
+    profile = {'layers': [{'name': 'features.3', 'type': 'Convolution', 'kernel': 'brgconv_avx512_amx_i8',
+                           'share': 0.41}]}
+    assert what_bounds(r, profile) == ('openvino int8 b32: 2.0× its compute bound (int8 attainable 2.00 TOP/s); '
+                                       '12 % of the documented int8 rate (8.60 TOP/s); most time in features.3 '
+                                       '(Convolution, brgconv_avx512_amx_i8: 41 %)')
+    r['roofline'] = None
+    assert what_bounds(r, None) == 'openvino int8 b32: no ceiling measured'
+
+
+def test_a_failing_probe_is_a_skipped_figure_with_its_reason(monkeypatch):
+    """One library failing (OpenVINO here) leaves the other's figures; a precision the CPU has no unit for is
+    skipped with the reason; the memory probes still run."""
+    from benchmarks import probes
+
+    def broken(precision, shape, threads):
+        raise RuntimeError(f'no {precision} MatMul here\nsecond line')
+    monkeypatch.setattr(probes, 'openvino_gemm', broken)
+    monkeypatch.setattr(probes, 'QUICK_SHAPES', ((64, 64, 64),))
+    monkeypatch.setattr(probes, 'MIN_DRAM_SET', 1 << 20)
+    monkeypatch.setattr(probes, 'last_level_cache_bytes', lambda: 1 << 20)
+    ceilings = probes.measure_ceilings(1, {'avx2': True}, working_sets=[1 << 19, 1 << 22], quick=True)
+    cpu = ceilings['cpu']
+    assert list(cpu['compute']) == ['fp32'] and list(cpu['compute']['fp32']['measured']) == ['torch 64x64x64']
+    assert cpu['skipped']['fp32 OpenVINO 64x64x64'] == 'no fp32 MatMul here'
+    assert 'VNNI' in cpu['skipped']['int8'] and 'bf16' in cpu['skipped']['bf16']
+    assert cpu['memory']['dram']['working_set'] == 4 << 20 and cpu['memory']['dram']['bytes_per_s'] > 0
+    assert list(cpu['memory']['llc']) == [str(1 << 19)]  # the 4 MiB working set does not fit a 1 MiB cache
