@@ -284,6 +284,37 @@ def test_onnxruntime_runner(graphs, photo_batch, reference, precision):
         _check_runner(runner, photo_batch, reference, precision)
 
 
+def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batch):
+    """On the CPU, ONNX Runtime gets the int8 graph with uint8 activations (its u8s8 kernels) and each
+    Q → DQ → ReLU → Q folded into one uint8 Quantize: no ReLU left, every activation zero point uint8 (0 where the
+    tensor cannot be negative, else 128), the logits those of the graph on disk within int8's own noise, and the
+    file on disk untouched (still symmetric int8, for TensorRT)."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from benchmarks.onnxruntime_runner import uint8_activations
+    from export.ort_session import ort_session
+    before = hashlib.sha256(graphs['int8'].read_bytes()).hexdigest()
+    disk = onnx.load(str(graphs['int8']))
+    assert sum(n.op_type == 'Relu' for n in disk.graph.node) == 8  # after 5 convolutions and 3 FC layers
+    rewritten = uint8_activations(onnx.load(str(graphs['int8'])))
+    nodes = rewritten.graph.node
+    assert not [n for n in nodes if n.op_type == 'Relu']
+    zero_points = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}
+    activation_zps = [zero_points[n.input[2]] for n in nodes if n.op_type == 'QuantizeLinear']
+    assert activation_zps and all(z.dtype == np.uint8 for z in activation_zps)
+    assert {int(z) for z in activation_zps} == {0, 128}
+    assert all(i.data_type != TensorProto.UINT8 for i in disk.graph.initializer)
+    plain = ort_session(str(graphs['int8']), 2).run(['logits'], {'input': photo_batch})[0]
+    with OnnxRuntimeRunner(graphs['int8'], 'int8', threads=2) as runner:
+        fast = runner.infer(photo_batch)
+    figures = parity.compare(plain, fast)
+    assert figures['sqnr_db'] > 30 and figures['top1_agreement'] == 1.0, figures
+    assert hashlib.sha256(graphs['int8'].read_bytes()).hexdigest() == before
+
+
 @pytest.mark.parametrize('precision', ['fp32', 'int8'])
 def test_openvino_runner(graphs, photo_batch, reference, precision):
     with OpenVINORunner(graphs[precision], precision, threads=2) as runner:
@@ -399,6 +430,9 @@ def check_schema(report: dict, ceilings_measured: bool = True):
         slowest = report['model']['flops_per_image'] * row['batch_size'] / (row['median_ci95_ms'][1] / 1e3)
         assert slowest <= 1.25 * f['attainable_ops_per_s'], (row['backend'], row['precision'], slowest, f)
         assert f['times_bound'] * f['bound_ms'] == pytest.approx(row['median_ms'])
+    for fastest in report['summary']['fastest_passing'] if ceilings_measured else ():  # what bounds it, said
+        assert fastest['bound'].startswith(f'{fastest["backend"]} {fastest["precision"]} b{fastest["batch_size"]}: ')
+        assert '× its' in fastest['bound'] and 'most time in' in fastest['bound']
     timing = report['timing']
     assert len(timing['rows']) == len(report['results']) and len(timing['order']) == rounds
     assert all(sorted(visit) == list(range(len(report['results']))) for visit in timing['order'])

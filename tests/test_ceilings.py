@@ -106,3 +106,39 @@ def test_a_failing_probe_is_a_skipped_figure_with_its_reason(monkeypatch):
     assert 'VNNI' in cpu['skipped']['int8'] and 'bf16' in cpu['skipped']['bf16']
     assert cpu['memory']['dram']['working_set'] == 4 << 20 and cpu['memory']['dram']['bytes_per_s'] > 0
     assert list(cpu['memory']['llc']) == [str(1 << 19)]  # the 4 MiB working set does not fit a 1 MiB cache
+
+
+def test_pytorch_int8_says_why_it_cannot_run(monkeypatch):
+    """The torch-compile int8 row is skipped, with the reason, without torchao, on a CPU without VNNI or AMX, and on
+    CUDA; eager int8 points to it."""
+    import importlib.util
+
+    import torch
+
+    from benchmarks.torch_runner import EAGER_INT8, TorchCompileRunner, TorchRunner
+    from export import torch_int8
+    assert TorchRunner.available('int8', 'cpu') == EAGER_INT8 and TorchRunner.devices('int8', gpu=True) == ('cpu',)
+    assert 'CPU path' in TorchCompileRunner.available('int8', 'cuda')
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'torchao' else real(name, *a))
+    assert TorchCompileRunner.available('int8', 'cpu').startswith('torchao is not installed')
+    monkeypatch.setattr(importlib.util, 'find_spec', real)
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX2')
+    assert torch_int8.torch_int8_unavailable('cpu').startswith('no VNNI or AMX on this CPU')
+
+
+def test_pytorch_rows_profile_their_operators():
+    """The per-layer profile of a PyTorch row: the operators PyTorch's profiler saw, each with who runs it, largest
+    first, summing to about the time of a call."""
+    import numpy as np
+
+    from benchmarks.torch_runner import TorchRunner
+    from conftest import FIXTURE_SIZE, fixture_alexnet_bn
+    x = np.random.default_rng(0).standard_normal((2, 3, FIXTURE_SIZE, FIXTURE_SIZE)).astype(np.float32)
+    with TorchRunner(fixture_alexnet_bn().eval(), 'fp32', 'cpu', threads=1) as runner:
+        layers = runner.layer_times(x, runs=3)
+    names = [layer['name'] for layer in layers]
+    assert 'aten::convolution' in names or 'aten::mkldnn_convolution' in names, names
+    assert all(layer['kernel'] in ('oneDNN', 'Inductor', 'ATen') for layer in layers)
+    assert [layer['ms'] for layer in layers] == sorted((layer['ms'] for layer in layers), reverse=True)
+    assert layers[-1]['ms'] > 0
