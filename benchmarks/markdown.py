@@ -219,7 +219,8 @@ def _ceilings_lines(report: dict) -> list:
         return [*title, f'Not measured: {ceilings["error"]}']
     lines = title
     for device, c in ceilings.items():
-        clock = f', clock {c["clock_ghz"]} GHz ({c["clock_method"]})' if 'clock_ghz' in c else ''
+        clock = (f', clock {c["clock_ghz"]} GHz under load ({c["clock_method"]}; the system reports '
+                 f'{c["nominal_ghz"]} GHz)' if c.get('clock_ghz') else '')
         lines += [f'{c["name"]} ({device}{clock}), measured in the same run ({c["seconds"]} s). Compute in TOP/s '
                   '(a multiply-add is 2):', '', '| precision | documented | how | attainable | best probe | every probe |',
                   '| --- | --- | --- | --- | --- | --- |']

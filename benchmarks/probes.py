@@ -110,30 +110,56 @@ def sweep(precision: str, shapes: Sequence[Tuple[int, int, int]], probes: Dict[s
 # ----------------------------------------------------------------------------------------- clock and memory
 
 def clock_ghz(threads: int) -> Tuple[Optional[float], str]:
-    """The clock of the cores in use, read while a GEMM keeps them busy: the median ``cpu MHz`` of
-    /proc/cpuinfo (the kernel's APERF/MPERF reading on bare metal; in a VM, the frequency the hypervisor reports),
-    else the model name's nominal GHz."""
-    busy, samples = threading.Event(), []
-    a = torch.randn(1024, 1024)
-
-    def load():
-        while not busy.is_set():
-            torch.mm(a, a)
-    worker = threading.Thread(target=load, daemon=True)
-    worker.start()
+    """The clock the cores in use run at while all of them are busy (``cycles_per_second``, x86-64), else the
+    frequency /proc/cpuinfo reports (in a VM, the hypervisor's figure), else the model name's nominal one."""
     try:
-        for _ in range(5):
-            time.sleep(0.05)
-            samples += _cpuinfo_mhz()
-    finally:
-        busy.set()
-        worker.join()
+        return round(cycles_per_second(threads) / 1e9, 3), (f'{ADDS:,} dependent 1-cycle adds timed on each of '
+                                                            f'{threads} cores at once')
+    except Exception:  # not x86-64, or executable memory refused
+        return nominal_ghz()
+
+
+def nominal_ghz() -> Tuple[Optional[float], str]:
+    """What the system says the clock is: /proc/cpuinfo's ``cpu MHz`` (median of the usable cores), else the
+    model name's "@ 2.10GHz"."""
+    samples = _cpuinfo_mhz()
     if samples:
-        return round(statistics.median(samples) / 1e3, 3), f'/proc/cpuinfo cpu MHz under a torch.mm load ({threads} threads)'
+        return round(statistics.median(samples) / 1e3, 3), '/proc/cpuinfo cpu MHz'
     nominal = re.search(r'@\s*([\d.]+)\s*GHz', cpu_model())
     if nominal:
-        return float(nominal.group(1)), 'the nominal clock in the CPU\'s model name (no reading under load)'
+        return float(nominal.group(1)), 'the model name'
     return None, 'no clock reading here'
+
+
+ADDS = 4 * 50_000_000
+# long chain(long n): xor rax,rax; then n times: add rax,rax (x4), sub rdi,1, jnz; ret. Each add waits for the one
+# before it (latency 1 cycle on every x86-64 core, and adds of a register to itself are not folded away, unlike
+# additions of constants on recent cores), so one call takes 4n cycles.
+CHAIN = bytes([0x48, 0x31, 0xc0, *[0x48, 0x01, 0xc0] * 4, 0x48, 0x83, 0xef, 0x01, 0x75, 0xee, 0xc3])
+
+
+def cycles_per_second(threads: int) -> float:
+    """Cycles per second of a core, timed on ``threads`` cores at once (the all-core clock): no performance
+    counters are readable in a VM, and /proc/cpuinfo there reports the hypervisor's nominal figure, not the clock."""
+    import ctypes
+    import mmap
+    import platform
+    if platform.machine() not in ('x86_64', 'AMD64') or not hasattr(mmap, 'PROT_EXEC'):
+        raise RuntimeError('the timed chain is x86-64 code')
+    memory = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    memory.write(CHAIN)
+    chain = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(memory)))
+    rates: list = []
+
+    def run():  # ctypes releases the GIL: the threads run on separate cores
+        rates.append(ADDS / best_seconds(lambda: chain(ADDS // 4)))
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    del chain
+    return statistics.median(rates)
 
 
 def _cpuinfo_mhz() -> list:
@@ -235,6 +261,7 @@ def _cpu(threads, features, working_sets, shapes, openvino) -> dict:
                               'attainable': measured[best] if best else None, 'attainable_method': best,
                               'measured': measured}
     return {'name': cpu_model(), 'threads': threads, 'clock_ghz': ghz, 'clock_method': clock_method,
+            'nominal_ghz': nominal_ghz()[0],
             'compute': compute, 'memory': memory(working_sets, skipped), 'skipped': skipped,
             'seconds': round(time.perf_counter() - started, 1)}
 

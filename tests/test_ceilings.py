@@ -142,3 +142,34 @@ def test_pytorch_rows_profile_their_operators():
     assert all(layer['kernel'] in ('oneDNN', 'Inductor', 'ATen') for layer in layers)
     assert [layer['ms'] for layer in layers] == sorted((layer['ms'] for layer in layers), reverse=True)
     assert layers[-1]['ms'] > 0
+
+
+def test_the_clock_is_timed_under_load():
+    """On x86-64 the clock is timed (a chain of dependent adds on every core in use), not read from a file that in
+    a VM holds the hypervisor's figure; it is a plausible clock, and the documented rates are reckoned with it."""
+    import platform
+
+    from benchmarks.probes import clock_ghz, nominal_ghz
+    ghz, method = clock_ghz(2)
+    if platform.machine() != 'x86_64':
+        assert (ghz, method) == nominal_ghz()
+        return
+    assert 0.5 < ghz < 7 and method == '200,000,000 dependent 1-cycle adds timed on each of 2 cores at once'
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__('torch').cuda.is_available(), reason='needs a CUDA GPU')
+def test_gpu_ceilings_where_rows_ran_on_one():
+    """A GPU's ceilings: its data sheet (where the name is known) beside what torch.mm / torch._int_mm reach on it,
+    and the read bandwidth of its memory."""
+    import torch
+
+    from benchmarks.probes import measure_ceilings
+    gpu = measure_ceilings(1, {'avx2': True}, gpu=True, quick=True)['cuda']
+    assert gpu['name'] == torch.cuda.get_device_name()
+    assert gpu['compute']['fp16']['attainable'] > gpu['compute']['fp32']['attainable'] > 0
+    assert gpu['memory']['dram']['bytes_per_s'] > 1e11
+    sheet = datasheet(gpu['name'])
+    if sheet:
+        assert gpu['compute']['fp16']['documented'] == sheet['fp16']
+        assert gpu['compute']['fp16']['attainable'] < 1.1 * sheet['fp16']
