@@ -128,11 +128,11 @@ def uint8_activations(model):
     folded = _fold_relus(graph, int8_zero)
     nonnegative, quantized = set(), {}
     for node in graph.node:  # topological order
-        if node.op_type == 'Relu' or (node.op_type in NONNEGATIVE_THROUGH and node.input and
-                                      node.input[0] in nonnegative):
+        if node.op_type == 'Relu' or set(node.output) & folded or (
+                node.op_type in NONNEGATIVE_THROUGH and node.input and node.input[0] in nonnegative):
             nonnegative.update(node.output)
         if node.op_type == 'QuantizeLinear' and len(node.input) == 3 and int8_zero(node.input[2]):
-            node.input[2] = ZERO_POINTS[node.input[0] in nonnegative or node.output[0] in folded]
+            node.input[2] = ZERO_POINTS[node.output[0] in nonnegative]
             quantized[node.output[0]] = node.input[2]
     for node in graph.node:
         if node.op_type == 'DequantizeLinear' and node.input[0] in quantized:

@@ -168,7 +168,10 @@ def _plot_roofline(plt, report: dict):
             f = r['roofline']
             ax.scatter(f['intensity'], f['ops_per_s'], marker=markers[r['batch_size']], zorder=3)
             ax.annotate(f' {label(r)} b{r["batch_size"]}', (f['intensity'], f['ops_per_s']), fontsize=7)
-        ax.legend(fontsize=7, loc='lower right')
+        levels = [rate for f in cpu['compute'].values() for rate in (f['attainable'], f['documented']) if rate]
+        ax.set_ylim(min(r['roofline']['ops_per_s'] for r in rows) / 2,
+                    2 * max(levels + [r['roofline']['ops_per_s'] for r in rows]))
+        ax.legend(fontsize=6, loc='upper left')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('arithmetic intensity: operations per weight byte read')
