@@ -37,9 +37,12 @@ def test_ctrl_c_is_exit_130_and_one_line(capsys):
 def test_ctrl_c_in_a_running_command(tmp_path):
     """SIGINT to ``python -m alexnet_zoo.samples --write-folder`` once it is writing: exit 130, one line."""
     out = tmp_path / 'photos'
+    # SIGINT as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored, so a suite started in the background would wait here for nothing
     proc = subprocess.Popen([sys.executable, '-m', 'alexnet_zoo.samples', '--write-folder', str(out),
                              '--train-per-class', '10000', '--size', '16'], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not any((out / 'train').glob('*/*.jpg')) and proc.poll() is None and time.monotonic() < deadline:
