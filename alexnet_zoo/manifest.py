@@ -1,6 +1,7 @@
 """A folder of files that belong together (a training run, a report), saved as one state.
 
-Every file of a save is written into ``FOLDER/.staging/``; then a manifest listing every file of the new set with
+Every file of a save is written into ``FOLDER/.staging/`` (or, for a folder whose every subfolder another program
+reads, a Triton model repository, beside it: ``.FOLDER.staging/`` in its parent); then a manifest listing every file of the new set with
 its SHA-256 (files the save did not change included) is written there; then the files are moved into place and
 the manifest last. A save interrupted before its staged manifest exists changed nothing in the folder (the next
 save discards the staging folder); one interrupted while moving is finished by ``recover`` (roll forward: the
@@ -21,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from .files import PathLike, disk_full, write_text_atomic
 
@@ -70,17 +71,24 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def staging_dirs(folder: Path) -> Tuple[Path, Path]:
+    """Where a save of ``folder`` may stage: inside it, or beside it (``outside``)."""
+    return folder / STAGING, folder.parent / f'.{folder.name}{STAGING}'
+
+
 def save_set(folder: PathLike, write: Callable[[Path], None], about: Optional[dict] = None,
-             keep: Iterable[str] = ()) -> dict:
+             keep: Iterable[str] = (), outside: bool = False) -> dict:
     """``write(staging)`` writes the new files (paths relative to the folder); ``keep`` names files already in the
-    folder that belong to the new set unchanged. Returns the manifest."""
+    folder that belong to the new set unchanged; ``outside`` stages beside the folder, so that nothing but the
+    set's own files is ever inside it (a model repository's server reads every subfolder). Returns the manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / STAGING
+    staging = staging_dirs(folder)[outside]
     with locked(folder):
-        if (staging / MANIFEST).is_file():
-            _commit(folder)  # an earlier save staged completely: finish it first (its errors are this save's)
-        shutil.rmtree(staging, ignore_errors=True)  # an earlier save that never reached its manifest
+        for earlier in staging_dirs(folder):
+            if (earlier / MANIFEST).is_file():
+                _commit(folder, earlier)  # an earlier save staged completely: finish it first (its errors are ours)
+            shutil.rmtree(earlier, ignore_errors=True)  # an earlier save that never reached its manifest
         staging.mkdir()
         try:
             write(staging)
@@ -99,13 +107,12 @@ def save_set(folder: PathLike, write: Callable[[Path], None], about: Optional[di
             if cause is not e:
                 raise cause from None
             raise
-        _commit(folder)
+        _commit(folder, staging)
     return manifest
 
 
-def _commit(folder: Path) -> None:
+def _commit(folder: Path, staging: Path) -> None:
     """Move a staged set into place, manifest last. Safe to repeat: files already moved are skipped."""
-    staging = folder / STAGING
     staged = json.loads((staging / MANIFEST).read_text())
     for name in staged['files']:
         source = staging / name
@@ -120,16 +127,22 @@ def _commit(folder: Path) -> None:
 def recover(folder: PathLike) -> bool:
     """Finish a save that was interrupted while moving its files into place; True if there was one."""
     folder = Path(folder)
-    if not (folder / STAGING / MANIFEST).is_file():
+    if not _pending(folder):
         return False
     with locked(folder):
-        if not (folder / STAGING / MANIFEST).is_file():  # finished by another process meanwhile
+        staging = _pending(folder)
+        if not staging:  # finished by another process meanwhile
             return False
         try:
-            _commit(folder)
+            _commit(folder, staging)
         except OSError:  # a read-only folder: verify() names the pending save
             return False
     return True
+
+
+def _pending(folder: Path) -> Optional[Path]:
+    """The staging folder of a save that staged completely but did not finish moving, if any."""
+    return next((staging for staging in staging_dirs(folder) if (staging / MANIFEST).is_file()), None)
 
 
 def read_manifest(folder: PathLike) -> Optional[dict]:
@@ -150,14 +163,14 @@ def verify(folder: PathLike, names: Optional[Iterable[str]] = None) -> Optional[
     """The folder's manifest, after checking that each of ``names`` (default: every listed file) is the file it
     lists; None for a folder without a manifest. A save interrupted while moving is finished first."""
     folder = Path(folder)
-    if not (folder / MANIFEST).is_file() and not (folder / STAGING / MANIFEST).is_file():
+    if not (folder / MANIFEST).is_file() and not _pending(folder):
         return None  # not a folder saved as a set: nothing to check, and nothing written (no lock file)
     recover(folder)
     with locked(folder):
         manifest = read_manifest(folder)
         if manifest is None:
             return None
-        pending = (folder / STAGING / MANIFEST).is_file()
+        pending = _pending(folder)
         files: Dict[str, str] = manifest['files']
         for name in (files if names is None else [n for n in names if n in files]):
             path = folder / name
@@ -166,7 +179,7 @@ def verify(folder: PathLike, names: Optional[Iterable[str]] = None) -> Optional[
             if sha256_file(path) != files[name]:
                 if pending:
                     raise ValueError(f'{folder}: a save was interrupted while moving its files into place and could '
-                                     f'not be finished here (no write access?); its new files wait in {STAGING}/')
+                                     f'not be finished here (no write access?); its new files wait in {pending}/')
                 raise ValueError(f'{folder}: {name} does not belong with the other files (it is not the one its '
                                  f'{MANIFEST} lists: written by another save, or changed since)')
     return manifest

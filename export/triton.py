@@ -2,7 +2,7 @@
 
     python -m export.triton --onnx-dir OUT --repository REPO [--backends onnxruntime,openvino,tensorrt]
         [--precisions fp32,fp16,int8] [--max-batch 32] [--preferred-batch 8,16,32] [--max-queue-delay-us 500]
-        [--instances N] [--engines DIR]
+        [--instances N] [--engines DIR] [--check]
 
 One model per backend and precision, ``REPO/<model>_<backend>_<precision>/``: ``config.pbtxt``, ``labels.txt`` and
 ``1/model.onnx`` (ONNX Runtime, OpenVINO) or ``1/model.plan`` (TensorRT, only from an engine ``export.trt`` built;
@@ -50,6 +50,7 @@ class TritonBackend(NamedTuple):
 BACKENDS = {'onnxruntime': TritonBackend('platform', 'onnxruntime_onnx', 'model.onnx', 'KIND_CPU'),
             'openvino': TritonBackend('backend', 'openvino', 'model.onnx', 'KIND_CPU', name_the_file=True),
             'tensorrt': TritonBackend('platform', 'tensorrt_plan', 'model.plan', 'KIND_GPU')}
+TRITON_BACKEND = {'onnxruntime': 'onnxruntime', 'openvino': 'openvino', 'tensorrt': 'tensorrt'}  # the library each loads
 # ONNX element type -> Triton data type (the ones an exported graph can have at its inputs and outputs)
 TRITON_TYPES = {onnx.TensorProto.FLOAT: 'TYPE_FP32', onnx.TensorProto.FLOAT16: 'TYPE_FP16',
                 onnx.TensorProto.BFLOAT16: 'TYPE_BF16', onnx.TensorProto.INT64: 'TYPE_INT64',
@@ -198,7 +199,8 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
                 target.write_text(content)
 
     old = set((read_manifest(repository) or {}).get('files', {})) if repository.is_dir() else set()
-    save_set(repository, write, {'kind': KIND, 'models': result.models, 'skipped': result.skipped})
+    # staged beside the repository: Triton takes every subfolder for a model, a half-written one included
+    save_set(repository, write, {'kind': KIND, 'models': result.models, 'skipped': result.skipped}, outside=True)
     for stale in {relative.split('/')[0] for relative in old - set(files)} - set(result.models) - {'README.md'}:
         if MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
             shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
@@ -280,6 +282,9 @@ def build_parser() -> ArgumentParser:
     add_batching_arguments(parser)
     parser.add_argument('--instances', type=positive(int, 64), default=1, help='model instances (default 1)')
     parser.add_argument('--engines', help='folder of TensorRT engines built by export.trt (model.<precision>.plan)')
+    parser.add_argument('--check', action='store_true',
+                        help='then load the repository with Triton\'s own server (PyTriton\'s binary): exit 1 if Triton '
+                             'refuses anything but the backend libraries it lacks (export/triton_check.py)')
     return parser
 
 
@@ -294,7 +299,19 @@ def main(argv: Sequence[str] = None) -> int:
     for skipped in result.skipped:
         print(f'skipped {skipped["backend"]} {skipped["precision"]}: {skipped["reason"]}', file=sys.stderr)
     print(f'wrote {result.path} ({len(result.models)} models); serve it as {result.path}/README.md says')
-    return 0
+    return check(result) if args.check else 0
+
+
+def check(result: Repository) -> int:
+    """Triton's own verdict on the written repository, printed; 1 when it refused anything but a backend."""
+    from .triton_check import check_repository
+    verdict = check_repository(result.path, {name: TRITON_BACKEND[m['backend']] for name, m in result.models.items()})
+    for name in result.models:
+        print(f'triton {name}: {verdict.models.get(name, "not tried")}')
+    for problem in verdict.problems:
+        print(f'triton refused: {problem}', file=sys.stderr)
+    print(f'Triton\'s check: {"every config accepted" if verdict.passed else f"{len(verdict.problems)} problem(s)"}')
+    return 0 if verdict.passed else 1
 
 
 if __name__ == '__main__':

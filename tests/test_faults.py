@@ -208,6 +208,35 @@ def test_benchmark_killed_at_random_moments(trained_checkpoint, tmp_path, fault_
                      f'{", ".join(states)}; report folder whole after each; next run whole')
 
 
+def test_triton_repository_killed_at_random_moments(exported_graphs, tmp_path, fault_log):
+    """export.triton killed at any moment leaves a repository Triton's own server takes as it is: nothing but model
+    folders inside it (the save stages beside it), each config accepted (docs/serving.md)."""
+    from export.triton_check import check_repository
+    pytest.importorskip('pytriton', reason='Triton\'s server binary comes with PyTriton (the serve extra)')
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    argv = command('export.triton', '--onnx-dir', graphs, '--repository', repo, '--backends', 'onnxruntime,openvino',
+                   '--precisions', 'fp32,int8')
+    duration = timed_run(argv)
+    states = []
+    for i, t in enumerate(moments('export.triton', duration, start_up('export.triton'))):
+        if i % 2:  # every other kill meets a repository with other models in it: the rewrite is killed
+            subprocess.run(command('export.triton', '--onnx-dir', graphs, '--repository', repo, '--backends',
+                                   'openvino', '--precisions', 'int8'), capture_output=True, env=ENV, check=True)
+        killed = kill_after(argv, t)
+        check_files(repo)
+        inside = sorted(p.name for p in repo.iterdir() if p.is_dir())
+        models = (json.loads((repo / MANIFEST).read_text())['models'])
+        assert inside == sorted(models), (inside, models)  # no staging folder, no half-written model
+        verdict = check_repository(repo, {name: m['backend'] for name, m in models.items()})
+        assert verdict.passed, verdict.problems
+        states.append(f'{len(models)} models accepted' + ('' if killed else ' (finished)'))
+    timed_run(argv)
+    assert not leftovers(repo) and not (tmp_path / '.repo.staging').exists()
+    fault_log.append(f'export.triton: {len(states)} kills over a {duration:.1f} s run; Triton\'s server after each: '
+                     f'{", ".join(states)}')
+
+
 # ------------------------------------------------------------------------------------------------ full disk
 def _in_small_tmpfs(size: str, mount: Path, argv: list) -> tuple:
     """Run ``argv`` with ``mount`` a fresh tmpfs of ``size`` (in a private mount namespace, so nothing outside

@@ -20,7 +20,7 @@ from alexnet_zoo.checkpoint import CheckpointError, load_model, weights_sha256
 from alexnet_zoo.cli import run_cli
 from alexnet_zoo.files import (DiskFullError, atomic_path, disk_full, ensure_writable_dir,
                                stale_temporaries)
-from alexnet_zoo.manifest import STAGING, sha256_file, verify
+from alexnet_zoo.manifest import STAGING, sha256_file, staging_dirs, verify
 from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
 from benchmarks.artifacts import graphs_in
 from benchmarks.plots import PLOTS
@@ -51,7 +51,9 @@ def fail_at(monkeypatch, k):
 
 
 def leftovers(folder):
-    return [p.name for p in folder.rglob('*') if p.name == STAGING or p.name.endswith('.tmp')]
+    """Temporary files, or staging folders inside the folder or beside it."""
+    beside = [p.name for p in staging_dirs(folder)[1:] if p.exists()]
+    return beside + [p.name for p in folder.rglob('*') if p.name == STAGING or p.name.endswith('.tmp')]
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -202,10 +204,10 @@ def test_a_reader_waits_for_the_writer_it_meets(tmp_path, monkeypatch):
     staged, release, seen = threading.Event(), threading.Event(), {}
     real_commit = manifest._commit
 
-    def slow_commit(folder):
+    def slow_commit(folder, staging):
         staged.set()
         release.wait(10)
-        real_commit(folder)
+        real_commit(folder, staging)
     monkeypatch.setattr(manifest, '_commit', slow_commit)
 
     def reader():

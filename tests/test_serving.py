@@ -81,6 +81,77 @@ def test_repository_configs_follow_tritons_schema(exported_graphs, tmp_path):
     assert 'tritonserver --model-repository' in readme and 'class_count' in readme
 
 
+def test_triton_accepts_every_config_we_write(exported_graphs, tmp_path, capsys):
+    """Triton's own server (PyTriton's binary, explicit model control, auto-complete off) loads the repository of
+    every backend and precision: each model fails only for its own backend library, which PyTriton's server lacks.
+    ``--check`` says so and exits 0."""
+    from export.triton_check import check_repository
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    written = write_repository(graphs, repo, engines=fake_engines(graphs, tmp_path / 'engines'))
+    verdict = check_repository(repo, {name: m['backend'] for name, m in written.models.items()})
+    assert verdict.passed, verdict.problems
+    assert set(verdict.models) == set(written.models)
+    for name, model in written.models.items():
+        assert f"unable to find backend library for backend '{model['backend']}'" in verdict.models[name]
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(tmp_path / 'checked'), '--backends',
+                              'openvino', '--precisions', 'int8', '--check'])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "Triton's check: every config accepted" in out
+    assert "triton alexnet_bn_openvino_int8: Invalid argument: unable to find backend library for backend 'openvino'" in out
+
+
+def test_triton_refuses_what_protobuf_accepts(exported_graphs, tmp_path, monkeypatch, capsys):
+    """The check can fail: a preferred batch above the max parses as a ModelConfig, Triton refuses it, and so does
+    a folder in the repository that is not a model (a save's staging folder, were one left inside); --check then
+    exits 1 naming Triton's reason."""
+    from export import triton
+    from export.triton_check import check_repository
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    written = write_repository(graphs, repo, backends=('onnxruntime',), precisions=('int8',))
+    [name] = written.models
+    config = repo / name / 'config.pbtxt'
+    config.write_text(config.read_text().replace('max_batch_size: 32', 'max_batch_size: 4'))
+    assert parse_config(config.read_text()).max_batch_size == 4  # protobuf has no objection
+    (repo / '.staging' / name).mkdir(parents=True)
+    shutil.copy(repo / name / 'config.pbtxt', repo / '.staging' / 'config.pbtxt')
+    verdict = check_repository(repo, {name: 'onnxruntime'})
+    assert not verdict.passed
+    assert (f"Poll failed for model directory '{name}': dynamic batching preferred size must be <= max batch size "
+            f"for {name}") in verdict.problems
+    assert any("model directory '.staging'" in problem for problem in verdict.problems)
+    monkeypatch.setattr(triton, 'write_repository', lambda *args, **kwargs: written)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(repo), '--check'])
+    assert exit_.value.code == 1
+    assert 'triton refused: Poll failed for model directory' in capsys.readouterr().err
+
+
+def test_a_save_cut_off_leaves_nothing_triton_reads(exported_graphs, tmp_path, monkeypatch):
+    """A repository save that fails half-way (here: the link of the third file) staged beside the repository,
+    so the repository holds the earlier models only, and nothing is left beside it."""
+    from alexnet_zoo import manifest
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    write_repository(graphs, repo, backends=('openvino',), precisions=('int8',))
+    staged = []
+    real_link = os.link
+
+    def failing_link(source, target):
+        staged.append(Path(target))
+        if len(staged) == 3:
+            raise RuntimeError('injected')  # not an OSError, which the writer answers with a copy
+        real_link(source, target)
+    monkeypatch.setattr(os, 'link', failing_link)
+    with pytest.raises(RuntimeError, match='injected'):
+        write_repository(graphs, repo, backends=('onnxruntime', 'openvino'), precisions=('fp32', 'int8'))
+    assert staged and all(not p.is_relative_to(repo) for p in staged)  # every file staged outside
+    assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == ['alexnet_bn_openvino_int8']
+    assert not manifest.staging_dirs(repo)[1].exists() and not (repo / manifest.STAGING).exists()
+
+
 def test_repository_without_engines_says_why(exported_graphs, tmp_path, capsys):
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
