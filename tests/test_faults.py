@@ -230,7 +230,7 @@ def test_triton_repository_killed_at_random_moments(exported_graphs, tmp_path, f
         assert inside == sorted(models), (inside, models)  # no staging folder, no half-written model
         verdict = check_repository(repo, {name: m['backend'] for name, m in models.items()})
         assert verdict.passed, verdict.problems
-        states.append(f'{len(models)} models accepted' + ('' if killed else ' (finished)'))
+        states.append(f'{len(models)} model(s) accepted' + ('' if killed else ' (finished)'))
     timed_run(argv)
     assert not leftovers(repo) and not (tmp_path / '.repo.staging').exists()
     fault_log.append(f'export.triton: {len(states)} kills over a {duration:.1f} s run; Triton\'s server after each: '
