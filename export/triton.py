@@ -2,7 +2,7 @@
 
     python -m export.triton --onnx-dir OUT --repository REPO [--backends onnxruntime,openvino,tensorrt]
         [--precisions fp32,fp16,int8] [--max-batch 32] [--preferred-batch 8,16,32] [--max-queue-delay-us 500]
-        [--instances N] [--engines DIR] [--check]
+        [--instances N] [--engines DIR] [--kserve [--storage-uri URI] [--kserve-cpus N]] [--check]
 
 One model per backend and precision, ``REPO/<model>_<backend>_<precision>/``: ``config.pbtxt``, ``labels.txt`` and
 ``1/model.onnx`` (ONNX Runtime, OpenVINO) or ``1/model.plan`` (TensorRT, only from an engine ``export.trt`` built;
@@ -23,17 +23,20 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import onnx
 
-from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, bounded, parse_list, parse_sizes, positive, run_cli
+from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, bounded, parse_list, parse_sizes, positive,
+                             printable, run_cli)
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set
 
 from .contract import FILENAMES, GRAPH_PRECISIONS, dims, graph_inputs, metadata, read_onnx
 from .export_manifest import exported_graphs
+from .kserve import KServe, Served, manifest_text
 from .trt.record import read_record
 
 KIND = 'triton repository'
 MODEL_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')  # a folder name Triton accepts and no path can escape
 LABELS = 'labels.txt'
+KSERVE_FILE = 'kserve.yaml'  # a file, not a folder: Triton reads only a repository's folders
 PREPROCESSING = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'input_layout')
 
 
@@ -140,7 +143,9 @@ def parse_config(text: str):
 
 def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequence[str] = tuple(BACKENDS),
                      precisions: Sequence[str] = GRAPH_PRECISIONS, batching: Batching = Batching(),
-                     engines: Optional[PathLike] = None) -> Repository:
+                     engines: Optional[PathLike] = None, kserve: Optional[KServe] = None) -> Repository:
+    """The repository of ``backends`` × ``precisions`` (with ``kserve``, also its ``kserve.yaml``), written as
+    one set."""
     onnx_dir, repository = Path(onnx_dir), Path(repository)
     if not onnx_dir.is_dir():
         raise FileNotFoundError(f'--onnx-dir not found: {onnx_dir}')
@@ -150,6 +155,7 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
         raise FileNotFoundError(f'no exported graph of {", ".join(precisions)} in {onnx_dir} (python -m export.onnx '
                                 f'writes them)')
     result = Repository(repository)
+    served: Dict[str, Served] = {}  # what each model's footprint is measured on, for kserve.yaml
     files: Dict[str, Tuple[str, object]] = {}  # relative path -> ('copy', source) or ('text', content)
     parsed = {p: read_onnx(path) for p, path in graphs.items()}
     meta = metadata(next(iter(parsed.values())))
@@ -181,10 +187,13 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
             if labels:
                 files[f'{name}/{LABELS}'] = ('text', ''.join(f'{label}\n' for label in labels))
             result.models[name] = {**where, 'max_batch_size': config.max_batch_size, 'source': source.name}
+            served[name] = Served(source, backend, config.max_batch_size, list(config.input[0].dims))
     if not result.models:
         raise ValueError('nothing to serve: ' + '; '.join(f'{s["backend"]} {s["precision"]}: {s["reason"]}'
                                                            for s in result.skipped))
-    files['README.md'] = ('text', readme(result, meta))
+    files['README.md'] = ('text', readme(result, meta, kserve is not None))
+    if kserve is not None:
+        files[KSERVE_FILE] = ('text', manifest_text(str(meta.get('model_name', 'model')), served, kserve))
 
     def write(staging: Path) -> None:
         for relative, (how, content) in files.items():
@@ -202,7 +211,9 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
     # staged beside the repository: Triton takes every subfolder for a model, a half-written one included
     save_set(repository, write, {'kind': KIND, 'models': result.models, 'skipped': result.skipped}, outside=True)
     for stale in {relative.split('/')[0] for relative in old - set(files)} - set(result.models) - {'README.md'}:
-        if MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
+        if stale == KSERVE_FILE and (repository / stale).is_file():  # an earlier run's manifest, not this one's
+            (repository / stale).unlink()
+        elif MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
             shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
     return result
 
@@ -242,7 +253,7 @@ def _engine(engines: Optional[PathLike], precision: str, graph: Path,
     return plan, high, ''
 
 
-def readme(result: Repository, meta: dict) -> str:
+def readme(result: Repository, meta: dict, kserve_file: bool = False) -> str:
     """How to serve the repository with the official container and query it."""
     first = next(iter(result.models))
     size = meta.get('input_size', [3, 224, 224])
@@ -253,6 +264,9 @@ def readme(result: Repository, meta: dict) -> str:
               for name, m in result.models.items()]
     if result.skipped:
         lines += ['', 'Not written:', ''] + [f'- {s["backend"]} {s["precision"]}: {s["reason"]}' for s in result.skipped]
+    if kserve_file:
+        lines += ['', f'`{KSERVE_FILE}` is a KServe `InferenceService` for this repository: `kubectl apply -f {KSERVE_FILE}` '
+                  'once the repository is at its `storageUri` (docs/serving.md, "Past one machine").']
     lines += ['', '## Serve', '', 'With the official container (GPU models need `--gpus all`; CPU models run without):',
               '', '```bash',
               'docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD":/models \\',
@@ -282,6 +296,11 @@ def build_parser() -> ArgumentParser:
     add_batching_arguments(parser)
     parser.add_argument('--instances', type=positive(int, 64), default=1, help='model instances (default 1)')
     parser.add_argument('--engines', help='folder of TensorRT engines built by export.trt (model.<precision>.plan)')
+    parser.add_argument('--kserve', action='store_true', help=f'also write {KSERVE_FILE}, a KServe InferenceService '
+                                                               'for the repository (footprint measured here)')
+    parser.add_argument('--storage-uri', help='where the repository will be, for --kserve (s3://..., gs://..., '
+                                              'pvc://...; default: a placeholder to replace)')
+    parser.add_argument('--kserve-cpus', type=positive(int, 1024), default=2, help='cores to request (default 2)')
     parser.add_argument('--check', action='store_true',
                         help='then load the repository with Triton\'s own server (PyTriton\'s binary): exit 1 if Triton '
                              'refuses anything but the backend libraries it lacks (export/triton_check.py)')
@@ -292,8 +311,13 @@ def main(argv: Sequence[str] = None) -> int:
     args = build_parser().parse_args(argv)
     backends = parse_list(args.backends, tuple(BACKENDS), 'backend')
     precisions = parse_list(args.precisions, GRAPH_PRECISIONS, 'precision')
+    if args.storage_uri is not None and not args.kserve:
+        raise UsageError('--storage-uri is for --kserve')
+    if args.storage_uri is not None and not re.match(r'^[a-z][a-z0-9+.-]*://\S+$', args.storage_uri):
+        raise UsageError(f'--storage-uri {printable(args.storage_uri)[:60]!r} is not a URI (s3://bucket/path, ...)')
     result = write_repository(args.onnx_dir, args.repository, backends, precisions,
-                              batching_from(args, args.instances), args.engines)
+                              batching_from(args, args.instances), args.engines,
+                              KServe(args.storage_uri, args.kserve_cpus) if args.kserve else None)
     for name, model in result.models.items():
         print(f'{name}: {model["backend"]} {model["precision"]}, max batch {model["max_batch_size"]}')
     for skipped in result.skipped:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from alexnet_zoo.cli import printable
 from alexnet_zoo.files import PathLike
@@ -58,6 +58,27 @@ def tritonserver() -> Tuple[Path, Path]:
 def check_repository(repository: PathLike, backends: Dict[str, str], timeout: float = 120) -> TritonCheck:
     """Triton's verdict on ``repository``, where ``backends`` maps each model we wrote to the Triton backend it
     needs ('onnxruntime', 'openvino', 'tensorrt')."""
+    lines, tried_all, code = run_server(repository, timeout)
+    check = judge(lines, backends)
+    if tried_all is None:
+        check.problems.append(f'tritonserver did not finish loading within {timeout:.0f} s (exit code {code})')
+    return check
+
+
+def server_footprint(empty_dir: PathLike, timeout: float = 60) -> int:
+    """Peak resident bytes of Triton's server itself (an empty repository in ``empty_dir``), what a deployment
+    needs before any model."""
+    peak: List[int] = []
+    run_server(empty_dir, timeout, peak)
+    if not peak:
+        raise RuntimeError('could not read tritonserver\'s memory')
+    return peak[0]
+
+
+def run_server(repository: PathLike, timeout: float, peak: Optional[List[int]] = None):
+    """Start Triton's server on ``repository`` (every model requested), read its log until it has tried every
+    model (its options table, then quiet), stop it. Returns its log lines, when it had tried them all (None: it
+    never did) and its exit code; ``peak`` receives its peak resident bytes (VmHWM)."""
     binary, backend_dir = tritonserver()
     env = dict(os.environ)  # the Python backend's stub links the running interpreter's libpython (docs/serving.md)
     env['LD_LIBRARY_PATH'] = ':'.join(p for p in (sysconfig.get_config_var('LIBDIR'), env.get('LD_LIBRARY_PATH')) if p)
@@ -78,6 +99,8 @@ def check_repository(repository: PathLike, backends: Dict[str, str], timeout: fl
             if tried_all is not None and time.monotonic() - tried_all > QUIET_S:
                 break
     finally:
+        if peak is not None:
+            peak.extend(_vm_hwm(proc.pid))
         proc.terminate()
         try:
             proc.wait(10)
@@ -85,11 +108,15 @@ def check_repository(repository: PathLike, backends: Dict[str, str], timeout: fl
             proc.kill()
             proc.wait()
         reader.join(5)
-    check = judge(lines, backends)
-    if tried_all is None:
-        check.problems.append(f'tritonserver did not finish loading within {timeout:.0f} s '
-                              f'(exit code {proc.returncode})')
-    return check
+    return lines, tried_all, proc.returncode
+
+
+def _vm_hwm(pid: int) -> List[int]:
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            return [int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:')]
+    except (OSError, ValueError, IndexError):
+        return []
 
 
 def judge(lines: List[str], backends: Dict[str, str]) -> TritonCheck:

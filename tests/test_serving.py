@@ -152,6 +152,60 @@ def test_a_save_cut_off_leaves_nothing_triton_reads(exported_graphs, tmp_path, m
     assert not manifest.staging_dirs(repo)[1].exists() and not (repo / manifest.STAGING).exists()
 
 
+def kserve_schema_errors(manifest: dict) -> list:
+    """What KServe's SDK models say of ``manifest`` (tests/kserve_schema.py, in a process of its own: kserve's gRPC
+    protos and tritonclient's define the same names and cannot share one)."""
+    proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'kserve_schema.py')], input=json.dumps(manifest),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_kserve_manifest_follows_kserves_schema(exported_graphs, tmp_path, capsys):
+    """--kserve writes kserve.yaml: an InferenceService of KServe's Triton runtime whose every field KServe's SDK
+    models know, with the storage URI given (or a placeholder saying to replace it), memory requests from the
+    footprint measured here (each model and runtime library, and Triton's own server), threads as the cores."""
+    import yaml
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(repo), '--backends',
+                              'onnxruntime,openvino', '--precisions', 'int8', '--kserve', '--storage-uri',
+                              'gs://bucket/alexnet', '--kserve-cpus', '4'])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    manifest = yaml.safe_load((repo / 'kserve.yaml').read_text())
+    assert kserve_schema_errors(manifest) == []
+    model = manifest['spec']['predictor']['model']
+    assert manifest['metadata']['name'] == 'alexnet-bn' and model['modelFormat'] == {'name': 'triton'}
+    assert model['storageUri'] == 'gs://bucket/alexnet' and model['protocolVersion'] == 'v2'
+    assert model['env'] == [{'name': 'OMP_NUM_THREADS', 'value': '4'}]
+    assert model['resources']['requests']['cpu'] == '4' == model['resources']['limits']['cpu']
+    about = json.loads(manifest['metadata']['annotations']['alexnet-zoo/repository'])
+    assert set(about['footprint_mib']) == {'alexnet_bn_onnxruntime_int8', 'alexnet_bn_openvino_int8',
+                                           'onnxruntime runtime', 'openvino runtime'}
+    assert all(mib > 0 for mib in about['footprint_mib'].values()) and about['triton_mib'] > 0
+    total = about['triton_mib'] + sum(about['footprint_mib'].values())
+    assert int(model['resources']['requests']['memory'][:-2]) == pytest.approx(1.25 * total, abs=2)
+    assert kserve_schema_errors({**manifest, 'spec': {'predictor': {'model': {**model, 'storageURI': 'x'}}}}) == [
+        # the check can fail
+        "InferenceService.spec.predictor.model.storageURI: not a field of V1beta1ModelSpec"]
+    write_repository(graphs, repo, backends=('openvino',), precisions=('int8',))  # without --kserve: none left
+    assert not (repo / 'kserve.yaml').exists()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--storage-uri', 's3://b/p'], '--storage-uri is for --kserve'),
+    (['--kserve', '--storage-uri', 'not a uri'], "--storage-uri 'not a uri' is not a URI"),
+])
+def test_kserve_bad_input_is_one_line(argv, message, exported_graphs, tmp_path, capsys):
+    _, graphs = exported_graphs
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(tmp_path / 'repo'), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f'error: {message}') and err.count('\n') == 1
+    assert not (tmp_path / 'repo').exists()
+
+
 def test_repository_without_engines_says_why(exported_graphs, tmp_path, capsys):
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
