@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev,serve]'
 	# TensorRT's type stubs, for the type check of its calls (no dependencies: they would pull TensorRT itself)
 	$(PY) -m pip install --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
+	# Triton's perf_analyzer (no binary on the index: from tritonclient 2.48's wheel, with libb64 and libcudart 12);
+	# where it cannot be installed, serving runs without it and says why
+	-$(PY) -m benchmarks.perf_analyzer --install $(VENV)/perf-analyzer
 	touch $@
 
 setup: $(VENV)/.installed

@@ -8,9 +8,11 @@ PyTriton starts Triton's own server binary on localhost and binds the runner beh
 (``serve_server``). The sample photographs are classified over HTTP and gRPC with ``tritonclient`` and each top-1
 compared with the runner's own answer; a request of the wrong shape and one of the wrong type must get Triton's
 error while the server goes on serving. Then, at each concurrency, a closed loop: that many clients, each sending
-one image and waiting for its answer, for ``--seconds``, every request with a timeout (``serve_load``).
-Throughput, p50/p90/p99 end-to-end latency, the batch sizes Triton formed and the errors go to ``serve.json``,
-``serve.md`` and ``serve.png`` (``serve_report``). A server that stops answering ends the run with one line and a
+one image and waiting for its answer, for ``--seconds``, every request with a timeout (``serve_load``); then
+Triton's own ``perf_analyzer`` at the same concurrency over HTTP and gRPC (``benchmarks.perf_analyzer``: its
+stable windows, p50-p99, and the server's queue and compute times), and how far the two agree. Throughput,
+latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``serve.md`` and ``serve.png``
+(``serve_report``); without perf_analyzer the report says why. A server that stops answering ends the run with one line and a
 ``serve.json`` marked incomplete.
 """
 import contextlib
@@ -34,7 +36,8 @@ from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_model, cpu_threads
 from .registry import BACKENDS, PRECISIONS, REGISTRY, Spec, parse_list
 from .serve_load import bad_requests, classify, closed_loop
-from .serve_report import SCHEMA, agreement, render_markdown, served_as_expected, write_serve_report
+from . import perf_analyzer
+from .serve_report import SCHEMA, agreement, ours_over, render_markdown, served_as_expected, write_serve_report
 from .serve_server import check_ports, log_tail, triton_server
 
 
@@ -65,7 +68,8 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                          'max_batch_size': batching.max_batch, 'preferred_batch_size': list(batching.preferred),
                          'max_queue_delay_us': batching.max_queue_delay_us, 'instances': batching.instances,
                          'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
-              'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False}
+              'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False,
+              'perf_analyzer': {'skipped': perf_analyzer.unavailable()}}
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-serve-') as workdir, contextlib.ExitStack() as stack:
         workdir = Path(workdir)
         graphs = graphs_in(onnx_dir, loaded, [spec.graph]) if onnx_dir and spec.graph else {}
@@ -94,6 +98,13 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                 progress(f'load: {clients} client(s) for {seconds} s ...')
                 level = closed_loop(grpc, name, x, clients, seconds, timeout, formed)
                 report['levels'].append(level)
+                if level['complete'] and not report['perf_analyzer']['skipped']:
+                    progress(f'perf_analyzer: concurrency {clients}, HTTP and gRPC ...')
+                    level['perf_analyzer'] = {protocol: perf_analyzer.measure(
+                        name, url, protocol, clients, x.shape[1:], max(500, int(seconds * 1000 / 3)),
+                        getattr(formed, 'access_token', None))
+                        for protocol, url in (('http', http), ('grpc', grpc))}
+                    level['ours_over_perf_analyzer'] = ours_over(level)
                 if not level['complete']:
                     raise ServerGone(f'the server stopped answering at concurrency {clients} '
                                      f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '

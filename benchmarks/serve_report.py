@@ -27,6 +27,17 @@ def served_as_expected(report: dict) -> bool:
             and bad['wrong shape'] != 'accepted' and bad['wrong type'] != 'accepted' and bad['served after'])
 
 
+def ours_over(level: dict) -> Optional[dict]:
+    """Our closed loop's figures over perf_analyzer's over the same protocol (gRPC) at the same concurrency: 1.0 is
+    perfect agreement."""
+    pa = (level.get('perf_analyzer') or {}).get('grpc') or {}
+    if 'error' in pa or not pa or not level['latency_ms']:
+        return None
+    return {'throughput': level['throughput_ips'] / pa['throughput_ips'],
+            'p50': level['latency_ms']['p50'] / pa['latency_ms']['p50'],
+            'p99': level['latency_ms']['p99'] / pa['latency_ms']['p99']}
+
+
 def write_serve_report(report: dict, output_dir: Path) -> None:
     """serve.json, serve.md and serve.png, saved as one set (a partial run's too, marked incomplete)."""
     files = {'serve.json': (json.dumps(report, indent=2) + '\n').encode(), 'serve.md': render_markdown(report).encode()}
@@ -65,7 +76,31 @@ def render_markdown(report: dict) -> str:
                      f'{level["throughput_ips"]:.1f} | {_ms(ms.get("p50"))} | {_ms(ms.get("p90"))} | '
                      f'{_ms(ms.get("p99"))} | {batches} | '
                      f'{"–" if level["mean_batch"] is None else format(level["mean_batch"], ".1f")} |')
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines + _perf_analyzer_lines(report)) + '\n'
+
+
+def _perf_analyzer_lines(report: dict) -> List[str]:
+    """perf_analyzer's view beside ours: the client's latency and the server's queue and compute times."""
+    skipped = (report.get('perf_analyzer') or {}).get('skipped')
+    if skipped:
+        return ['', f'perf_analyzer: not run ({skipped}).']
+    lines = ['', '## perf_analyzer (Triton\'s load generator), the same concurrency levels', '',
+             '| clients | protocol | images/s | p50 ms | p90 ms | p95 ms | p99 ms | server queue ms | server compute ms '
+             '| ours / perf_analyzer (images/s, p50, p99) |', '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |']
+    for level in report['levels']:
+        ratio = level.get('ours_over_perf_analyzer')
+        for protocol, pa in (level.get('perf_analyzer') or {}).items():
+            if 'error' in pa:
+                lines.append(f'| {level["concurrency"]} | {protocol} | {pa["error"]} |||||||')
+                continue
+            ms, server = pa['latency_ms'], pa['server_ms']
+            compute = sum(v for k, v in server.items() if k.startswith('compute'))
+            ours = (f'{ratio["throughput"]:.2f}, {ratio["p50"]:.2f}, {ratio["p99"]:.2f}'
+                    if ratio and protocol == 'grpc' else '')
+            lines.append(f'| {level["concurrency"]} | {protocol} | {pa["throughput_ips"]:.1f} | {_ms(ms.get("p50"))} | '
+                         f'{_ms(ms.get("p90"))} | {_ms(ms.get("p95"))} | {_ms(ms.get("p99"))} | '
+                         f'{_ms(server.get("queue"))} | {compute:.1f} | {ours} |')
+    return lines
 
 
 def _ms(value: Optional[float]) -> str:

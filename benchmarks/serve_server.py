@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -82,6 +82,12 @@ def log_tail(paths: Sequence[Path], lines: int = 20) -> List[str]:
     return tail
 
 
+class Formed(list):
+    """The batch sizes the runner was called with, as Triton formed them; and the server's access token: PyTriton
+    restricts Triton's model-config and statistics APIs to it, and perf_analyzer reads both."""
+    access_token: Optional[str] = None
+
+
 @contextlib.contextmanager
 def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching: Batching, ports: Dict[str, int],
                   log_file: Path) -> Iterator[List[int]]:
@@ -92,7 +98,7 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    formed: List[int] = []
+    formed = Formed()
 
     @batch
     def infer(**inputs):
@@ -114,6 +120,7 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching:
                             max_queue_delay_microseconds=batching.max_queue_delay_us,
                             preferred_batch_size=list(batching.preferred))))
             triton.run()
+            formed.access_token = triton.get_access_token()
             yield formed
         finally:
             triton.stop()

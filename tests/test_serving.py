@@ -302,7 +302,7 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     monkeypatch.setattr(serve, 'bad_requests', bad_requests_and_config)
     out = tmp_path / 'serve'
     assert serve.main(['--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs), '--backend', 'openvino',
-                       '--precision', 'int8', '--concurrency', '1,4', '--seconds', '2', '--max-batch', '2',
+                       '--precision', 'int8', '--concurrency', '1,4', '--seconds', '1', '--max-batch', '2',
                        '--preferred-batch', '2', '--max-queue-delay-us', '2000', '--http-port', str(http),
                        '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out)]) == 0
     assert '# alexnet_bn_openvino_int8 served by Triton' in capsys.readouterr().out
@@ -328,6 +328,43 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     assert set(report['levels'][1]['batches']) <= {'1', '2'} and '2' in report['levels'][1]['batches']
     assert (out / 'serve.png').read_bytes()[:4] == b'\x89PNG'
     assert 'dynamic batching up to 2' in (out / 'serve.md').read_text()
+    from benchmarks import perf_analyzer
+    reason = perf_analyzer.unavailable()
+    if reason:  # where perf_analyzer could not be installed: the report says why
+        assert report['perf_analyzer'] == {'skipped': reason}
+        assert f'perf_analyzer: not run ({reason}).' in (out / 'serve.md').read_text()
+        return
+    for level in report['levels']:  # perf_analyzer at the same levels, over both protocols, beside ours
+        for protocol in ('http', 'grpc'):
+            pa = level['perf_analyzer'][protocol]
+            assert 'error' not in pa, pa
+            ms = pa['latency_ms']
+            assert pa['concurrency'] == level['concurrency'] and pa['throughput_ips'] > 0
+            assert 0 < ms['p50'] <= ms['p90'] <= ms['p95'] <= ms['p99']
+            assert pa['server_ms']['queue'] >= 0 and pa['server_ms']['compute_infer'] > 0
+        ratio = level['ours_over_perf_analyzer']
+        assert 0.5 < ratio['throughput'] < 2 and 0.5 < ratio['p50'] < 2, ratio  # the same server, two clients
+    assert '## perf_analyzer' in (out / 'serve.md').read_text()
+
+
+def test_perf_analyzer_report_and_its_absence(monkeypatch):
+    """perf_analyzer's CSV (µs) read as ms with the server's queue and compute times apart; without perf_analyzer a
+    measurement is one line saying how to install it."""
+    from benchmarks import perf_analyzer
+    text = ('Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,'
+            'Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,'
+            'Avg latency,request/response,response wait\n'
+            '4,250.5,20,900,6400,30,7600,10,15,14100,18700,20600,22600,15000,0,0\n')
+    figures = perf_analyzer.parse_csv(text)
+    assert figures['concurrency'] == 4 and figures['throughput_ips'] == 250.5
+    assert figures['latency_ms'] == {'p50': 14.1, 'p90': 18.7, 'p95': 20.6, 'p99': 22.6, 'avg': 15.0}
+    assert figures['server_ms'] == {'queue': 6.4, 'compute_input': 0.03, 'compute_infer': 7.6, 'compute_output': 0.01}
+    assert figures['client_ms'] == {'client_send': 0.02, 'network_server_send_recv': 0.9, 'client_recv': 0.015}
+    assert perf_analyzer.parse_csv('Concurrency,Inferences/Second\n') == {'error': 'perf_analyzer wrote no measurement'}
+    monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
+    reason = perf_analyzer.unavailable()
+    assert reason.startswith('perf_analyzer is not installed (python -m benchmarks.perf_analyzer --install ')
+    assert perf_analyzer.measure('m', 'localhost:8001', 'grpc', 1, (3, 8, 8)) == {'error': reason}
 
 
 def test_a_server_gone_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path,

@@ -1,0 +1,137 @@
+"""Triton's ``perf_analyzer`` against the served model: the load generator Triton users trust and read.
+
+It is on no package index as a binary any more (``perf-analyzer`` 0.1.0 is an empty placeholder, and tritonclient
+stopped carrying it after 2.48), so ``python -m benchmarks.perf_analyzer --install DIR`` (``make setup``) takes
+it from tritonclient 2.48.0's manylinux wheel, with the two libraries it links that a CPU machine lacks:
+``libb64.so.0d`` (Debian's libb64-0d, unpacked without root) and ``libcudart.so.12`` (pip's
+nvidia-cuda-runtime-cu12; perf_analyzer links it even when no GPU is used). ``DIR/perf_analyzer`` is a wrapper
+that sets ``LD_LIBRARY_PATH``. Where any step fails, serving runs without it and says why.
+
+``measure`` runs one concurrency level over HTTP or gRPC: perf_analyzer's own stable measurement windows, client
+latency percentiles, throughput, and Triton's server-side queue and compute times (from its statistics API).
+"""
+import csv
+import glob
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from alexnet_zoo.cli import ArgumentParser, first_line, run_cli
+
+WHEEL = 'tritonclient==2.48.0'  # the last tritonclient whose manylinux wheel carries perf_analyzer
+BINARY = 'tritonclient-2.48.0.data/data/bin/perf_analyzer'
+ENV_VAR = 'ALEXNET_ZOO_PERF_ANALYZER'
+TOKEN_HEADER = {'http': 'triton-access-token', 'grpc': 'triton-grpc-protocol-triton-access-token'}
+US = ('Client Send', 'Network+Server Send/Recv', 'Server Queue', 'Server Compute Input', 'Server Compute Infer',
+      'Server Compute Output', 'Client Recv', 'p50 latency', 'p90 latency', 'p95 latency', 'p99 latency',
+      'Avg latency')
+
+
+def find() -> Optional[Path]:
+    """perf_analyzer: ``$ALEXNET_ZOO_PERF_ANALYZER``, else the one ``make setup`` installed beside the interpreter,
+    else one on the PATH."""
+    for candidate in (os.environ.get(ENV_VAR), Path(sys.prefix) / 'perf-analyzer' / 'perf_analyzer',
+                      shutil.which('perf_analyzer')):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def unavailable() -> Optional[str]:
+    """Why perf_analyzer cannot run here, or None."""
+    binary = find()
+    if binary is None:
+        return (f'perf_analyzer is not installed (python -m benchmarks.perf_analyzer --install '
+                f'{Path(sys.prefix) / "perf-analyzer"}, which make setup runs)')
+    proc = subprocess.run([str(binary), '--version'], capture_output=True, text=True, timeout=60)
+    if 'Perf Analyzer Version' not in proc.stdout + proc.stderr:  # it prints its version, then exits 1
+        return f'perf_analyzer does not run here: {first_line(RuntimeError(proc.stderr or proc.stdout), 200)}'
+    return None
+
+
+def install(folder: Path) -> Path:
+    """perf_analyzer and the libraries it links into ``folder``; returns the wrapper to run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-perf-analyzer-') as work:
+        work_dir = Path(work)
+        pip = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '-d', work]
+        subprocess.run([*pip, WHEEL], check=True)
+        subprocess.run([*pip, 'nvidia-cuda-runtime-cu12'], check=True)
+        with zipfile.ZipFile(next(work_dir.glob('tritonclient-*.whl'))) as wheel:
+            (folder / 'perf_analyzer.bin').write_bytes(wheel.read(BINARY))
+        with zipfile.ZipFile(next(work_dir.glob('nvidia_cuda_runtime_cu12-*.whl'))) as wheel:
+            name = next(n for n in wheel.namelist() if n.endswith('/libcudart.so.12'))
+            (folder / 'libcudart.so.12').write_bytes(wheel.read(name))
+        subprocess.run(['apt-get', 'download', 'libb64-0d'], cwd=work, check=True, capture_output=True)
+        subprocess.run(['dpkg-deb', '-x', next(glob.iglob(f'{work}/libb64-0d_*.deb')), f'{work}/deb'], check=True)
+        library = next(Path(work, 'deb').rglob('libb64.so.0d'))
+        shutil.copyfile(library.resolve(), folder / 'libb64.so.0d')
+    (folder / 'perf_analyzer.bin').chmod(0o755)
+    wrapper = folder / 'perf_analyzer'
+    wrapper.write_text('#!/bin/sh\n# perf_analyzer 2.48.0 from tritonclient\'s wheel, with the libraries it links\n'
+                       'here="$(dirname "$0")"\nLD_LIBRARY_PATH="$here${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" '
+                       'exec "$here/perf_analyzer.bin" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def measure(model: str, url: str, protocol: str, concurrency: int, input_shape: Sequence[int],
+            window_ms: int = 1000, access_token: Optional[str] = None, timeout: float = 300) -> dict:
+    """One concurrency level measured by perf_analyzer: throughput, latency percentiles and server times (ms);
+    ``{'error': ...}`` when it fails (a server gone, no stable window)."""
+    binary = find()
+    if binary is None:
+        return {'error': unavailable()}
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-pa-') as work:
+        report = Path(work) / 'pa.csv'
+        argv = [str(binary), '-m', model, '-u', url, '-i', protocol, '--concurrency-range', f'{concurrency}',
+                '--shape', f'input:{",".join(map(str, input_shape))}', '--measurement-interval', str(window_ms),
+                '--max-trials', '6', '--stability-percentage', '20', '-f', str(report)]
+        if access_token:  # PyTriton's server gives its model-config and statistics APIs to its token's holder only
+            argv += ['-H', f'{TOKEN_HEADER[protocol]}:{access_token}']
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {'error': f'perf_analyzer did not finish within {timeout:.0f} s'}
+        if proc.returncode != 0 or not report.is_file():
+            lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            return {'error': f'perf_analyzer failed (exit {proc.returncode}): '
+                             f'{first_line(RuntimeError(lines[-1] if lines else "no output"), 300)}'}
+        return parse_csv(report.read_text())
+
+
+def parse_csv(text: str) -> dict:
+    """perf_analyzer's CSV report (times in µs) as ms, throughput in inferences per second."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        return {'error': 'perf_analyzer wrote no measurement'}
+    row = rows[-1]
+    figures = {key.lower().replace(' latency', '').replace(' ', '_').replace('+', '_').replace('/', '_'): float(row[key]) / 1e3
+               for key in US if key in row}
+    return {'concurrency': int(row['Concurrency']), 'throughput_ips': float(row['Inferences/Second']),
+            'latency_ms': {q: figures.pop(q) for q in ('p50', 'p90', 'p95', 'p99', 'avg') if q in figures},
+            'server_ms': {k[len('server_'):]: v for k, v in figures.items() if k.startswith('server_')},
+            'client_ms': {k: v for k, v in figures.items() if not k.startswith('server_')}}
+
+
+def main(argv: Sequence[str] = None) -> int:
+    parser = ArgumentParser(prog='python -m benchmarks.perf_analyzer', description='install Triton\'s perf_analyzer')
+    parser.add_argument('--install', required=True, metavar='DIR', help='where to put perf_analyzer and its libraries')
+    args = parser.parse_args(argv)
+    wrapper = install(Path(args.install))
+    os.environ[ENV_VAR] = str(wrapper)
+    reason = unavailable()
+    if reason:
+        raise RuntimeError(reason)
+    print(f'installed {wrapper}')
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)
