@@ -84,9 +84,10 @@ def parse_list(text: Union[str, Sequence[str]], known: Sequence[str], what: str)
     return tuple(dict.fromkeys(items))
 
 
-def parse_sizes(text: Union[str, Sequence[int]], what: str, high: int, high_name: str = None) -> Tuple[int, ...]:
-    """``'32,1,32'`` -> (1, 32): whole numbers from 1 to ``high`` (named ``high_name`` in the message where it is
-    another option's value); a usage error otherwise."""
+def parse_sizes(text: Union[str, Sequence[int]], what: str, high: int, high_name: str = None,
+                low: int = 1) -> Tuple[int, ...]:
+    """``'32,1,32'`` -> (1, 32): whole numbers from ``low`` (1) to ``high`` (named ``high_name`` in the message
+    where it is another option's value); a usage error otherwise."""
     items = [s.strip() for s in text.split(',')] if isinstance(text, str) else list(text)
     sizes = set()
     for item in filter(lambda s: str(s).strip(), items):
@@ -94,8 +95,8 @@ def parse_sizes(text: Union[str, Sequence[int]], what: str, high: int, high_name
             size = int(item)
         except (TypeError, ValueError):
             raise UsageError(f'{what} must be a whole number, got {item!r}') from None
-        if not 1 <= size <= high:
-            raise UsageError(f'{what} must be 1 to {high_name or high}, got {size}')
+        if not low <= size <= high:
+            raise UsageError(f'{what} must be {low} to {high_name or high}, got {size}')
         sizes.add(size)
     if not sizes:
         raise UsageError(f'no {what} given')

@@ -92,7 +92,7 @@ def measure(model: str, url: str, protocol: str, concurrency: int, input_shape: 
         report = Path(work) / 'pa.csv'
         argv = [str(binary), '-m', model, '-u', url, '-i', protocol, '--concurrency-range', f'{concurrency}',
                 '--shape', f'input:{",".join(map(str, input_shape))}', '--measurement-interval', str(window_ms),
-                '--max-trials', '6', '--stability-percentage', '20', '-f', str(report)]
+                '--max-trials', '10', '--stability-percentage', '30', '-f', str(report)]
         if access_token:  # PyTriton's server gives its model-config and statistics APIs to its token's holder only
             argv += ['-H', f'{TOKEN_HEADER[protocol]}:{access_token}']
         try:
@@ -100,9 +100,10 @@ def measure(model: str, url: str, protocol: str, concurrency: int, input_shape: 
         except subprocess.TimeoutExpired:
             return {'error': f'perf_analyzer did not finish within {timeout:.0f} s'}
         if proc.returncode != 0 or not report.is_file():
-            lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+            lines = [line.strip() for line in (proc.stdout + '\n' + proc.stderr).splitlines() if line.strip()]
+            told = [line for line in lines if 'fail' in line.lower() or 'error' in line.lower()] or lines
             return {'error': f'perf_analyzer failed (exit {proc.returncode}): '
-                             f'{first_line(RuntimeError(lines[-1] if lines else "no output"), 300)}'}
+                             f'{first_line(RuntimeError(told[-1] if told else "no output"), 300)}'}
         return parse_csv(report.read_text())
 
 

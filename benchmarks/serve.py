@@ -3,6 +3,8 @@
     python -m benchmarks.serve --checkpoint RUN --output-dir DIR [--backend openvino] [--precision int8]
         [--concurrency 1,4,16] [--seconds 10] [--max-batch 32] [--preferred-batch 8,16,32]
         [--max-queue-delay-us 500] [--onnx-dir OUT] [--http-port 8000] [--grpc-port 8001] [--metrics-port 8002]
+        [--sweep-max-batch 8,32 [--sweep-queue-delay-us 0,500,2000] [--sweep-instances 1,2] [--p99-budget-ms 100]
+         [--repository REPO]]
 
 PyTriton starts Triton's own server binary on localhost and binds the runner behind Triton's dynamic batcher
 (``serve_server``). The sample photographs are classified over HTTP and gRPC with ``tritonclient`` and each top-1
@@ -12,7 +14,9 @@ one image and waiting for its answer, for ``--seconds``, every request with a ti
 Triton's own ``perf_analyzer`` at the same concurrency over HTTP and gRPC (``benchmarks.perf_analyzer``: its
 stable windows, p50-p99, and the server's queue and compute times), and how far the two agree. Throughput,
 latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``serve.md`` and ``serve.png``
-(``serve_report``); without perf_analyzer the report says why. A server that stops answering ends the run with one line and a
+(``serve_report``); without perf_analyzer the report says why. With ``--sweep-max-batch``, a search over Triton's
+settings (``serve_sweep``): one more model per configuration in the same server, each measured by perf_analyzer,
+the best within ``--p99-budget-ms`` written into ``--repository``'s config. A server that stops answering ends the run with one line and a
 ``serve.json`` marked incomplete.
 """
 import contextlib
@@ -26,17 +30,18 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from alexnet_zoo.checkpoint import load_model
-from alexnet_zoo.cli import (ArgumentParser, UsageError, add_model_arguments, bounded, first_line,
+from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, add_model_arguments, bounded, first_line,
                              parse_sizes, positive, run_cli)
 from alexnet_zoo.data import sample_batch
 from alexnet_zoo.files import PathLike, ensure_writable_dir
-from export.triton import Batching, add_batching_arguments, batching_from
+from alexnet_zoo.manifest import read_manifest
+from export.triton import KIND as TRITON_KIND, Batching, add_batching_arguments, batching_from, update_batching
 
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .environment import cpu_model, cpu_threads
 from .registry import BACKENDS, PRECISIONS, REGISTRY, Spec, parse_list
 from .serve_load import bad_requests, classify, closed_loop
-from . import perf_analyzer
+from . import perf_analyzer, serve_sweep
 from .serve_report import SCHEMA, agreement, ours_over, render_markdown, served_as_expected, write_serve_report
 from .serve_server import check_ports, log_tail, triton_server
 
@@ -48,8 +53,11 @@ class ServerGone(RuntimeError):
 def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', precision: str = 'int8',
                     concurrency: Sequence[int] = (1, 4, 16), seconds: float = 10.0, batching: Batching = Batching(),
                     onnx_dir: Optional[PathLike] = None, ports: Optional[Dict[str, int]] = None,
-                    timeout: float = 10.0, progress=print) -> dict:
-    """Serve ``loaded`` with one runner through Triton, check it, load it; returns what serve.json holds."""
+                    timeout: float = 10.0, progress=print, sweep: Sequence[Batching] = (),
+                    p99_budget_ms: float = 100.0, repository: Optional[PathLike] = None) -> dict:
+    """Serve ``loaded`` with one runner through Triton, check it, load it; with ``sweep``, measure each of those
+    configurations too and write the best within ``p99_budget_ms`` into ``repository``; returns what serve.json
+    holds."""
     ports = ports or {'--http-port': 8000, '--grpc-port': 8001, '--metrics-port': 8002}
     import torch
     device = REGISTRY[backend].devices(precision, torch.cuda.is_available())[0]  # TensorRT: cuda; most: cpu
@@ -80,12 +88,15 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
             graphs.update(exported)
         artifact = artifact_for(spec, loaded.model, graphs, workdir, [batching.max_batch])
         runner = stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
+        variants = [(serve_sweep.variant_name(name, config),
+                     [stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
+                      for _ in range(config.instances)], config) for config in sweep]
         local = [int(np.argmax(runner.infer(x[i:i + 1])[0])) for i in range(len(x))]
         progress(f'starting Triton with {name} (dynamic batching up to {batching.max_batch}) ...')
         started = time.perf_counter()
         try:
             formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, batching,
-                                                       ports, workdir / 'triton.log'))
+                                                       ports, workdir / 'triton.log', variants))
         except Exception as e:  # PyTriton's own error types (a server that would not start, a refused binding)
             raise RuntimeError(f'Triton did not start: {first_line(e, 300)}') from None
         report['served']['start_seconds'] = round(time.perf_counter() - started, 2)
@@ -101,7 +112,7 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                 if level['complete'] and not report['perf_analyzer']['skipped']:
                     progress(f'perf_analyzer: concurrency {clients}, HTTP and gRPC ...')
                     level['perf_analyzer'] = {protocol: perf_analyzer.measure(
-                        name, url, protocol, clients, x.shape[1:], max(500, int(seconds * 1000 / 3)),
+                        name, url, protocol, clients, x.shape[1:], pa_window_ms(seconds),
                         getattr(formed, 'access_token', None))
                         for protocol, url in (('http', http), ('grpc', grpc))}
                     level['ours_over_perf_analyzer'] = ours_over(level)
@@ -109,6 +120,9 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                     raise ServerGone(f'the server stopped answering at concurrency {clients} '
                                      f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '
                                      f'partial results in {output_dir / "serve.json"}, marked incomplete')
+            if sweep:
+                report['sweep'] = settings_sweep(name, sweep, grpc, max(concurrency), x.shape[1:], seconds, formed,
+                                                 p99_budget_ms, repository, backend, precision, progress)
             report['complete'] = True
         except ServerGone:
             raise
@@ -121,6 +135,27 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                 report['server_log'] = log_tail([workdir / 'pytriton.log', workdir / 'triton.log'])
             write_serve_report(report, output_dir)
     return report
+
+
+def pa_window_ms(seconds: float) -> int:
+    """perf_analyzer's measurement window: a third of the seconds given to each level (it needs three stable ones),
+    at least 200 ms."""
+    return max(200, int(seconds * 1000 / 3))
+
+
+def settings_sweep(name, configs, url, clients, chw, seconds, formed, p99_budget_ms, repository, backend, precision,
+                   progress) -> dict:
+    """The sweep's rows (perf_analyzer on each configuration's model), the one chosen, and where it was written."""
+    reason = perf_analyzer.unavailable()
+    if reason:
+        return {'skipped': reason, 'rows': [], 'chosen': None}
+    rows = serve_sweep.measure(name, configs, url, clients, chw, pa_window_ms(seconds),
+                               getattr(formed, 'access_token', None), progress)
+    chosen, verdict = serve_sweep.choose(rows, p99_budget_ms)
+    written = update_batching(repository, backend, precision, serve_sweep.batching_of(chosen)) \
+        if chosen and repository else []
+    return {'concurrency': clients, 'p99_budget_ms': p99_budget_ms, 'rows': rows, 'chosen': chosen,
+            'verdict': verdict, 'repository': str(repository) if repository else None, 'written': written}
 
 
 def build_parser() -> ArgumentParser:
@@ -138,6 +173,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument('--grpc-port', type=bounded(int, 1, 65535), default=8001)
     parser.add_argument('--metrics-port', type=bounded(int, 1, 65535), default=8002)
     parser.add_argument('--output-dir', required=True, help='where serve.json, serve.md and serve.png go')
+    parser.add_argument('--sweep-max-batch', help='sweep Triton\'s settings with perf_analyzer: these max batch sizes '
+                                                  '(comma list; each also the preferred batch)')
+    parser.add_argument('--sweep-queue-delay-us', default='0,500,2000', help='the queue delays the sweep tries')
+    parser.add_argument('--sweep-instances', default='1,2', help='the instance counts the sweep tries')
+    parser.add_argument('--p99-budget-ms', type=positive(float, 600_000), default=100.0,
+                        help='the sweep chooses the highest throughput whose p99 is within this (default 100 ms)')
+    parser.add_argument('--repository', help='a repository export.triton wrote: the sweep\'s choice goes into its '
+                                             'config.pbtxt for this backend and precision')
     return parser
 
 
@@ -151,11 +194,23 @@ def main(argv: Sequence[str] = None) -> int:
     ports = {'--http-port': args.http_port, '--grpc-port': args.grpc_port, '--metrics-port': args.metrics_port}
     if len(set(ports.values())) < 3:
         raise UsageError('--http-port, --grpc-port and --metrics-port must differ')
+    sweep = serve_sweep.grid(parse_sizes(args.sweep_max_batch, '--sweep-max-batch', MAX_BATCH),
+                             parse_sizes(args.sweep_queue_delay_us, '--sweep-queue-delay-us', 10_000_000, low=0),
+                             parse_sizes(args.sweep_instances, '--sweep-instances', 64)) if args.sweep_max_batch else []
+    if args.repository and not sweep:
+        raise UsageError('--repository is for the sweep (--sweep-max-batch)')
+    if args.repository:
+        manifest = read_manifest(args.repository) if Path(args.repository).is_dir() else None
+        if not manifest or manifest.get('kind') != TRITON_KIND:
+            raise UsageError(f'--repository {args.repository} is not a repository written by export.triton')
     check_ports(ports)
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
+    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    if not perf_analyzer.find():
+        say(f'perf_analyzer: not run ({perf_analyzer.unavailable()})')
     report = serve_benchmark(loaded, args.output_dir, args.backend, precision, concurrency, args.seconds,
-                             batching, args.onnx_dir, ports, args.timeout,
-                             progress=lambda message: print(message, file=sys.stderr, flush=True))
+                             batching, args.onnx_dir, ports, args.timeout, say, sweep, args.p99_budget_ms,
+                             args.repository)
     print(render_markdown(report))
     print(f'wrote {args.output_dir}/serve.json, serve.md, serve.png')
     if not served_as_expected(report):

@@ -43,6 +43,8 @@ def write_serve_report(report: dict, output_dir: Path) -> None:
     files = {'serve.json': (json.dumps(report, indent=2) + '\n').encode(), 'serve.md': render_markdown(report).encode()}
     if report['levels']:
         files['serve.png'] = render_plot(report)
+    if (report.get('sweep') or {}).get('rows'):
+        files['serve_sweep.png'] = render_sweep_plot(report)
 
     def write(staging: Path) -> None:
         for name, data in files.items():
@@ -76,7 +78,7 @@ def render_markdown(report: dict) -> str:
                      f'{level["throughput_ips"]:.1f} | {_ms(ms.get("p50"))} | {_ms(ms.get("p90"))} | '
                      f'{_ms(ms.get("p99"))} | {batches} | '
                      f'{"–" if level["mean_batch"] is None else format(level["mean_batch"], ".1f")} |')
-    return '\n'.join(lines + _perf_analyzer_lines(report)) + '\n'
+    return '\n'.join(lines + _perf_analyzer_lines(report) + _sweep_lines(report)) + '\n'
 
 
 def _perf_analyzer_lines(report: dict) -> List[str]:
@@ -101,6 +103,53 @@ def _perf_analyzer_lines(report: dict) -> List[str]:
                          f'{_ms(ms.get("p90"))} | {_ms(ms.get("p95"))} | {_ms(ms.get("p99"))} | '
                          f'{_ms(server.get("queue"))} | {compute:.1f} | {ours} |')
     return lines
+
+
+def _sweep_lines(report: dict) -> List[str]:
+    """The settings sweep: every configuration perf_analyzer measured, and the one chosen under the budget."""
+    sweep = report.get('sweep')
+    if not sweep:
+        return []
+    if sweep.get('skipped'):
+        return ['', f'Settings sweep: not run ({sweep["skipped"]}).']
+    lines = ['', f'## Settings sweep (perf_analyzer, gRPC, {sweep["concurrency"]} clients; p99 budget '
+                 f'{sweep["p99_budget_ms"]:g} ms)', '',
+             '| max batch | preferred | queue delay µs | instances | images/s | p50 ms | p99 ms | server queue ms | |',
+             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |']
+    for row in sweep['rows']:
+        head = (f'| {row["max_batch"]} | {row["preferred"]} | {row["max_queue_delay_us"]} | {row["instances"]} |')
+        if 'error' in row:
+            lines.append(f'{head} {row["error"]} |||||')
+            continue
+        chosen = '**chosen**' if row is sweep['chosen'] or row == sweep['chosen'] else ''
+        lines.append(f'{head} {row["throughput_ips"]:.1f} | {_ms(row["latency_ms"]["p50"])} | '
+                     f'{_ms(row["latency_ms"]["p99"])} | {_ms(row["server_ms"].get("queue"))} | {chosen} |')
+    lines += ['', f'Chosen: {sweep["verdict"]}.']
+    if sweep.get('written'):
+        lines.append(f'Written into {sweep["repository"]}: {", ".join(sweep["written"])} (config.pbtxt).')
+    return lines + ['', '![sweep](serve_sweep.png)']
+
+
+def render_sweep_plot(report: dict) -> bytes:
+    """Throughput against p99 for each configuration of the sweep, the budget as a line, the choice circled."""
+    plt = pyplot()
+    sweep = report['sweep']
+    rows = [r for r in sweep['rows'] if 'error' not in r]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for row in rows:
+        ax.scatter(row['latency_ms']['p99'], row['throughput_ips'], color='tab:blue', zorder=3)
+        ax.annotate(f' b{row["max_batch"]} d{row["max_queue_delay_us"]} i{row["instances"]}',
+                    (row['latency_ms']['p99'], row['throughput_ips']), fontsize=7)
+    if sweep['chosen']:
+        ax.scatter(sweep['chosen']['latency_ms']['p99'], sweep['chosen']['throughput_ips'], s=160,
+                   facecolors='none', edgecolors='tab:green', zorder=4, label='chosen')
+    ax.axvline(sweep['p99_budget_ms'], color='tab:red', linestyle='--', label=f'p99 budget {sweep["p99_budget_ms"]:g} ms')
+    ax.set_xlabel('p99 latency (ms)')
+    ax.set_ylabel('images/s')
+    ax.legend(fontsize=7)
+    ax.set_title(f'{report["served"]["name"]}: Triton settings, {sweep["concurrency"]} clients', fontsize=10)
+    fig.tight_layout()
+    return png(fig, f'alexnet-zoo settings sweep, {report["served"]["name"]}')
 
 
 def _ms(value: Optional[float]) -> str:

@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,9 +90,11 @@ class Formed(list):
 
 @contextlib.contextmanager
 def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching: Batching, ports: Dict[str, int],
-                  log_file: Path) -> Iterator[List[int]]:
+                  log_file: Path, variants: Sequence[Tuple[str, list, Batching]] = ()) -> Iterator[List[int]]:
     """Triton on localhost serving ``runner`` as ``name`` with dynamic batching; yields the list of batch sizes
-    the runner was called with (appended as they are formed). The server is stopped on exit."""
+    the runner was called with (appended as they are formed). ``variants`` are more models bound in the same
+    server, (name, runners, batching) each, one instance per runner: the settings sweep measures them one after
+    the other without restarting the server. The server is stopped on exit."""
     _own_libpython()
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -100,11 +102,14 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching:
 
     formed = Formed()
 
-    @batch
-    def infer(**inputs):
-        x = inputs[INPUT_NAME]
-        formed.append(len(x))
-        return {OUTPUT_NAME: np.asarray(runner.infer(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)}
+    def serving(model, record: Optional[List[int]] = None):
+        @batch
+        def infer(**inputs):
+            x = inputs[INPUT_NAME]
+            if record is not None:
+                record.append(len(x))
+            return {OUTPUT_NAME: np.asarray(model.infer(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)}
+        return infer
 
     config = TritonConfig(http_address='127.0.0.1', http_port=ports['--http-port'], grpc_address='127.0.0.1',
                           grpc_port=ports['--grpc-port'], metrics_address='127.0.0.1',
@@ -113,12 +118,14 @@ def triton_server(runner, name: str, chw: Sequence[int], classes: int, batching:
     with _pytriton_log(log_file.with_name('pytriton.log')):
         triton = Triton(config=config)
         try:
-            triton.bind(model_name=name, infer_func=infer, strict=True,
-                        inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=tuple(chw))],
-                        outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
-                        config=ModelConfig(max_batch_size=batching.max_batch, batcher=DynamicBatcher(
-                            max_queue_delay_microseconds=batching.max_queue_delay_us,
-                            preferred_batch_size=list(batching.preferred))))
+            for model_name, funcs, model_batching in [(name, [serving(runner, formed)], batching),
+                                                       *[(v, [serving(r) for r in rs], b) for v, rs, b in variants]]:
+                triton.bind(model_name=model_name, infer_func=funcs if len(funcs) > 1 else funcs[0], strict=True,
+                            inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=tuple(chw))],
+                            outputs=[Tensor(name=OUTPUT_NAME, dtype=np.float32, shape=(classes,))],
+                            config=ModelConfig(max_batch_size=model_batching.max_batch, batcher=DynamicBatcher(
+                                max_queue_delay_microseconds=model_batching.max_queue_delay_us,
+                                preferred_batch_size=list(model_batching.preferred))))
             triton.run()
             formed.access_token = triton.get_access_token()
             yield formed

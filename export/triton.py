@@ -26,7 +26,7 @@ import onnx
 from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, bounded, parse_list, parse_sizes, positive,
                              printable, run_cli)
 from alexnet_zoo.files import PathLike
-from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set
+from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set, verify
 
 from .contract import FILENAMES, GRAPH_PRECISIONS, dims, graph_inputs, metadata, read_onnx
 from .export_manifest import exported_graphs
@@ -216,6 +216,40 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
         elif MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
             shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
     return result
+
+
+def update_batching(repository: PathLike, backend: str, precision: str, batching: Batching) -> List[str]:
+    """Set ``batching`` in the ``config.pbtxt`` of each ``backend`` ``precision`` model of a repository this command
+    wrote (the settings sweep's choice), saved as one set with every other file unchanged; returns the models
+    changed. A TensorRT model keeps its engine's max batch where the new one is larger."""
+    repository = Path(repository)
+    manifest = verify(repository)
+    if not manifest or manifest.get('kind') != KIND:
+        raise ValueError(f'{repository} is not a repository written by export.triton')
+    names = [n for n, m in manifest['models'].items() if (m['backend'], m['precision']) == (backend, precision)]
+    if not names:
+        raise ValueError(f'{repository} has no {backend} {precision} model to configure')
+    changed = {}
+    for name in names:
+        config = parse_config((repository / name / 'config.pbtxt').read_text())
+        cap = config.max_batch_size if backend == 'tensorrt' else MAX_BATCH
+        config.max_batch_size = min(batching.max_batch, cap)
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred if b <= config.max_batch_size)
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+        for group in config.instance_group:
+            group.count = batching.instances
+        changed[f'{name}/config.pbtxt'] = config_text(config)
+        manifest['models'][name]['max_batch_size'] = config.max_batch_size
+
+    def write(staging: Path) -> None:
+        for relative, text in changed.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_text(text)
+
+    save_set(repository, write, {k: v for k, v in manifest.items() if k != 'files'},
+             keep=[f for f in manifest['files'] if f not in changed], outside=True)
+    return names
 
 
 def _check_target(repository: Path) -> None:

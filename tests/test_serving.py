@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from alexnet_zoo.cli import run_cli
-from alexnet_zoo.manifest import sha256_file
+from alexnet_zoo.manifest import sha256_file, verify
 from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx
 from export.export_manifest import write_export_manifest
 from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
@@ -285,7 +285,9 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
 @needs_pytriton
 def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tmp_path, capsys, monkeypatch):
     """The command as a user runs it: OpenVINO int8 behind Triton with the batching flags; the model config the
-    server itself reports is the one asked for, and 4 clients are batched up to --max-batch and no further."""
+    server itself reports is the one asked for, and 4 clients are batched up to --max-batch and no further;
+    perf_analyzer measures the same level over HTTP and gRPC and agrees with our loop; a sweep of two settings
+    (max batch 1 and 4) picks the faster and writes it into a repository's config."""
     import benchmarks.serve as serve
     import tritonclient.grpc as grpc_client
     _, graphs = exported_graphs
@@ -300,11 +302,14 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
 
     real_bad_requests = serve.bad_requests
     monkeypatch.setattr(serve, 'bad_requests', bad_requests_and_config)
-    out = tmp_path / 'serve'
+    out, repo = tmp_path / 'serve', tmp_path / 'repo'
+    write_repository(graphs, repo, backends=('openvino', 'onnxruntime'), precisions=('int8',))
     assert serve.main(['--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs), '--backend', 'openvino',
-                       '--precision', 'int8', '--concurrency', '1,4', '--seconds', '1', '--max-batch', '2',
+                       '--precision', 'int8', '--concurrency', '4', '--seconds', '1', '--max-batch', '2',
                        '--preferred-batch', '2', '--max-queue-delay-us', '2000', '--http-port', str(http),
-                       '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out)]) == 0
+                       '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out),
+                       '--sweep-max-batch', '1,4', '--sweep-queue-delay-us', '0', '--sweep-instances', '1',
+                       '--p99-budget-ms', '60000', '--repository', str(repo)]) == 0
     assert '# alexnet_bn_openvino_int8 served by Triton' in capsys.readouterr().out
     assert served_config['max_batch_size'] == 2
     assert served_config['dynamic_batching']['preferred_batch_size'] == [2]
@@ -319,19 +324,18 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     bad = report['bad_requests']
     assert 'unexpected shape' in bad['wrong shape'] and '[1,3,17,17]' in bad['wrong shape']
     assert "'FP64'" in bad['wrong type'] and "'FP32'" in bad['wrong type'] and bad['served after'] is True
-    assert report['complete'] and [level['concurrency'] for level in report['levels']] == [1, 4]
+    assert report['complete'] and [level['concurrency'] for level in report['levels']] == [4]
     for level in report['levels']:
         assert level['errors'] == 0 and level['completed'] > 0 and level['throughput_ips'] > 0
         assert level['latency_ms']['p50'] <= level['latency_ms']['p99']
         assert sum(int(size) * count for size, count in level['batches'].items()) == level['completed']
-    assert set(report['levels'][0]['batches']) == {'1'}  # one client cannot be batched
-    assert set(report['levels'][1]['batches']) <= {'1', '2'} and '2' in report['levels'][1]['batches']
+    assert set(report['levels'][0]['batches']) <= {'1', '2'} and '2' in report['levels'][0]['batches']
     assert (out / 'serve.png').read_bytes()[:4] == b'\x89PNG'
     assert 'dynamic batching up to 2' in (out / 'serve.md').read_text()
     from benchmarks import perf_analyzer
     reason = perf_analyzer.unavailable()
     if reason:  # where perf_analyzer could not be installed: the report says why
-        assert report['perf_analyzer'] == {'skipped': reason}
+        assert report['perf_analyzer'] == {'skipped': reason} and report['sweep']['skipped'] == reason
         assert f'perf_analyzer: not run ({reason}).' in (out / 'serve.md').read_text()
         return
     for level in report['levels']:  # perf_analyzer at the same levels, over both protocols, beside ours
@@ -345,6 +349,45 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
         ratio = level['ours_over_perf_analyzer']
         assert 0.5 < ratio['throughput'] < 2 and 0.5 < ratio['p50'] < 2, ratio  # the same server, two clients
     assert '## perf_analyzer' in (out / 'serve.md').read_text()
+    sweep = report['sweep']  # two configurations, measured in the same server; the faster one written
+    assert [(r['max_batch'], r['max_queue_delay_us'], r['instances']) for r in sweep['rows']] == [(1, 0, 1), (4, 0, 1)]
+    assert all('error' not in r and r['latency_ms']['p99'] > 0 for r in sweep['rows']), sweep['rows']
+    assert sweep['chosen'] == max(sweep['rows'], key=lambda r: r['throughput_ips'])  # all within the budget
+    assert sweep['written'] == ['alexnet_bn_openvino_int8']
+    chosen = parse_config((repo / 'alexnet_bn_openvino_int8' / 'config.pbtxt').read_text())
+    assert chosen.max_batch_size == sweep['chosen']['max_batch']
+    assert list(chosen.dynamic_batching.preferred_batch_size) == [sweep['chosen']['max_batch']]
+    other = parse_config((repo / 'alexnet_bn_onnxruntime_int8' / 'config.pbtxt').read_text())
+    assert other.max_batch_size == 32  # another backend's model is left as it was
+    assert verify(repo)['models']['alexnet_bn_openvino_int8']['max_batch_size'] == chosen.max_batch_size
+    assert '## Settings sweep' in (out / 'serve.md').read_text() and (out / 'serve_sweep.png').is_file()
+
+
+def test_a_budget_no_configuration_meets_keeps_the_repository(exported_graphs, tmp_path):
+    """The sweep's choice: the highest throughput within the p99 budget; none within it is said, and nothing is
+    written; update_batching writes a choice into the models of one backend and precision only, as one set."""
+    from benchmarks.serve_sweep import choose, grid
+    from export.triton import update_batching
+    rows = [{'max_batch': b, 'preferred': [b], 'max_queue_delay_us': 0, 'instances': 1, 'throughput_ips': t,
+             'latency_ms': {'p99': p99}} for b, t, p99 in ((1, 100.0, 12.0), (4, 180.0, 30.0), (8, 200.0, 80.0))]
+    best, verdict = choose(rows + [{'max_batch': 16, 'error': 'perf_analyzer failed'}], 50)
+    assert best is rows[1] and verdict == ('max batch 4, queue delay 0 µs, 1 instance(s): 180.0 images/s at p99 '
+                                           '30.0 ms (budget 50 ms)')
+    assert choose(rows, 10) == (None, 'no configuration met the p99 budget of 10 ms; the lowest p99 was 12.0 ms: '
+                                      'the repository keeps its configuration')
+    assert [(b.max_batch, b.max_queue_delay_us, b.instances) for b in grid([2, 8], [0, 500], [1])] == [
+        (2, 0, 1), (2, 500, 1), (8, 0, 1), (8, 500, 1)]
+    _, graphs = exported_graphs
+    repo = tmp_path / 'repo'
+    write_repository(graphs, repo, backends=('openvino', 'onnxruntime'), precisions=('int8', 'fp32'))
+    assert update_batching(repo, 'openvino', 'fp32', Batching(8, (8,), 700, 2)) == ['alexnet_bn_openvino_fp32']
+    changed = parse_config((repo / 'alexnet_bn_openvino_fp32' / 'config.pbtxt').read_text())
+    assert (changed.max_batch_size, list(changed.dynamic_batching.preferred_batch_size)) == (8, [8])
+    assert changed.dynamic_batching.max_queue_delay_microseconds == 700 and changed.instance_group[0].count == 2
+    assert parse_config((repo / 'alexnet_bn_openvino_int8' / 'config.pbtxt').read_text()).max_batch_size == 32
+    assert verify(repo)['models']['alexnet_bn_openvino_fp32']['max_batch_size'] == 8  # the set saved whole
+    with pytest.raises(ValueError, match='has no tensorrt int8 model'):
+        update_batching(repo, 'tensorrt', 'int8', Batching())
 
 
 def test_perf_analyzer_report_and_its_absence(monkeypatch):
@@ -376,7 +419,7 @@ def test_a_server_gone_under_load_is_one_line_and_a_partial_report(trained_check
     _, graphs = exported_graphs
 
     @contextlib.contextmanager
-    def gone_server(runner, name, chw, classes, batching, ports, log_file):
+    def gone_server(runner, name, chw, classes, batching, ports, log_file, variants=()):
         log_file.write_text('E0101 12:00:00.000 server.cc:1] the last thing the server said\n')
         yield []  # no batch is ever formed: nothing listens on the ports
 
@@ -489,6 +532,12 @@ SERVE_MISTAKES = {  # the command line -> what the one line must name
     'unknown precision': (['--precision', 'int4'], "unknown precision: 'int4'"),
     'junk concurrency': (['--concurrency', '4,x'], "--concurrency must be a whole number, got 'x'"),
     'backend not served': (['--backend', 'torch-compile'], "argument --backend: invalid choice: 'torch-compile'"),
+    'repository without a sweep': (['--repository', 'repo'], '--repository is for the sweep (--sweep-max-batch)'),
+    'not a repository': (['--sweep-max-batch', '4', '--repository', '.'],
+                         '--repository . is not a repository written by export.triton'),
+    'negative queue delay': (['--sweep-max-batch', '4', '--sweep-queue-delay-us', '0,-5'],
+                             '--sweep-queue-delay-us must be 0 to 10000000, got -5'),
+    'no instances': (['--sweep-max-batch', '4', '--sweep-instances', '0'], '--sweep-instances must be 1 to 64, got 0'),
 }
 
 
