@@ -64,6 +64,9 @@ def render_markdown(report: dict) -> str:
     if not report['complete']:
         lines += ['**Incomplete: the run stopped early (see the last row, and the server\'s last log lines in '
                   'serve.json).**', '']
+    skipped = (report.get('perf_analyzer') or {}).get('skipped')
+    if skipped:
+        lines += [f'**Partial: perf_analyzer not run ({skipped}); only our closed loop measured the load.**', '']
     for protocol, check in report.get('check', {}).items():
         lines.append(f'- {protocol}: {check["same_top1"]}/{check["images"]} photographs with the runner\'s own top-1'
                      + (f' (differ: {", ".join(check["differ"])})' if check['differ'] else ''))
