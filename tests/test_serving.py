@@ -305,7 +305,7 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     out, repo = tmp_path / 'serve', tmp_path / 'repo'
     write_repository(graphs, repo, backends=('openvino', 'onnxruntime'), precisions=('int8',))
     assert serve.main(['--checkpoint', str(trained_checkpoint), '--onnx-dir', str(graphs), '--backend', 'openvino',
-                       '--precision', 'int8', '--concurrency', '4', '--seconds', '1', '--max-batch', '2',
+                       '--precision', 'int8', '--concurrency', '4', '--seconds', '0.5', '--max-batch', '2',
                        '--preferred-batch', '2', '--max-queue-delay-us', '2000', '--http-port', str(http),
                        '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out),
                        '--sweep-max-batch', '1,4', '--sweep-queue-delay-us', '0', '--sweep-instances', '1',

@@ -171,13 +171,15 @@ def test_pretrained_alexnet_from_torch_hub_cache(small_folder, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes(small_folder, tmp_path):
+def test_torchrun_two_processes(small_folder, trained_checkpoint, tmp_path):
+    """Two processes under torchrun, from the suite's small checkpoint (a new classifier: its gradients are what the
+    processes exchange)."""
     out = tmp_path / 'ddp'
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}  # two CPU processes, even on a 1-GPU box
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m',
          'alexnet_zoo.train', '--data', str(small_folder), '--output', str(out), '--epochs', '1', '--batch-size', '4',
-         '--freeze-features', '--lr', '1e-3', '--workers', '0', '--no-progress'],
+         '--freeze-features', '--lr', '1e-3', '--workers', '0', '--no-progress', '--init', str(trained_checkpoint)],
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('epoch 1/1') == 1  # only rank 0 reports and writes
