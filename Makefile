@@ -31,12 +31,13 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 # Every reader against 1,000 random hostile inputs (hypothesis), every writer killed at 20 random moments and run
-# into a full disk, a server killed under load (the tests marked faults, which make test leaves out); prints the
+# into a full disk, a server killed under load (the tests marked faults, which make test leaves out), and the
+# promises make test checks more cheaply at full strength (marked full: a re-export from a copy of the code elsewhere); prints the
 # examples per reader and the kills tried. make test runs the same properties smaller, and cheaper tests of the
 # promises the faults tests check (docs/reliability.md).
 KILL_SEED ?= $(shell date +%s)
 fuzz: $(VENV)/.installed
-	ALEXNET_ZOO_KILL_MOMENTS=20 ALEXNET_ZOO_KILL_SEED=$(KILL_SEED) $(PY) -m pytest -m 'faults or fuzz' \
+	ALEXNET_ZOO_KILL_MOMENTS=20 ALEXNET_ZOO_KILL_SEED=$(KILL_SEED) $(PY) -m pytest -m 'faults or fuzz or full' \
 		--hypothesis-profile=fuzz --hypothesis-show-statistics -q
 	@echo "kill moments drawn with ALEXNET_ZOO_KILL_SEED=$(KILL_SEED) (make fuzz KILL_SEED=$(KILL_SEED) draws them again)"
 

@@ -165,6 +165,21 @@ def test_non_finite_weights_are_one_clear_line(trained_checkpoint, tmp_path, cap
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 
+def test_exported_files_name_no_path(exported_graphs):
+    """No absolute path of this machine's layout (the code, the interpreter, torch, the folder written) in any file
+    export.onnx wrote; the same checkpoint exported from a copy of the code at another path, compared byte for byte,
+    runs in make fuzz (the next test)."""
+    _, folder = exported_graphs
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.')]
+    assert {FILENAMES['fp32'], FILENAMES['int8'], CALIBRATION_FILE} <= {p.name for p in files}
+    for path in files:
+        data = path.read_bytes()
+        for root in (REPO, Path(sys.prefix), Path(torch.__file__).parent, folder):
+            assert str(root).encode() not in data, (path.name, root)
+
+
+@pytest.mark.full
+@pytest.mark.slow
 def test_reexport_elsewhere_is_byte_identical_and_names_no_path(exported_graphs, trained_checkpoint, tmp_path):
     """The same checkpoint exported from a copy of the code at another path: the same bytes, and no absolute path
     of either machine layout in any file written."""
