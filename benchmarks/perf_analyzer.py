@@ -27,6 +27,7 @@ from alexnet_zoo.cli import ArgumentParser, first_line, run_cli
 WHEEL = 'tritonclient==2.48.0'  # the last tritonclient whose manylinux wheel carries perf_analyzer
 BINARY = 'tritonclient-2.48.0.data/data/bin/perf_analyzer'
 ENV_VAR = 'ALEXNET_ZOO_PERF_ANALYZER'
+INSTALL_TIMEOUT_S = 300  # each download: a machine without the archives gives up, and serves without perf_analyzer
 TOKEN_HEADER = {'http': 'triton-access-token', 'grpc': 'triton-grpc-protocol-triton-access-token'}
 US = ('Client Send', 'Network+Server Send/Recv', 'Server Queue', 'Server Compute Input', 'Server Compute Infer',
       'Server Compute Output', 'Client Recv', 'p50 latency', 'p90 latency', 'p95 latency', 'p99 latency',
@@ -61,15 +62,17 @@ def install(folder: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-perf-analyzer-') as work:
         work_dir = Path(work)
         pip = [sys.executable, '-m', 'pip', 'download', '--no-deps', '-q', '-d', work]
-        subprocess.run([*pip, WHEEL], check=True)
-        subprocess.run([*pip, 'nvidia-cuda-runtime-cu12'], check=True)
+        subprocess.run([*pip, WHEEL], check=True, timeout=INSTALL_TIMEOUT_S)
+        subprocess.run([*pip, 'nvidia-cuda-runtime-cu12'], check=True, timeout=INSTALL_TIMEOUT_S)
         with zipfile.ZipFile(next(work_dir.glob('tritonclient-*.whl'))) as wheel:
             (folder / 'perf_analyzer.bin').write_bytes(wheel.read(BINARY))
         with zipfile.ZipFile(next(work_dir.glob('nvidia_cuda_runtime_cu12-*.whl'))) as wheel:
             name = next(n for n in wheel.namelist() if n.endswith('/libcudart.so.12'))
             (folder / 'libcudart.so.12').write_bytes(wheel.read(name))
-        subprocess.run(['apt-get', 'download', 'libb64-0d'], cwd=work, check=True, capture_output=True)
-        subprocess.run(['dpkg-deb', '-x', next(glob.iglob(f'{work}/libb64-0d_*.deb')), f'{work}/deb'], check=True)
+        subprocess.run(['apt-get', 'download', 'libb64-0d'], cwd=work, check=True, capture_output=True,
+                       timeout=INSTALL_TIMEOUT_S)
+        subprocess.run(['dpkg-deb', '-x', next(glob.iglob(f'{work}/libb64-0d_*.deb')), f'{work}/deb'], check=True,
+                       timeout=INSTALL_TIMEOUT_S)
         library = next(Path(work, 'deb').rglob('libb64.so.0d'))
         shutil.copyfile(library.resolve(), folder / 'libb64.so.0d')
     (folder / 'perf_analyzer.bin').chmod(0o755)
@@ -125,7 +128,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser = ArgumentParser(prog='python -m benchmarks.perf_analyzer', description='install Triton\'s perf_analyzer')
     parser.add_argument('--install', required=True, metavar='DIR', help='where to put perf_analyzer and its libraries')
     args = parser.parse_args(argv)
-    wrapper = install(Path(args.install))
+    try:
+        wrapper = install(Path(args.install))
+    except (subprocess.SubprocessError, StopIteration, KeyError, zipfile.BadZipFile) as e:  # a download refused or odd
+        raise RuntimeError(f'could not install perf_analyzer: {first_line(e, 300) or type(e).__name__}') from None
     os.environ[ENV_VAR] = str(wrapper)
     reason = unavailable()
     if reason:
