@@ -2,7 +2,7 @@
 import os
 import platform
 from importlib import metadata
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 PACKAGES = ('torch', 'torchvision', 'timm', 'numpy', 'onnx', 'onnxruntime', 'onnxruntime-gpu', 'openvino',
             'tensorrt', 'matplotlib')
@@ -37,28 +37,28 @@ def cpu_has_amx() -> bool:
     return bool(torch.cpu._is_amx_tile_supported())
 
 
-def cpu_model() -> str:
+def cpuinfo() -> List[Dict[str, str]]:
+    """/proc/cpuinfo, one dict of fields per logical CPU (empty where there is no such file)."""
     try:
         with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+            blocks = f.read().split('\n\n')
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return []
+    return [dict((key.strip(), value.strip()) for key, _, value in (line.partition(':') for line in block.splitlines()))
+            for block in blocks if block.strip()]
+
+
+def _first_cpu() -> Dict[str, str]:
+    return next(iter(cpuinfo()), {})
+
+
+def cpu_model() -> str:
+    return _first_cpu().get('model name') or platform.processor() or platform.machine()
 
 
 def cpu_vendor_family() -> Tuple[str, int]:
     """The CPU's vendor and family from /proc/cpuinfo ('GenuineIntel', 6; 'AuthenticAMD', 25 is Zen 4), or ('', 0)."""
-    fields = {}
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() in ('vendor_id', 'cpu family') and key.strip() not in fields:
-                    fields[key.strip()] = value.strip()
-    except OSError:
-        pass
+    fields = _first_cpu()
     family = fields.get('cpu family', '')
     return fields.get('vendor_id', ''), int(family) if family.isdigit() else 0
 
@@ -66,15 +66,7 @@ def cpu_vendor_family() -> Tuple[str, int]:
 def cpu_features() -> Dict[str, bool]:
     """The instruction sets that decide int8 and bf16 speed on a CPU."""
     import torch
-    flags = set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('flags'):
-                    flags = set(line.split(':', 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = set(_first_cpu().get('flags', '').split())
     return {'avx2': bool(torch.cpu._is_avx2_supported()), 'avx512': bool(torch.cpu._is_avx512_supported()),
             'avx512_vnni': bool(torch.cpu._is_vnni_supported()) or 'avx512_vnni' in flags,
             'avx512_bf16': bool(torch.cpu._is_avx512_bf16_supported()), 'avx_vnni': 'avx_vnni' in flags,

@@ -23,7 +23,8 @@ from alexnet_zoo.cli import first_line
 from export.timing import time_calls
 
 from .ceilings import COMPUTE_PRECISIONS, datasheet, documented_rate
-from .environment import cpu_model, cpu_vendor_family
+from .environment import cpu_model, cpu_vendor_family, cpuinfo
+from .torch_runner import exact_fp32
 
 SHAPES = ((512, 4096, 4096), (2048, 2048, 2048), (5408, 2304, 384))  # M, K, N
 QUICK_SHAPES = SHAPES[:1]
@@ -163,19 +164,10 @@ def cycles_per_second(threads: int) -> float:
 
 
 def _cpuinfo_mhz() -> list:
+    """``cpu MHz`` of each CPU this process may use."""
     usable = os.sched_getaffinity(0) if hasattr(os, 'sched_getaffinity') else None
-    try:
-        with open('/proc/cpuinfo') as f:
-            blocks = f.read().split('\n\n')
-    except OSError:
-        return []
-    values = []
-    for block in blocks:
-        cpu = re.search(r'^processor\s*:\s*(\d+)', block, re.M)
-        mhz = re.search(r'^cpu MHz\s*:\s*([\d.]+)', block, re.M)
-        if cpu and mhz and (usable is None or int(cpu.group(1)) in usable):
-            values.append(float(mhz.group(1)))
-    return values
+    return [float(cpu['cpu MHz']) for cpu in cpuinfo() if 'cpu MHz' in cpu and cpu.get('processor', '').isdigit()
+            and (usable is None or int(cpu['processor']) in usable)]
 
 
 def last_level_cache_bytes() -> Optional[int]:
@@ -254,16 +246,19 @@ def _cpu(threads, features, working_sets, shapes, openvino) -> dict:
         if reason:
             skipped[precision] = reason
             continue
-        documented, basis = documented_rate(precision, features, threads, ghz, vendor, family)
-        measured = sweep(precision, shapes, probes, skipped)
-        best = max(measured, key=measured.get) if measured else None
-        compute[precision] = {'documented': documented, 'documented_basis': basis,
-                              'attainable': measured[best] if best else None, 'attainable_method': best,
-                              'measured': measured}
+        compute[precision] = _compute(*documented_rate(precision, features, threads, ghz, vendor, family),
+                                      sweep(precision, shapes, probes, skipped))
     return {'name': cpu_model(), 'threads': threads, 'clock_ghz': ghz, 'clock_method': clock_method,
             'nominal_ghz': nominal_ghz()[0],
             'compute': compute, 'memory': memory(working_sets, skipped), 'skipped': skipped,
             'seconds': round(time.perf_counter() - started, 1)}
+
+
+def _compute(documented: Optional[float], basis: str, measured: Dict[str, float]) -> dict:
+    """One precision's compute ceilings: the documented rate and how it was reckoned, the best probe, every probe."""
+    best = max(measured, key=measured.get) if measured else None
+    return {'documented': documented, 'documented_basis': basis, 'attainable': measured[best] if best else None,
+            'attainable_method': best, 'measured': measured}
 
 
 def _gpu(shapes) -> dict:
@@ -272,18 +267,11 @@ def _gpu(shapes) -> dict:
     sheet = datasheet(name) or {}
     if not sheet:
         skipped['documented'] = f'no data-sheet figures for {name} here'
-    compute = {}
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 as the fp32 rows compute it
-    try:
-        for precision in ('fp32', 'fp16', 'bf16', 'int8'):
-            measured = sweep(precision, shapes, {'torch': lambda p, s: torch_gemm(p, s, 'cuda')}, skipped)
-            best = max(measured, key=measured.get) if measured else None
-            compute[precision] = {'documented': sheet.get(precision), 'documented_basis': f'{name} data sheet, dense',
-                                  'attainable': measured[best] if best else None, 'attainable_method': best,
-                                  'measured': measured}
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+    probes = {'torch': lambda precision, shape: torch_gemm(precision, shape, 'cuda')}
+    with exact_fp32():  # fp32 as the fp32 rows compute it, without TF32
+        compute = {precision: _compute(sheet.get(precision), f'{name} data sheet, dense',
+                                       sweep(precision, shapes, probes, skipped))
+                   for precision in ('fp32', 'fp16', 'bf16', 'int8')}
     memory_figures = memory((), skipped, 'cuda')
     return {'name': name, 'compute': compute, 'memory': memory_figures, 'memory_documented': sheet.get('memory'),
             'skipped': skipped, 'seconds': round(time.perf_counter() - started, 1)}

@@ -8,6 +8,7 @@ call.
 """
 import contextlib
 import copy
+import operator
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -44,8 +45,10 @@ class TorchRunner(Runner):
     @classmethod
     def devices(cls, precision: str, gpu: bool) -> Tuple[str, ...]:
         """fp16 on CUDA only, int8 on the CPU only; fp32 and bf16 on the CPU, and on CUDA too where a GPU is."""
-        if precision in ('fp16', 'int8'):
-            return ('cuda',) if precision == 'fp16' else ('cpu',)
+        if precision == 'fp16':
+            return ('cuda',)
+        if precision == 'int8':
+            return ('cpu',)
         return ('cpu', 'cuda') if gpu else ('cpu',)
 
     @classmethod
@@ -89,7 +92,7 @@ class TorchRunner(Runner):
         graph = getattr(self.model, 'graph', None)
         if graph is None:
             return sum(p.numel() * p.element_size() for p in self.model.parameters())
-        tensors = [_attribute(self.model, n.target) for n in graph.nodes if n.op == 'get_attr']
+        tensors = [operator.attrgetter(n.target)(self.model) for n in graph.nodes if n.op == 'get_attr']
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
     def layer_times(self, x: np.ndarray, runs: int = 10) -> Optional[List[Dict[str, Any]]]:
@@ -130,15 +133,9 @@ EAGER_INT8 = ('not supported: PyTorch\'s int8 is the torch-compile int8 row (PT2
               'its Q/DQ as simulated int8 in fp32')
 
 
-def _attribute(module: Any, target: str) -> Any:
-    for part in target.split('.'):
-        module = getattr(module, part)
-    return module
-
-
 def _kernel(name: str) -> str:
     """Who runs an operator: oneDNN (its int8 and fp32 primitives), Inductor's generated C++, or ATen."""
-    if name.startswith(('onednn::', 'mkldnn::')) or 'mkldnn' in name:
+    if name.startswith('onednn::') or 'mkldnn' in name:
         return 'oneDNN'
     if name.startswith(('cpp_fused', 'graph_')) or 'Inductor' in name or 'CompiledFunction' in name:
         return 'Inductor'
