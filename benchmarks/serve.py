@@ -16,8 +16,8 @@ stable windows, p50-p99, and the server's queue and compute times), and how far 
 latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``serve.md`` and ``serve.png``
 (``serve_report``); without perf_analyzer the report says why. With ``--sweep-max-batch``, a search over Triton's
 settings (``serve_sweep``): one more model per configuration in the same server, each measured by perf_analyzer,
-the best within ``--p99-budget-ms`` written into ``--repository``'s config. A server that stops answering ends the run with one line and a
-``serve.json`` marked incomplete.
+the best within ``--p99-budget-ms`` written into ``--repository``'s config. A server that stops answering ends the
+run with one line and a ``serve.json`` marked incomplete.
 """
 import contextlib
 import sys
@@ -78,6 +78,8 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                          'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
               'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False,
               'perf_analyzer': {'skipped': perf_analyzer.unavailable()}}
+    if report['perf_analyzer']['skipped']:
+        progress(f'perf_analyzer: not run ({report["perf_analyzer"]["skipped"]})')
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-serve-') as workdir, contextlib.ExitStack() as stack:
         workdir = Path(workdir)
         graphs = graphs_in(onnx_dir, loaded, [spec.graph]) if onnx_dir and spec.graph else {}
@@ -122,7 +124,8 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                                      f'partial results in {output_dir / "serve.json"}, marked incomplete')
             if sweep:
                 report['sweep'] = settings_sweep(name, sweep, grpc, max(concurrency), x.shape[1:], seconds, formed,
-                                                 p99_budget_ms, repository, backend, precision, progress)
+                                                 p99_budget_ms, repository, backend, precision, progress,
+                                                 report['perf_analyzer']['skipped'])
             report['complete'] = True
         except ServerGone:
             raise
@@ -144,9 +147,9 @@ def pa_window_ms(seconds: float) -> int:
 
 
 def settings_sweep(name, configs, url, clients, chw, seconds, formed, p99_budget_ms, repository, backend, precision,
-                   progress) -> dict:
-    """The sweep's rows (perf_analyzer on each configuration's model), the one chosen, and where it was written."""
-    reason = perf_analyzer.unavailable()
+                   progress, reason: Optional[str]) -> dict:
+    """The sweep's rows (perf_analyzer on each configuration's model), the one chosen, and where it was written;
+    ``reason``: why perf_analyzer cannot run here (then nothing is measured)."""
     if reason:
         return {'skipped': reason, 'rows': [], 'chosen': None}
     rows = serve_sweep.measure(name, configs, url, clients, chw, pa_window_ms(seconds),
@@ -205,11 +208,9 @@ def main(argv: Sequence[str] = None) -> int:
             raise UsageError(f'--repository {args.repository} is not a repository written by export.triton')
     check_ports(ports)
     loaded = load_model(args.model, args.checkpoint, args.num_classes, args.pretrained)
-    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    if not perf_analyzer.find():
-        say(f'perf_analyzer: not run ({perf_analyzer.unavailable()})')
     report = serve_benchmark(loaded, args.output_dir, args.backend, precision, concurrency, args.seconds,
-                             batching, args.onnx_dir, ports, args.timeout, say, sweep, args.p99_budget_ms,
+                             batching, args.onnx_dir, ports, args.timeout,
+                             lambda message: print(message, file=sys.stderr, flush=True), sweep, args.p99_budget_ms,
                              args.repository)
     print(render_markdown(report))
     print(f'wrote {args.output_dir}/serve.json, serve.md, serve.png')

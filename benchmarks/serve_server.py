@@ -15,6 +15,7 @@ import numpy as np
 
 from export.contract import INPUT_NAME, OUTPUT_NAME
 from export.triton import Batching
+from export.triton_check import with_own_libpython
 
 
 def check_ports(ports: Dict[str, int]) -> None:
@@ -28,13 +29,10 @@ def check_ports(ports: Dict[str, int]) -> None:
 
 
 def _own_libpython() -> None:
-    """Triton's Python backend stub is linked to ``libpython3.X.so`` without a path to it: let it find this
-    interpreter's (a pyenv or conda build differs from the system one it would otherwise load)."""
-    import sysconfig
-    libdir = sysconfig.get_config_var('LIBDIR')
-    paths = [p for p in os.environ.get('LD_LIBRARY_PATH', '').split(':') if p]
-    if libdir and libdir not in paths:
-        os.environ['LD_LIBRARY_PATH'] = ':'.join([libdir, *paths])
+    """This process's ``LD_LIBRARY_PATH`` (which PyTriton hands to Triton) with this interpreter's libpython."""
+    paths = with_own_libpython(os.environ.get('LD_LIBRARY_PATH', ''))
+    if paths:
+        os.environ['LD_LIBRARY_PATH'] = paths
 
 
 def _quiet_resource_tracker() -> None:

@@ -53,7 +53,6 @@ class TritonBackend(NamedTuple):
 BACKENDS = {'onnxruntime': TritonBackend('platform', 'onnxruntime_onnx', 'model.onnx', 'KIND_CPU'),
             'openvino': TritonBackend('backend', 'openvino', 'model.onnx', 'KIND_CPU', name_the_file=True),
             'tensorrt': TritonBackend('platform', 'tensorrt_plan', 'model.plan', 'KIND_GPU')}
-TRITON_BACKEND = {'onnxruntime': 'onnxruntime', 'openvino': 'openvino', 'tensorrt': 'tensorrt'}  # the library each loads
 # ONNX element type -> Triton data type (the ones an exported graph can have at its inputs and outputs)
 TRITON_TYPES = {onnx.TensorProto.FLOAT: 'TYPE_FP32', onnx.TensorProto.FLOAT16: 'TYPE_FP16',
                 onnx.TensorProto.BFLOAT16: 'TYPE_BF16', onnx.TensorProto.INT64: 'TYPE_INT64',
@@ -117,16 +116,24 @@ def model_config(name: str, backend: str, graph: onnx.ModelProto, batching: Batc
         tensor = tensors.add(name=value_info.name, data_type=mc.DataType.Value(TRITON_TYPES[elem]), dims=shape[1:])
         if tensors is config.output and labels and value_info.name == 'logits':
             tensor.label_filename = LABELS  # Triton's classification extension answers with class names
-    preferred = [b for b in batching.preferred if b <= config.max_batch_size]
-    config.dynamic_batching.preferred_batch_size.extend(preferred)
-    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-    config.instance_group.add(count=batching.instances, kind=mc.ModelInstanceGroup.Kind.Value(how.kind))
+    config.instance_group.add(kind=mc.ModelInstanceGroup.Kind.Value(how.kind))
+    set_batching(config, batching)
     meta = metadata(graph)
     for key in PREPROCESSING:
         if key in meta:
             config.parameters[key].string_value = json.dumps(meta[key]) if not isinstance(meta[key], str) \
                 else meta[key]
     return config
+
+
+def set_batching(config, batching: Batching) -> None:
+    """Dynamic batching (the preferred sizes up to the config's max batch, the queue delay) and the instance count
+    of every instance group, in a ``ModelConfig``."""
+    del config.dynamic_batching.preferred_batch_size[:]
+    config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred if b <= config.max_batch_size)
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    for group in config.instance_group:
+        group.count = batching.instances
 
 
 def config_text(config) -> str:
@@ -234,11 +241,7 @@ def update_batching(repository: PathLike, backend: str, precision: str, batching
         config = parse_config((repository / name / 'config.pbtxt').read_text())
         cap = config.max_batch_size if backend == 'tensorrt' else MAX_BATCH
         config.max_batch_size = min(batching.max_batch, cap)
-        del config.dynamic_batching.preferred_batch_size[:]
-        config.dynamic_batching.preferred_batch_size.extend(b for b in batching.preferred if b <= config.max_batch_size)
-        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
-        for group in config.instance_group:
-            group.count = batching.instances
+        set_batching(config, batching)
         changed[f'{name}/config.pbtxt'] = config_text(config)
         manifest['models'][name]['max_batch_size'] = config.max_batch_size
 
@@ -363,7 +366,8 @@ def main(argv: Sequence[str] = None) -> int:
 def check(result: Repository) -> int:
     """Triton's own verdict on the written repository, printed; 1 when it refused anything but a backend."""
     from .triton_check import check_repository
-    verdict = check_repository(result.path, {name: TRITON_BACKEND[m['backend']] for name, m in result.models.items()})
+    # our backend names are the backend libraries Triton looks for (platform tensorrt_plan loads 'tensorrt')
+    verdict = check_repository(result.path, {name: m['backend'] for name, m in result.models.items()})
     for name in result.models:
         print(f'triton {name}: {verdict.models.get(name, "not tried")}')
     for problem in verdict.problems:

@@ -55,6 +55,14 @@ def tritonserver() -> Tuple[Path, Path]:
     return root / 'bin' / 'tritonserver', root / 'backends'
 
 
+def with_own_libpython(ld_library_path: str) -> str:
+    """``LD_LIBRARY_PATH`` with this interpreter's library folder first: Triton's Python backend stub is linked to
+    ``libpython3.X.so`` without a path to it (a pyenv or conda build differs from the system one it would load)."""
+    libdir = sysconfig.get_config_var('LIBDIR')
+    paths = [p for p in ld_library_path.split(':') if p]
+    return ':'.join([libdir, *paths] if libdir and libdir not in paths else paths)
+
+
 def check_repository(repository: PathLike, backends: Dict[str, str], timeout: float = 120) -> TritonCheck:
     """Triton's verdict on ``repository``, where ``backends`` maps each model we wrote to the Triton backend it
     needs ('onnxruntime', 'openvino', 'tensorrt')."""
@@ -80,8 +88,7 @@ def run_server(repository: PathLike, timeout: float, peak: Optional[List[int]] =
     model (its options table, then quiet), stop it. Returns its log lines, when it had tried them all (None: it
     never did) and its exit code; ``peak`` receives its peak resident bytes (VmHWM)."""
     binary, backend_dir = tritonserver()
-    env = dict(os.environ)  # the Python backend's stub links the running interpreter's libpython (docs/serving.md)
-    env['LD_LIBRARY_PATH'] = ':'.join(p for p in (sysconfig.get_config_var('LIBDIR'), env.get('LD_LIBRARY_PATH')) if p)
+    env = {**os.environ, 'LD_LIBRARY_PATH': with_own_libpython(os.environ.get('LD_LIBRARY_PATH', ''))}
     proc = subprocess.Popen([str(binary), f'--model-repository={Path(repository).resolve()}',
                              '--model-control-mode=explicit', '--load-model=*', '--disable-auto-complete-config',
                              '--exit-on-error=false', f'--backend-directory={backend_dir}', '--allow-http=false',
