@@ -7,11 +7,12 @@ A runtime's own probe is not the machine's peak (OpenVINO's Q/DQ MatMul reached 
    AVX512-BF16, AVX-512 or AVX2 FMA) × the cores used × the clock measured under load; on a GPU the data sheet;
 2. **attainable**: the best rate a small sweep of GEMM shapes reached with more than one library (``probes``);
 3. **memory**: read bandwidth from DRAM (a working set ≥ 4× the last-level cache) and from the last-level cache
-   (a working set the size of the row's weights), measured in the same run (``probes``).
+   (a working set the size of the bytes the row moves), measured in the same run (``probes``).
 
-A row's bound is the longer of computing its FLOPs at the attainable rate and reading its weights at the bandwidth
-of where they fit (the last-level cache when they fit in it, else DRAM); "× bound" is its median over that, and its
-share of the documented rate says how far the hardware is from it.
+A row's bound is the longer of computing its FLOPs at the attainable rate and moving its bytes (``bytes_moved``:
+weights once, every layer's activations for the batch) at the bandwidth of where they fit (the last-level cache
+when they fit in it, else DRAM); "× bound" is its median over that, and its share of the documented rate says how
+far the hardware is from it.
 """
 from typing import Dict, Optional, Tuple
 
@@ -40,6 +41,9 @@ GPU_DATASHEET: Dict[str, Dict[str, float]] = {
     'L4': {'fp32': 30.3e12, 'fp16': 121e12, 'bf16': 121e12, 'int8': 242.5e12, 'memory': 0.3e12},
 }
 COMPUTE_PRECISIONS = ('fp32', 'bf16', 'int8')
+# Bytes per activation element a row's precision moves. int8 rows: 1, as if every activation between quantized
+# layers stayed int8 (an approximation: a runtime dequantizes some of them, around the layers kept in float).
+ELEMENT_BYTES = {'fp32': 4, 'fp16': 2, 'bf16': 2, 'int8': 1}
 
 
 def documented_rate(precision: str, features: Dict[str, bool], cores: int, ghz: Optional[float],
@@ -78,32 +82,42 @@ def ceiling_precision(row_precision: str, compute: dict) -> str:
     return row_precision if row_precision in compute else 'fp32'
 
 
-def memory_ceiling(weight_bytes: int, memory: dict) -> Tuple[Optional[str], Optional[float]]:
-    """Where a row's weights are read from between requests, and at what rate: the last-level cache when they fit
-    in it (measured at that working set), else DRAM."""
+def bytes_moved(row: dict, activation_bytes: float = 0.0) -> int:
+    """Bytes one batch of ``row`` moves at least: its weights once, and ``activation_bytes`` (fp32 bytes per image,
+    ``model_bytes``) for each image at its precision's element size; 0 for activations not counted (old reports)."""
+    per_image = activation_bytes * ELEMENT_BYTES.get(row['precision'], 4) / 4
+    return int(row['weight_bytes'] + row['batch_size'] * per_image)
+
+
+def memory_ceiling(nbytes: int, memory: dict) -> Tuple[Optional[str], Optional[float]]:
+    """Where a row's bytes are read from, and at what rate: the last-level cache when they fit in it (measured at
+    that working set), else DRAM. All of a batch's bytes must fit, though a layer's activations are gone once the
+    next one has read them: a cautious test of what stays in the cache."""
     llc_bytes, sets = memory.get('llc_bytes'), memory.get('llc') or {}
-    if llc_bytes and weight_bytes <= llc_bytes and str(weight_bytes) in sets:
-        return 'llc', sets[str(weight_bytes)]['bytes_per_s']
+    if llc_bytes and nbytes <= llc_bytes and str(nbytes) in sets:
+        return 'llc', sets[str(nbytes)]['bytes_per_s']
     dram = memory.get('dram')
     return ('dram', dram['bytes_per_s']) if dram else (None, None)
 
 
-def place(row: dict, ceilings: dict, flops_per_image: float) -> Optional[dict]:
-    """One row against its device's ceilings: rate achieved, intensity, the bound that applies and how far it is
-    from it, and its share of the documented rate; None where the device's ceilings were not measured."""
+def place(row: dict, ceilings: dict, flops_per_image: float, activation_bytes: float = 0.0) -> Optional[dict]:
+    """One row against its device's ceilings: rate achieved, intensity (operations per byte moved), the bound that
+    applies and how far it is from it, and its share of the documented rate; None where the device's ceilings
+    were not measured. ``activation_bytes``: fp32 bytes per image (``bytes_moved``)."""
     device = ceilings.get('cuda' if str(row['device']).startswith('cuda') else 'cpu')
     if not device or 'error' in device or not row.get('weight_bytes') or not row.get('median_ms'):
         return None
     precision = ceiling_precision(row['precision'], device['compute'])
     compute = device['compute'].get(precision, {})
     attainable, documented = compute.get('attainable'), compute.get('documented')
-    where, bandwidth = memory_ceiling(row['weight_bytes'], device['memory'])
+    moved = bytes_moved(row, activation_bytes)
+    where, bandwidth = memory_ceiling(moved, device['memory'])
     ops, seconds = flops_per_image * row['batch_size'], row['median_ms'] / 1e3
     compute_s = ops / attainable if attainable else 0.0
-    memory_s = row['weight_bytes'] / bandwidth if bandwidth else 0.0
+    memory_s = moved / bandwidth if bandwidth else 0.0
     bound_s = max(compute_s, memory_s)
-    return {'ops_per_s': ops / seconds, 'weight_bytes_per_s': row['weight_bytes'] / seconds,
-            'intensity': ops / row['weight_bytes'], 'ceiling': precision if attainable else None,
+    return {'ops_per_s': ops / seconds, 'bytes': moved, 'bytes_per_s': moved / seconds,
+            'intensity': ops / moved, 'ceiling': precision if attainable else None,
             'attainable_ops_per_s': attainable, 'documented_ops_per_s': documented,
             'memory': where, 'memory_bytes_per_s': bandwidth,
             'bound': None if not bound_s else 'compute' if compute_s >= memory_s else 'memory',

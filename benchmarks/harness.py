@@ -33,13 +33,16 @@ from export.runner import BackendUnavailable, Runner
 from export.views import reference_logits
 
 from .artifacts import artifact_for, export_graphs, graphs_in
+from .ceilings import bytes_moved
 from .compare import compare_reports
 from .environment import cpu_features, cpu_threads, environment
 from .probes import measure_ceilings
 from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
+from .model_bytes import count_activations
 from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import read_report, write_report
 from .results import SCHEMA_VERSION, read_back
+from .stages import model_stages, stage_profile
 from .summary import add_noise, add_roofline, add_speedups, passing_by_latency
 from .uncertainty import median_ci_rank
 
@@ -201,6 +204,7 @@ def run_benchmark(
                 lambda message: bar.set_description(message.split(' (')[0]))
             graphs.update(exported)
         bar.update(bool(graphs_needed))
+        activations = count_activations(graphs)  # the model's, on its first graph: the same at every precision
         for spec in specs:
             bar.set_description(f'{spec.backend} {spec.precision}')
             try:
@@ -224,8 +228,10 @@ def run_benchmark(
             bar.update()
         bar.set_description('the machine\'s ceilings')
         try:  # the ceilings and per-layer times add to the report; a failure there must not cost the timed rows
+            moved = [bytes_moved(r, activations['activation_bytes'] or 0) for r in results
+                     if r['device'] == 'cpu' and r['weight_bytes']]
             ceilings = measure_ceilings(
-                threads, cpu_features(), [r['weight_bytes'] for r in results if r['device'] == 'cpu' and r['weight_bytes']],
+                threads, cpu_features(), moved,
                 gpu=any(r['device'] != 'cpu' for r in results), quick=quick,
                 openvino=importlib.util.find_spec('openvino') is not None)
         except Exception as e:
@@ -236,7 +242,7 @@ def run_benchmark(
             row.update(round_figures(times, row['batch_size'], timing.run_to_run))
         bar.set_description('per-layer times of the fastest rows')
         try:
-            profiles = layer_profiles(results, windows, x)
+            profiles = layer_profiles(results, windows, x, model_stages(model))
         except Exception as e:
             profiles = [{'error': first_line(e)}]
         windows.clear()  # the prepared inputs go before their runners close
@@ -249,7 +255,8 @@ def run_benchmark(
         'environment': environment(threads),
         'model': {'name': loaded.name, 'num_classes': loaded.num_classes, 'source': loaded.source,
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
-                  'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model)},
+                  'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model),
+                  **activations, 'stages': model_stages(model)},
         'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
                    'names': names},
         'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,
@@ -323,9 +330,11 @@ def _parity(runner: Runner, spec: Spec, x: np.ndarray, references: References, b
 TOP_LAYERS = 8
 
 
-def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray) -> List[dict]:
+def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray,
+                   stages: Sequence[dict] = ()) -> List[dict]:
     """For the fastest row that passes its gates at each batch size, the time per layer from its runtime's own
-    profiler (OpenVINO's performance counters, ONNX Runtime's profiling), top layers with their share."""
+    profiler (OpenVINO's performance counters, ONNX Runtime's profiling), top layers with their share, and every
+    layer's time summed per stage of the model (``stages.stage_profile``)."""
     profiles = []
     for batch_size in sorted({r['batch_size'] for r in rows}):
         passing = passing_by_latency(rows, batch_size)
@@ -342,5 +351,6 @@ def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray) -
         total = sum(layer['ms'] for layer in layers)
         profiles.append({**entry, 'total_ms': total, 'layer_count': len(layers),
                          'layers': [{**layer, 'share': layer['ms'] / total if total else 0.0}
-                                    for layer in layers[:TOP_LAYERS]]})
+                                    for layer in layers[:TOP_LAYERS]],
+                         **stage_profile(getattr(runner, 'graph', None), layers, stages)})
     return profiles

@@ -236,13 +236,13 @@ def _ceilings_lines(report: dict) -> list:
         lines += ['', f'Memory read: {"; ".join(reads) or "not measured"} (last-level cache {llc}).']
         lines += [f'- not measured: {what}: {reason}' for what, reason in c['skipped'].items()]
         lines.append('')
-    flops = report['model'].get('flops_per_image')
-    lines += [f'The model: {flops / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2). A row\'s '
-              'bound is the longer of computing its FLOPs at the attainable rate of its precision and reading its '
-              'weights once from where they fit (the last-level cache, else DRAM); "× bound" is its median latency '
-              'over that, "of documented" its rate over the documented one.', '',
-              '| backend | precision | batch | median ms | TOP/s | of documented | weights MB | weights GB/s | '
-              'ops per weight byte | bound | bound ms | × bound |', '|' + ' --- |' * 12]
+    lines += [f'The model: {_model_bytes_text(report["model"])}. A row\'s bound is the longer of computing its '
+              'FLOPs at the attainable rate of its precision and moving its bytes (its weights once, and the batch\'s '
+              'activations at its precision: 4 bytes an element in fp32, 2 in fp16 and bf16, 1 in int8) at the read '
+              'rate of where they fit (the last-level cache, else DRAM); "× bound" is its median latency over that, '
+              '"of documented" its rate over the documented one.', '',
+              '| backend | precision | batch | median ms | TOP/s | of documented | weights MB | bytes MB | GB/s | '
+              'ops per byte | bound | bound ms | × bound |', '|' + ' --- |' * 13]
     for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
         f = r.get('roofline')
         if not f:
@@ -251,10 +251,12 @@ def _ceilings_lines(report: dict) -> list:
         bound = f'{f["bound"]} ({f["ceiling"] if f["bound"] == "compute" else f["memory"]})' if f['bound'] else '–'
         where = '' if r['device'] == 'cpu' else f' ({r["device"]})'
         lines.append(f'| {r["backend"]}{where} | {r["precision"]} | {r["batch_size"]} | {r["median_ms"]:.2f} | '
-                     f'{_tops(f["ops_per_s"])} | {share} | {r["weight_bytes"] / 1e6:.1f} | '
-                     f'{f["weight_bytes_per_s"] / 1e9:.1f} | {f["intensity"]:.1f} | {bound} | '
+                     f'{_tops(f["ops_per_s"])} | {share} | {r["weight_bytes"] / 1e6:.1f} | {f["bytes"] / 1e6:.1f} | '
+                     f'{f["bytes_per_s"] / 1e9:.1f} | {f["intensity"]:.1f} | {bound} | '
                      f'{f["bound_ms"] or 0:.2f} | {f["times_bound"] or 0:.1f}× |')
     lines += ['', '![roofline](roofline.png)']
+    stages = ', '.join(s['module'] + (f' (÷{s["reduction"]})' if s['reduction'] else '')
+                       for s in report['model'].get('stages') or [])
     for p in report.get('layer_profiles') or []:
         if 'error' in p:
             lines += ['', f'Per-layer times not measured: {p["error"]}']
@@ -268,7 +270,26 @@ def _ceilings_lines(report: dict) -> list:
                   '| layer | type | kernel | ms | share |', '| --- | --- | --- | --- | --- |']
         lines += [f'| `{layer["name"]}` | {layer["type"]} | {layer["kernel"]} | {layer["ms"]:.2f} | {layer["share"]:.0%} |'
                   for layer in p['layers']]
+        if p.get('stages'):
+            lines += ['', f'Every layer by stage (the model\'s feature_info: {stages}; a stage runs from the end of the '
+                      'one before to the end of its module), each layer mapped to its module through the ONNX '
+                      'graph\'s node metadata; unmapped: layers the runtime added, named after no node (ONNX '
+                      'Runtime\'s layout reorders):', '', '| stage | reduction | layers | ms | share |', '|' + ' --- |' * 5]
+            lines += [f'| {s["stage"]} | {"÷" + str(s["reduction"]) if s["reduction"] else "–"} | {s["layers"]} | '
+                      f'{s["ms"]:.2f} | {s["share"]:.0%} |' for s in p['stages']]
+        elif p.get('stages_reason'):
+            lines += ['', f'No per-stage times: {p["stages_reason"]}.']
     return lines
+
+
+def _model_bytes_text(model: dict) -> str:
+    """The model's FLOPs and activation bytes per image, and how they were counted."""
+    text = f'{model["flops_per_image"] / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2)'
+    count, source = model.get('activation_bytes'), model.get('activation_bytes_source')
+    if count:
+        return (f'{text} and {count / 1e6:.1f} MB of activations per image in fp32 (every input and output of its '
+                f'layers, on {source})')
+    return f'{text}; activations not counted ({source or "a report from before they were"}): weights only'
 
 
 def _noise_lines(report: dict) -> list:

@@ -144,9 +144,9 @@ def _plot_parity(plt, report: dict):
 
 
 def _plot_roofline(plt, report: dict):
-    """Log-log: arithmetic intensity (operations per weight byte) against the rate achieved, one point per CPU row;
-    the three ceilings drawn: DRAM and last-level-cache bandwidth as slopes, each precision's attainable rate as a
-    solid level and its documented rate as a dotted one."""
+    """Log-log: arithmetic intensity (operations per byte moved: weights and activations) against the rate
+    achieved, one point per CPU row; the three ceilings drawn: DRAM and last-level-cache bandwidth as slopes, each
+    precision's attainable rate as a solid level and its documented rate as a dotted one."""
     import numpy as np
     fig, ax = plt.subplots(figsize=(7.5, 5))
     cpu = (report.get('ceilings') or {}).get('cpu')
@@ -174,7 +174,7 @@ def _plot_roofline(plt, report: dict):
         ax.legend(fontsize=6, loc='upper left')
     ax.set_xscale('log')
     ax.set_yscale('log')
-    ax.set_xlabel('arithmetic intensity: operations per weight byte read')
+    ax.set_xlabel('arithmetic intensity: operations per byte moved (weights once, activations per image)')
     ax.set_ylabel('operations per second achieved')
     ax.grid(True, which='both', alpha=0.3)
     ax.set_title(f'roofline: {_title(report)}', fontsize=9)

@@ -210,7 +210,7 @@ def memory(working_sets: Sequence[int], skipped: dict, device: str = 'cpu') -> d
         if figure is None:
             try:
                 figure = {'bytes_per_s': read_bandwidth(size, device), 'working_set': size,
-                          'method': f'torch.sum over {size / 1e6:.1f} MB (a row\'s weights), best of 5'}
+                          'method': f'torch.sum over {size / 1e6:.1f} MB (a row\'s bytes moved), best of 5'}
             except Exception as e:
                 skipped[f'memory LLC {size}'] = first_line(e)
                 continue
@@ -224,7 +224,8 @@ def memory(working_sets: Sequence[int], skipped: dict, device: str = 'cpu') -> d
 def measure_ceilings(threads: int, features: Dict[str, bool], working_sets: Sequence[int] = (), gpu: bool = False,
                      quick: bool = False, openvino: bool = True) -> dict:
     """Every ceiling of the CPU (and of the GPU, ``gpu``, where rows ran on one): {'cpu': ..., 'cuda': ...};
-    ``working_sets`` are the rows' weight bytes, each measured from the last-level cache where it fits."""
+    ``working_sets`` are the bytes the rows move per batch (``ceilings.bytes_moved``), each measured from the
+    last-level cache where it fits."""
     torch.set_num_threads(threads)
     shapes = QUICK_SHAPES if quick else SHAPES
     ceilings = {'cpu': _cpu(threads, features, working_sets, shapes, openvino)}

@@ -107,8 +107,9 @@ def add_roofline(report: dict) -> None:
     """Each row against its device's ceilings (``ceilings.place``), and for each fastest passing row what bounds it
     now: the ceiling, how far it is from it, and the layer that takes most of its time."""
     ceilings, flops = report.get('ceilings') or {}, report['model'].get('flops_per_image')
+    activations = report['model'].get('activation_bytes') or 0  # weights only in reports from before it was counted
     for r in report['results']:
-        r['roofline'] = place(r, ceilings, flops) if flops and 'error' not in ceilings else None
+        r['roofline'] = place(r, ceilings, flops, activations) if flops and 'error' not in ceilings else None
     profiles = {p.get('batch_size'): p for p in report.get('layer_profiles') or [] if 'error' not in p}
     for fastest in report['summary']['fastest_passing']:
         row = next(r for r in report['results'] if r['batch_size'] == fastest['batch_size'] and

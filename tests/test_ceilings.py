@@ -1,6 +1,8 @@
 """The three ceilings: the documented rate's arithmetic, the placing of a row, what bounds the fastest one, and
 probes that fail becoming skipped figures with their reasons (docs/benchmarks.md, "Against the machine's
 ceilings")."""
+from types import SimpleNamespace
+
 import pytest
 
 from benchmarks.ceilings import datasheet, documented_rate, memory_ceiling, place, what_bounds
@@ -173,3 +175,112 @@ def test_gpu_ceilings_where_rows_ran_on_one():
     if sheet:
         assert gpu['compute']['fp16']['documented'] == sheet['fp16']
         assert gpu['compute']['fp16']['attainable'] < 1.1 * sheet['fp16']
+
+
+def depthwise_block(int8_weights: bool = False):
+    """One depthwise block as an ONNX graph: Conv2d(8, 8, 3, padding=1, groups=8), BatchNorm2d(8), ReLU(),
+    Conv2d(8, 16, 1), on a batch of 8 × 10 × 10 images; ``int8_weights``: each weight read through a
+    DequantizeLinear, as in the int8 graph."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    inits = [numpy_helper.from_array(np.ones(shape, np.float32), name) for name, shape in (
+        ('dw', (8, 1, 3, 3)), ('pw', (16, 8, 1, 1)), ('scale', (8,)), ('bias', (8,)), ('mean', (8,)), ('var', (8,)))]
+    nodes, dw, pw = [], 'dw', 'pw'
+    if int8_weights:
+        inits += [numpy_helper.from_array(np.ones(shape, np.int8), f'{name}_q') for name, shape in
+                  (('dw', (8, 1, 3, 3)), ('pw', (16, 8, 1, 1)))]
+        inits.append(numpy_helper.from_array(np.array(0.1, np.float32), 'w_scale'))
+        nodes += [helper.make_node('DequantizeLinear', [f'{name}_q', 'w_scale'], [f'{name}_dq']) for name in ('dw', 'pw')]
+        dw, pw = 'dw_dq', 'pw_dq'
+    nodes += [helper.make_node('Conv', ['x', dw], ['a'], group=8, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+              helper.make_node('BatchNormalization', ['a', 'scale', 'bias', 'mean', 'var'], ['b']),
+              helper.make_node('Relu', ['b'], ['c']),
+              helper.make_node('Conv', ['c', pw], ['y'], kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, 'block', [helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 8, 10, 10])],
+                              [helper.make_tensor_value_info('y', TensorProto.FLOAT, ['batch', 16, 10, 10])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)])
+
+
+def test_activations_of_a_depthwise_block_counted_by_hand():
+    """Every layer's input read and output written, per image, the weights (and the int8 graph's dequantized
+    weights) not among them."""
+    from benchmarks.model_bytes import activation_elements
+    image = 8 * 10 * 10                     # 1 × 8 × 10 × 10
+    depthwise = image + image               # reads the image, writes 8 × 10 × 10
+    norm = image + image                    # the batch norm: its scale, shift, mean and variance are weights
+    relu = image + image
+    pointwise = image + 16 * 10 * 10        # reads 8 channels, writes 16
+    assert activation_elements(depthwise_block()) == depthwise + norm + relu + pointwise == 7200
+    assert activation_elements(depthwise_block(int8_weights=True)) == 7200
+
+
+def test_a_depthwise_row_is_memory_bound_once_its_activations_count():
+    """Few FLOPs and many activation bytes (MobileNetV3-like): the weights alone would leave it compute-bound; with
+    a batch's activations it is bound by DRAM. int8 moves an activation in 1 byte, fp32 in 4."""
+    flops, activations = 0.1e9, 26e6  # per image; activations in fp32 bytes
+    fp32_b32 = row('fp32', 32, 60.0, 6_000_000)
+    weights_only = place(fp32_b32, {'cpu': CPU}, flops)
+    assert weights_only['bound'] == 'compute' and weights_only['bound_ms'] == pytest.approx(16.0)  # 3.2 GOP at 0.2 T
+    assert weights_only['bytes'] == 6_000_000
+    moved = place(fp32_b32, {'cpu': CPU}, flops, activations)
+    assert moved['bytes'] == 6_000_000 + 32 * 26_000_000  # 838 MB: more than the 100 MB cache
+    assert moved['bound'] == 'memory' and moved['memory'] == 'dram'
+    assert moved['bound_ms'] == pytest.approx(838e6 / 20e9 * 1e3)  # 41.9 ms at 20 GB/s
+    assert moved['intensity'] == pytest.approx(3.2e9 / 838e6)
+    int8_b1 = place(row('int8', 1, 1.0, 1_500_000), {'cpu': CPU}, flops, activations)
+    assert int8_b1['bytes'] == 1_500_000 + 26_000_000 // 4
+
+
+def test_per_layer_times_grouped_by_stage(tmp_path):
+    """Layers named as ONNX Runtime and OpenVINO name them, mapped through the graph's module paths to the model's
+    feature_info stages; a layer between two stage modules goes to the next, a node without a module (a Q/DQ) by
+    its place in the graph; a name that matches no node is 'unmapped'."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from benchmarks.stages import graph_stages, model_stages, stage_profile, stage_times
+
+    def node(name, op, inputs, output, *scopes):
+        made = helper.make_node(op, inputs, [output], name=name)
+        if scopes:
+            made.metadata_props.add(key='pkg.torch.onnx.name_scopes', value=str(['', *scopes, op.lower()]))
+        return made
+    nodes = [node('q_input', 'Relu', ['x'], 'x_q'),                                   # no module, first: stem
+             node('node_Conv_0', 'Relu', ['x_q'], 'a', 'bn1'),                        # stage bn1
+             node('node_Conv_1', 'Relu', ['a'], 'b', 'blocks', 'blocks.0', 'blocks.0.0.conv'),  # between: blocks.1
+             node('node_Conv_2', 'Relu', ['b'], 'c', 'blocks', 'blocks.1', 'blocks.1.0.conv_pw'),
+             node('q_c', 'Relu', ['c'], 'c_q'),                                        # no module: blocks.1 still
+             node('node_Conv_3', 'Relu', ['c_q'], 'd', 'blocks', 'blocks.1', 'blocks.1.1'),
+             node('node_Conv_4', 'Relu', ['d'], 'e', 'conv_head'),                     # after the last: head
+             node('node_linear', 'Relu', ['e'], 'logits', 'classifier')]
+    graph = helper.make_graph(nodes, 'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 4])])
+    stages = model_stages(SimpleNamespace(feature_info=[{'module': 'bn1', 'reduction': 2, 'num_chs': 16},
+                                                        {'module': 'blocks.1', 'reduction': 8, 'num_chs': 24}]))
+    assert stages == [{'module': 'bn1', 'reduction': 2}, {'module': 'blocks.1', 'reduction': 8}]
+    assert model_stages(SimpleNamespace()) == []
+    names = graph_stages(graph, ['bn1', 'blocks.1'])
+    assert [names[n.name] for n in nodes] == ['stem', 'bn1', 'blocks.1', 'blocks.1', 'blocks.1', 'blocks.1', 'head',
+                                              'head']
+    layers = [{'name': 'node_Conv_2_token_7', 'ms': 2.0},                        # ONNX Runtime, a fused node
+              {'name': 'node_Conv_1/WithoutBiases', 'ms': 1.5},                  # OpenVINO
+              {'name': 'node_Conv_0/WithoutBiases', 'ms': 1.0},
+              {'name': 'input_abcd_acdb_node_Conv_1/WithoutBiases', 'ms': 0.5},  # OpenVINO's reorder before it
+              {'name': 'logits', 'ms': 0.5},                                     # named by the node's output
+              {'name': 'reorder_token_9', 'ms': 0.5},                            # no node of the graph
+              {'name': 'node_Conv_10', 'ms': 0.25},                              # not node_Conv_1
+              {'name': 'q_input', 'ms': 0.25}]
+    assert [(s['stage'], s['reduction'], s['layers'], s['ms']) for s in stage_times(layers, names, stages)] == [
+        ('stem', None, 1, 0.25), ('bn1', 2, 1, 1.0), ('blocks.1', 8, 3, 4.0), ('head', None, 1, 0.5),
+        ('unmapped', None, 2, 0.75)]
+    assert sum(s['share'] for s in stage_times(layers, names, stages)) == pytest.approx(1.0)
+    path = tmp_path / 'model.onnx'
+    onnx.save(helper.make_model(graph), str(path))
+    assert stage_profile(path, layers, stages)['stages'][2]['ms'] == 4.0
+    assert 'operators' in stage_profile(None, layers, stages)['stages_reason']  # a PyTorch row
+    assert stage_profile(path, layers, []) == {}  # a model without feature_info
+    for n in graph.node:
+        del n.metadata_props[:]
+    onnx.save(helper.make_model(graph), str(path))
+    assert stage_profile(path, layers, stages) == {'stages': None,
+                                                   'stages_reason': 'the nodes of model.onnx name no module of a stage'}
