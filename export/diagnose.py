@@ -26,14 +26,19 @@ from .contract import INPUT_NAME
 from .ort_session import session_options
 from .precision import INT8_OP_TYPES, Int8Quantizer, quiet
 
+WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
 DIAGNOSIS_VIEWS = 32  # every tensor of both graphs is kept in memory: 32 views of alexnet_bn take about 1 GB
 TOP = 5
 
 
 def module_path(node: Optional[onnx.NodeProto]) -> str:
-    """The PyTorch module a node was exported from (``features.8``), from the exporter's node metadata."""
+    """The PyTorch module a node was exported from (``features.8``): for a layer with weights, the module that owns
+    them (a convolution the exporter fused with its BatchNorm carries the BatchNorm's metadata, and its weights keep
+    the convolution's name); else the exporter's node metadata."""
     if node is None:
         return ''
+    if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1].endswith('.weight'):
+        return node.input[1].removesuffix('.weight')
     for prop in node.metadata_props:
         if prop.key == 'pkg.torch.onnx.name_scopes':
             try:

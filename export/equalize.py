@@ -1,72 +1,157 @@
 """Activation equalization: a function-preserving rescaling that takes outlier channels out of int8's way.
 
 A channel whose activations are K times the others' spends the shared per-tensor int8 scale on itself and
-leaves the other channels a few levels each. ReLU and max-pool commute with a positive per-channel scale, so a
-convolution's (or fully connected layer's) output channel c can be divided by s_c, and what reads it multiplied
-back: a BatchNorm absorbs the scale into its statistics (exactly, eps included), a following layer of the same
-kind into its input weights. This is the
-identity that cross-layer equalization (AIMET, NNCF) uses; here s_c = max(1, range_c / median range), measured on
-the calibration crops, so only channels wider than the median are narrowed. The weights are quantized per output
-channel, so their int8 precision is unchanged. No layer leaves int8: full int8 speed.
+leaves the other channels a few levels each. Output channel c of a producer (a convolution, fully connected layer,
+or the affine part of a BatchNorm or LayerNorm) can be divided by s_c and what reads it multiplied back, wherever
+only operations that commute with a positive per-channel scale (ReLU, max-pooling, dropout, identities) lie between:
+a BatchNorm absorbs the scale into its statistics (exactly, eps included), an ungrouped convolution or a fully
+connected layer into its input weights. This is the identity that cross-layer equalization (AIMET, NNCF) and
+SmoothQuant use. s_c = max(1, range_c / median range), measured on the calibration crops where the consumer reads
+the tensor, so only channels wider than the median are narrowed. The weights are quantized per output channel, so
+their int8 precision is unchanged. No layer leaves int8: full int8 speed.
+
+The pairs come from the model's traced graph (torch.fx, with timm's own leaf modules), not from its module
+structure: timm's blocks call their layers from ``forward``, and a residual connection, a squeeze-excitation
+multiply or a SiLU/GELU/hard-swish between two layers (none of which commutes with the scale) rules a pair out.
 """
 import copy
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, LayerNorm2d
+from timm.layers._fx import get_notrace_functions, is_notrace_module
 
-PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.Dropout)  # commute with a positive per-channel scale (eval mode)
-LAYERS = (nn.Conv2d, nn.Linear)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-MIN_SCALE = 1.5  # a block whose widest channel is narrowed by less is left alone
+MIN_SCALE = 1.5  # a pair whose widest channel is narrowed by less is left alone
+PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)  # commute with a positive per-channel scale (eval)
+PASS_FUNCTIONS = (F.relu, torch.relu, F.max_pool2d, F.dropout, torch.nn.functional.relu_)
+PASS_METHODS = ('relu', 'relu_', 'contiguous')
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)  # BatchNormAct2d too: its activation follows the normalization
+LEAVES = (BatchNormAct2d, LayerNorm2d, nn.LayerNorm)
+
+
+@dataclass
+class Pair:
+    producer: str  # module path whose output channels are divided
+    consumer: str  # module path that multiplies them back
+    dim: int  # the channel dimension of the tensor between them (1: N, C, ...; -1: channels last)
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx with timm's leaf modules and functions (what timm's own feature extraction traces with)."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=tuple(f for f in get_notrace_functions() if callable(f)))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LEAVES) or is_notrace_module(type(m)) or super().is_leaf_module(m, qualname)
+
+
+def equalization_pairs(model: nn.Module) -> Tuple[List[Pair], str]:
+    """Every (producer, consumer) pair the rescaling can go through, and why there are none when tracing fails."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # models with data-dependent control flow cannot be traced: no pairs, say why
+        return [], f'{type(model).__name__} cannot be traced by torch.fx ({type(e).__name__})'
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        dim = _producer_dim(node, modules)
+        if dim is None:
+            continue
+        current = node
+        while len(current.users) == 1:  # a tensor read twice (a residual branch) cannot be rescaled for one reader
+            nxt = next(iter(current.users))
+            if _passes(nxt, modules):
+                current = nxt
+                continue
+            consumer = modules[nxt.target] if nxt.op == 'call_module' else None
+            folded = current is node and isinstance(consumer, NORMS)  # conv -> BatchNorm: one Conv in the graph
+            if consumer is not None and _consumer_dim(consumer) == dim and nxt.args[0] is current and not folded:
+                pairs.append(Pair(node.target, nxt.target, dim))
+            break
+    return pairs, ''
 
 
 def equalize(model: nn.Module, crops: torch.Tensor) -> Tuple[nn.Module, List[Dict[str, float]]]:
-    """A rescaled copy of ``model`` and, per rescaled convolution, its module path and largest factor."""
+    """A rescaled copy of ``model`` and, per rescaled producer, its module path, consumer and largest factor."""
     model = copy.deepcopy(model).eval()
-    names = {m: n for n, m in model.named_modules()}
-    pairs = [(layer, absorber) for seq in model.modules() if isinstance(seq, nn.Sequential)
-             for layer, absorber in _pairs(list(seq))]
-    ranges = _channel_ranges(model, [conv for conv, _ in pairs], crops)
+    pairs, _ = equalization_pairs(model)
+    modules = dict(model.named_modules())
+    ranges = _channel_ranges(model, pairs, crops)
     done = []
     with torch.no_grad():
-        for conv, absorber in pairs:
-            r = ranges[conv]
+        for pair in pairs:
+            r = ranges[pair.consumer]
             scale = torch.clamp(r / r.median().clamp_min(1e-12), min=1.0)
             if scale.max() < MIN_SCALE:
                 continue
-            conv.weight.div_(_per_channel(scale, conv.weight, 0))
-            if conv.bias is not None:
-                conv.bias.div_(scale)
-            if isinstance(absorber, NORMS):
-                var = absorber.running_var
-                if absorber.weight is not None:  # gamma' = gamma sqrt(v + s^2 eps) / sqrt(v + eps): exact with eps
-                    absorber.weight.mul_(torch.sqrt((var + scale ** 2 * absorber.eps) / (var + absorber.eps)))
-                absorber.running_mean.div_(scale)
-                var.div_(scale ** 2)
-            else:
-                absorber.weight.mul_(_per_channel(scale, absorber.weight, 1))
-            done.append({'layer': names[conv], 'into': names[absorber], 'max_scale': round(float(scale.max()), 1),
+            _divide_outputs(modules[pair.producer], scale)
+            _multiply_inputs(modules[pair.consumer], scale)
+            done.append({'layer': pair.producer, 'into': pair.consumer, 'max_scale': round(float(scale.max()), 1),
                          'channels': int((scale > MIN_SCALE).sum())})
     return model, done
 
 
-def _pairs(layers: List[nn.Module]) -> List[Tuple[nn.Module, nn.Module]]:
-    """(layer, absorber): a Conv2d or Linear, then only ReLU/max-pool/dropout, then a BatchNorm with running
-    statistics, or a layer of the same kind (ungrouped convolutions)."""
-    out = []
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, LAYERS):
-            continue
-        j = i + 1
-        while j < len(layers) and isinstance(layers[j], PASS_THROUGH):
-            j += 1
-        nxt: Optional[nn.Module] = layers[j] if j < len(layers) else None
-        if isinstance(nxt, NORMS) and nxt.track_running_stats and nxt.running_var is not None:
-            out.append((layer, nxt))
-        elif type(nxt) is type(layer) and getattr(nxt, 'groups', 1) == 1 and getattr(layer, 'groups', 1) == 1:
-            out.append((layer, nxt))
-    return out
+def _producer_dim(node: torch.fx.Node, modules: Dict[str, nn.Module]):
+    """The channel dimension of a module whose output channels can be divided by a positive scale, else None."""
+    if node.op != 'call_module':
+        return None
+    m = modules[node.target]
+    if isinstance(m, nn.Conv2d) or (isinstance(m, NORMS) and m.affine and not isinstance(m, BatchNormAct2d)):
+        return 1
+    if isinstance(m, BatchNormAct2d) and m.affine and isinstance(m.act, (nn.ReLU, nn.Identity)) \
+            and isinstance(m.drop, nn.Identity):
+        return 1
+    if isinstance(m, LayerNorm2d) and m.elementwise_affine and m.bias is not None:
+        return 1
+    if isinstance(m, nn.Linear) or (type(m) is nn.LayerNorm and m.elementwise_affine and m.bias is not None
+                                    and len(m.normalized_shape) == 1):
+        return -1
+    return None
+
+
+def _consumer_dim(m: nn.Module):
+    """The channel dimension along which ``m`` can multiply its input's channels back, else None."""
+    if isinstance(m, nn.Conv2d) and m.groups == 1:
+        return 1
+    if isinstance(m, NORMS) and m.track_running_stats and m.running_var is not None:
+        return 1
+    if isinstance(m, nn.Linear):
+        return -1
+    return None
+
+
+def _passes(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """Whether ``node`` commutes with a positive per-channel scale of its (only) tensor input."""
+    if node.op == 'call_module':
+        return isinstance(modules[node.target], PASS_MODULES)
+    if node.op == 'call_function':
+        return node.target in PASS_FUNCTIONS
+    return node.op == 'call_method' and node.target in PASS_METHODS
+
+
+def _divide_outputs(m: nn.Module, scale: torch.Tensor) -> None:
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        m.weight.div_(_per_channel(scale, m.weight, 0))
+    else:  # BatchNorm / LayerNorm: y = gamma * normalized + beta
+        m.weight.div_(scale)
+    if m.bias is not None:
+        m.bias.div_(scale)
+
+
+def _multiply_inputs(m: nn.Module, scale: torch.Tensor) -> None:
+    if isinstance(m, NORMS):  # x/s normalized by statistics /s: gamma' = gamma sqrt(v + s^2 eps) / sqrt(v + eps)
+        var = m.running_var
+        if m.weight is not None:
+            m.weight.mul_(torch.sqrt((var + scale ** 2 * m.eps) / (var + m.eps)))
+        m.running_mean.div_(scale)
+        var.div_(scale ** 2)
+    else:
+        m.weight.mul_(_per_channel(scale, m.weight, 1))
 
 
 def _per_channel(scale: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
@@ -76,15 +161,19 @@ def _per_channel(scale: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.T
     return scale.view(shape)
 
 
-def _channel_ranges(model: nn.Module, convs: List[nn.Module], crops: torch.Tensor) -> Dict[nn.Module, torch.Tensor]:
-    """max |output| per channel of each layer over ``crops``: the range its int8 scale must cover."""
-    ranges: Dict[nn.Module, torch.Tensor] = {}
+def _channel_ranges(model: nn.Module, pairs: List[Pair], crops: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """max |input| per channel of each consumer over ``crops``: the range the tensor's int8 scale must cover."""
+    ranges: Dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
 
-    def record(module, _, output):
-        peak = output.detach().abs().transpose(0, 1).flatten(1).amax(dim=1)  # per channel (dim 1)
-        ranges[module] = torch.maximum(ranges[module], peak) if module in ranges else peak
+    def recorder(name: str, dim: int):
+        def record(_, inputs):
+            x = inputs[0].detach().abs()
+            peak = x.movedim(dim, 0).flatten(1).amax(dim=1)
+            ranges[name] = torch.maximum(ranges[name], peak) if name in ranges else peak
+        return record
 
-    hooks = [conv.register_forward_hook(record) for conv in convs]
+    hooks = [modules[p.consumer].register_forward_pre_hook(recorder(p.consumer, p.dim)) for p in pairs]
     try:
         with torch.no_grad():
             for batch in crops.split(32):

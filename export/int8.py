@@ -2,9 +2,11 @@
 
 Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the gate fails (or ``explain`` asks),
 diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
-(function-preserving, full int8 speed), then up to MAX_FLOAT_LAYERS of the most damaging tensors kept in float,
-one more at a time, re-judged each time. ``none`` only judges; a list of layers keeps those in float.
+(function-preserving, full int8 speed), then the most damaging tensors kept in float, one more at a time, re-judged
+each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted layers, at least
+MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
 """
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -15,12 +17,13 @@ import torch
 
 from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
-from .diagnose import diagnose, float_nodes, module_path, resolve_layers
+from .diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from .equalize import equalize
 from .parity import gate_misses
 from .precision import Int8Quantizer
 
-MAX_FLOAT_LAYERS = 4
+MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
+FLOAT_SHARE = 0.1  # a 50-convolution network may keep 5 in float: most of its int8 speed is left
 
 Judge = Callable[[onnx.ModelProto], dict]  # a graph -> its parity figures with 'judged' and 'passed'
 
@@ -97,8 +100,9 @@ def make_int8(
             return result
 
     layers: dict = {}
+    budget = float_budget(quantizer.prepared)
     for row in result.diagnosis:
-        if len(layers) == MAX_FLOAT_LAYERS:
+        if len(layers) == budget:
             break
         nodes = float_nodes(quantizer.prepared, row['tensor'])
         if not nodes or set(nodes) <= {n for group in layers.values() for n in group}:
@@ -109,6 +113,13 @@ def make_int8(
         if attempt is not None:
             return attempt
     return result
+
+
+def float_budget(prepared: onnx.ModelProto) -> int:
+    """How many layers the remedy may keep in float: a share of the graph's weighted layers, at least
+    MIN_FLOAT_LAYERS."""
+    weighted = sum(1 for n in prepared.graph.node if n.op_type in WEIGHTED_OPS)
+    return max(MIN_FLOAT_LAYERS, math.ceil(FLOAT_SHARE * weighted))
 
 
 def _with_float(result: Int8Result, quantizer: Int8Quantizer, reader, judge_graph: Judge, layers: dict,

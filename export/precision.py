@@ -29,9 +29,13 @@ CALIBRATION_METHODS = {
     'percentile': CalibrationMethod.Percentile,  # ORT's default 99.999th percentile of |x|, outliers clipped
 }
 
-# Ops that get Q/DQ. Normalization and Softmax stay in float: ORT would quantize a BatchNormalization's scale to
-# int8 through a DequantizeLinear, which costs accuracy, and probabilities in int8 steps of 1/127 say little.
-INT8_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'MaxPool', 'AveragePool', 'Relu', 'Reshape', 'Flatten')
+# Ops that get Q/DQ: those with int8 kernels in ONNX Runtime (QLinearConv, QLinearAdd, QLinearMul,
+# QLinearGlobalAveragePool, QLinearSigmoid, ...) and OpenVINO's low-precision transformations, so that residual adds,
+# squeeze-excitation multiplies and global pooling run in int8 between the convolutions instead of dequantizing
+# around each. Normalization and Softmax stay in float: ORT would quantize a BatchNormalization's scale to int8
+# through a DequantizeLinear, which costs accuracy, and probabilities in int8 steps of 1/127 say little.
+INT8_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Relu', 'Reshape',
+                 'Flatten', 'Add', 'Mul', 'Sigmoid', 'Concat')
 
 INT8_OPTIONS = {
     'ActivationSymmetric': True,  # activation zero points 0
@@ -72,6 +76,8 @@ class Int8Quantizer:
         with quiet():
             quant_pre_process(fp32, self.prepared_path)
         self.prepared = onnx.load(str(self.prepared_path))
+        if _keep_node_metadata(fp32, self.prepared):
+            onnx.save(self.prepared, str(self.prepared_path))
         self.graph_sha256 = hashlib.sha256(self.prepared_path.read_bytes()).hexdigest()
 
     def use_cache(self, path: Path) -> None:
@@ -113,6 +119,23 @@ class Int8Quantizer:
         saved = json.loads(self.cache.read_text())
         saved['alexnet_zoo'] = {'method': self.method, 'graph_sha256': self.graph_sha256, **about}
         return (json.dumps(saved, indent=1, sort_keys=True) + '\n').encode()
+
+
+def _keep_node_metadata(source: onnx.ModelProto, prepared: onnx.ModelProto) -> bool:
+    """Give ``prepared``'s nodes the exporter's metadata (the PyTorch module each came from) that ORT's
+    pre-processing drops when its optimizer rewrites the graph; matched by node name, else by output name (a node
+    that ORT split, such as HardSwish into HardSigmoid and Mul, keeps its output's name on the last part)."""
+    by_name = {n.name: n for n in source.graph.node if n.name}
+    by_output = {out: n for n in source.graph.node for out in n.output}
+    changed = False
+    for node in prepared.graph.node:
+        if node.metadata_props:
+            continue
+        origin = by_name.get(node.name) or next((by_output[o] for o in node.output if o in by_output), None)
+        if origin is not None and origin.metadata_props:
+            node.metadata_props.extend(origin.metadata_props)
+            changed = True
+    return changed
 
 
 def read_calibration_record(path: PathLike) -> dict:

@@ -405,6 +405,8 @@ def check_schema(report: dict, ceilings_measured: bool = True):
         assert row['parity']['views'] >= 256
         assert set(row['parity_fp64']) == PARITY_KEYS and row['parity_fp64']['reference'] == 'torch fp64'
     assert report['model']['flops_per_image'] > 1e8  # the fixture's alexnet_bn at 67 x 67: 0.18 GFLOPs
+    assert report['model']['activation_bytes'] > 0 and report['model']['activation_bytes_source']
+    assert [s['module'] for s in report['model']['stages']][:1] == ['features.3']  # its feature_info
     ceilings = report['ceilings']
     if not ceilings_measured:  # an in-process run that skipped them (the no_ceilings fixture): said so, no roofline
         assert ceilings == {'error': 'not measured in this test'}
@@ -422,10 +424,11 @@ def check_schema(report: dict, ceilings_measured: bool = True):
         f = row['roofline']
         if row['device'] != 'cpu':
             continue
-        assert f and all(math.isfinite(v) and v > 0 for v in (f['ops_per_s'], f['weight_bytes_per_s'], f['intensity'],
+        assert f and all(math.isfinite(v) and v > 0 for v in (f['ops_per_s'], f['bytes_per_s'], f['intensity'],
                                                                f['bound_ms'], f['times_bound']))
         assert f['bound'] in ('memory', 'compute') and row['weight_bytes'] > 1e6
-        assert f['memory'] == ('llc' if row['weight_bytes'] <= (cpu['memory']['llc_bytes'] or 0) else 'dram')
+        assert f['bytes'] > row['weight_bytes']  # weights and the batch's activations
+        assert f['memory'] == ('llc' if f['bytes'] <= (cpu['memory']['llc_bytes'] or 0) else 'dram')
         # consistent: no row beats the attainable ceiling by more than the measurement's noise
         slowest = report['model']['flops_per_image'] * row['batch_size'] / (row['median_ci95_ms'][1] / 1e3)
         assert slowest <= 1.25 * f['attainable_ops_per_s'], (row['backend'], row['precision'], slowest, f)
@@ -488,6 +491,10 @@ def test_quick_run_per_layer_profile_of_the_fastest_row(quick_run):
         assert [layer['ms'] for layer in layers] == sorted((layer['ms'] for layer in layers), reverse=True)
         assert 0 < sum(layer['share'] for layer in layers) <= 1 + 1e-9
         assert '### Per layer:' in (out / 'report.md').read_text()
+        stages = profile['stages']  # every layer by stage of the fixture's feature_info, mapped through the graph
+        assert stages and sum(s['share'] for s in stages) == pytest.approx(1.0)
+        assert sum(s['ms'] for s in stages if s['stage'] != 'unmapped') > 0.5 * profile['total_ms']
+        assert '| stage | reduction | layers | ms | share |' in (out / 'report.md').read_text()
 
 
 def test_quick_run_skips_with_reasons(quick_run):
@@ -601,7 +608,7 @@ def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, expor
     shutil.copytree(exported_graphs[1], graphs, ignore=shutil.ignore_patterns('model.int8.*', 'model.fp16.*'))
     monkeypatch.setitem(parity.GATES['int8'], 'sqnr_min_db', 500.0)
     monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))  # the remedies fail as the plain
-    monkeypatch.setattr(export.int8, 'MAX_FLOAT_LAYERS', 0)  # graph does (tests/test_int8.py tries them for real)
+    monkeypatch.setattr(export.int8, 'float_budget', lambda graph: 0)  # graph does (tests/test_int8.py tries them for real)
     code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
                  'fp32,int8', '--onnx-dir', str(graphs), '--output-dir', str(tmp_path / 'out'), '--no-progress'])
     assert code == 1
