@@ -6,8 +6,11 @@ Accepted checkpoints: a ``.safetensors`` state dict, a ``.pth``/``.pt`` state di
 write), loaded by ``timm.create_model("local-dir:...", pretrained=True)``, which brings its own model name, classes
 and label names.
 """
+import difflib
+import glob
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ import torch
 from safetensors import safe_open
 from timm.models import is_model, load_state_dict, save_for_hf
 
-from .alexnet import checkpoint_filter_fn
+from .alexnet import AlexNet, checkpoint_filter_fn
 from .cli import MAX_CLASSES, first_line
 from .files import PathLike
 from .manifest import MANIFEST, RUN_KIND, verify
@@ -26,6 +29,37 @@ from .manifest import MANIFEST, RUN_KIND, verify
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model; the message is one clear line."""
+
+
+SUGGESTIONS = 5  # close names offered for an unknown model name: enough for a typo, few enough for one line
+
+
+def unknown_model(name: object) -> str:
+    """The one line refusing a model name timm does not know, with the closest names it does: a typo is the usual
+    cause, and timm's own error names none."""
+    text = str(name or '')
+    arch = text.split('.', 1)[0]  # a pretrained tag (resnet19.a1_in1k) is no part of the architecture's name
+    close = difflib.get_close_matches(arch, timm.list_models(), n=SUGGESTIONS) if arch else []
+    close += [m for m in (timm.list_models(f'*{glob.escape(arch)}*') if arch else []) if m not in close]
+    family = re.match(r'[A-Za-z]+', arch)
+    pattern = repr(family.group(0) + '*') if family else ''
+    listing = f'python -c "import timm; print(timm.list_models({pattern}))"'
+    if not close:
+        return f'unknown model: {name!r} ({listing} lists the known ones)'
+    return f'unknown model: {name!r} (did you mean {", ".join(close[:SUGGESTIONS])}? {listing} lists them)'
+
+
+def check_classifier(model: torch.nn.Module, name: str) -> None:
+    """Every command here feeds (N, C, H, W) images and reads (N, classes) logits: a model without an image input
+    size or without a classifier (a feature extractor, such as a self-supervised tag with ``num_classes=0``) is
+    refused here, in one line, before an export or a benchmark gets far with it."""
+    size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+    if not isinstance(size, (list, tuple)) or len(size) != 3:
+        raise CheckpointError(f'{name} is not an image classifier: its pretrained cfg has no (C, H, W) input_size '
+                              f'(got {size!r})')
+    if not callable(getattr(model, 'get_classifier', None)) or getattr(model, 'num_classes', 0) < 1:
+        raise CheckpointError(f'{name} has no classifier (num_classes {getattr(model, "num_classes", None)}: it '
+                              f'returns features, not logits); give it one with --num-classes')
 
 
 @dataclass
@@ -48,14 +82,16 @@ def load_model(
     if checkpoint is not None and Path(checkpoint).is_dir():
         return _load_hf_dir(Path(checkpoint), num_classes)
     if not name or not is_model(name):
-        raise CheckpointError(f'unknown model: {name!r} (known AlexNet models: {", ".join(timm.list_models("alexnet*"))})')
+        raise CheckpointError(unknown_model(name))
     kwargs = {} if num_classes is None else {'num_classes': num_classes}
     if checkpoint is None:
         model = create_pretrained(name, pretrained, **kwargs)
+        check_classifier(model, name)
         source = f'pretrained ({model.pretrained_cfg.get("tag") or name})' if pretrained else 'random init'
         return LoadedModel(model.eval(), name, model.num_classes, pretrained, source,
                            model.pretrained_cfg.get('label_names'))
     model = timm.create_model(name, **kwargs)
+    check_classifier(model, name)
     load_weights(model, checkpoint)
     return LoadedModel(model.eval(), name, model.num_classes, True, str(checkpoint))
 
@@ -73,7 +109,7 @@ def create_pretrained(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
 
 
 def load_weights(model: torch.nn.Module, checkpoint: PathLike, new_classifier: bool = False) -> None:
-    """Load a ``.safetensors``/``.pth`` state dict (torchvision keys mapped) into ``model`` strictly.
+    """Load a ``.safetensors``/``.pth`` state dict (for AlexNet, torchvision keys mapped) into ``model`` strictly.
 
     timm's ``load_state_dict`` reads the file (safetensors, or ``torch.load(weights_only=True)``; EMA, ``state_dict``
     and ``model`` wrappers and DDP prefixes undone); any mismatch becomes one clear line. ``new_classifier`` keeps
@@ -90,7 +126,8 @@ def load_weights(model: torch.nn.Module, checkpoint: PathLike, new_classifier: b
         raise CheckpointError(f'cannot read checkpoint {path}: {first_line(e)}') from None
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError(f'{path} does not hold a state dict of tensors')
-    state_dict = checkpoint_filter_fn(state_dict, model)
+    if isinstance(model, AlexNet):  # torchvision's AlexNet key names are AlexNet's alone: another model's are its own
+        state_dict = checkpoint_filter_fn(state_dict, model)
     if new_classifier:
         classifier = _classifier(model) + '.'
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier)}
@@ -182,6 +219,7 @@ def _load_hf_dir(path: Path, num_classes: Optional[int]) -> LoadedModel:
         model = timm.create_model(f'local-dir:{path}', pretrained=True)
     except Exception as e:  # a config.json timm reads its own way (pretrained_cfg, model_args): many types
         raise CheckpointError(f'cannot load {path}: {first_line(e)}') from None
+    check_classifier(model, f'{path} ({name})')
     labels = labels or model.pretrained_cfg.get('label_names')
     return LoadedModel(model.eval(), name, model.num_classes, True, str(path), list(labels) if labels else None)
 
@@ -200,7 +238,7 @@ def _read_config(config: Path) -> Tuple[str, int, Optional[List[str]]]:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f'{config} is not a timm model config: {first_line(e)}') from None
     if not isinstance(name, str) or not is_model(name):
-        raise CheckpointError(f'{config} names an unknown model: {name!r}')
+        raise CheckpointError(f'{config} names an {unknown_model(name)}')
     if type(classes) is not int or not 1 <= classes <= MAX_CLASSES:
         raise CheckpointError(f'{config}: num_classes must be a whole number from 1 to {MAX_CLASSES}, got {classes!r}')
     labels = cfg.get('label_names')

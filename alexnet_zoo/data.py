@@ -15,6 +15,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.models import get_pretrained_cfg
 from torchvision.datasets import ImageFolder
 
+from .checkpoint import unknown_model
 from .files import PathLike
 from .samples import IMAGE_SUFFIXES, ImageTooLarge, Photo, open_header, open_rgb, photographs
 
@@ -28,7 +29,7 @@ def data_config(model: ModelOrName) -> dict:
     if isinstance(model, str):
         cfg = get_pretrained_cfg(model)
         if cfg is None:
-            raise ValueError(f'unknown model: {model}')
+            raise ValueError(unknown_model(model))
         return resolve_data_config(pretrained_cfg=cfg.to_dict())
     return resolve_data_config(model=model)
 

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, create_pretrained, load_model, load_weights
+from .checkpoint import CheckpointError, create_pretrained, load_model, load_weights, unknown_model
 from .cli import MAX_BATCH, ArgumentParser, UsageError, bounded, positive, run_cli, seed
 from .data import eval_transform, image_folders, train_transform
 from .files import PathLike, ensure_writable_dir
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError('--output is required (or --resume RUN)')
         settings = Settings(**given)
     if settings.model is not None and not is_model(settings.model):
-        raise UsageError(f'unknown model: {settings.model} (AlexNet models: {", ".join(timm.list_models("alexnet*"))})')
+        raise UsageError(unknown_model(settings.model))
     if settings.opt not in list_optimizers():
         raise UsageError(f'unknown optimizer: {settings.opt} (timm.optim.list_optimizers() names them)')
     check_settings(settings)

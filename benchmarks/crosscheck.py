@@ -36,10 +36,16 @@ def benchmark_app_path() -> str:
     return found
 
 
-def graph_model(onnx_path: Path):
-    """The model name and input size (C, H, W) export.onnx wrote into the graph's metadata."""
+def graph_model(onnx_path: Path) -> Tuple[str, List[int]]:
+    """The model name and input size (C, H, W) export.onnx wrote into the graph's metadata; a graph without them
+    is refused, not fed another model's input."""
     meta = read_metadata(onnx_path)
-    return meta.get('model_name', 'alexnet_bn'), meta.get('input_size', [3, 227, 227])
+    name, size = meta.get('model_name'), meta.get('input_size')
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'{onnx_path} names no model_name in its metadata (export it with python -m export.onnx)')
+    if not isinstance(size, list) or len(size) != 3 or not all(type(d) is int and d > 0 for d in size):
+        raise ValueError(f'{onnx_path} has no (C, H, W) input_size in its metadata, got {size!r}')
+    return name, size
 
 
 def run_benchmark_app(onnx_path: Path, batch_size: int, seconds: float) -> float:

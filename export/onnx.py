@@ -276,7 +276,8 @@ def format_table(result: ExportResult) -> str:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog='python -m export.onnx',
-        description='Export a timm AlexNet to ONNX in fp32, fp16 and int8, checking each graph against PyTorch.')
+        description='Export a timm image classifier to ONNX in fp32, fp16 and int8, checking each graph against '
+                    'PyTorch.')
     add_model_arguments(parser)
     parser.add_argument('--output-dir', required=True, help='where model.onnx, model.fp16.onnx, model.int8.onnx go')
     parser.add_argument('--precisions', default=','.join(GRAPH_PRECISIONS),

@@ -3,6 +3,7 @@ and the metadata a deployer needs (preprocessing, labels) in the file."""
 import contextlib
 import copy
 import io
+import re
 import warnings
 from typing import Dict, Sequence
 
@@ -12,6 +13,7 @@ import torch.nn as nn
 
 import alexnet_zoo
 from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
+from alexnet_zoo.cli import first_line
 from alexnet_zoo.data import data_config
 
 from .contract import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, output_names
@@ -33,8 +35,33 @@ class _WithProbabilities(nn.Module):
 
 def torch_to_onnx(model: nn.Module, input_size: Sequence[int], opset: int = DEFAULT_OPSET,
                   softmax: bool = False) -> onnx.ModelProto:
-    """The fp32 graph with a dynamic batch dimension; BatchNorm layers that feed a Linear are folded into it."""
-    module = fold_batchnorm(model)
+    """The fp32 graph with a dynamic batch dimension; BatchNorm layers that feed a Linear are folded into it.
+
+    A model the exporter cannot take raises RuntimeError ``cannot export <model> to ONNX: <why>``.
+    """
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+    try:
+        graph = _export(fold_batchnorm(model), input_size, opset, softmax)
+    except Exception as e:  # torch.export's, the converter's and the TorchScript exporter's errors: many types
+        raise RuntimeError(f'cannot export {name} to ONNX: {export_failure(e)}') from e
+    strip_machine_paths(graph)
+    got = next(o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx'))
+    if got != opset:
+        raise RuntimeError(f'the exporter wrote opset {got}, not the requested {opset}')
+    return graph
+
+
+def export_failure(error: BaseException) -> str:
+    """Why an export failed, in one line: the exporter's own first line says at which of its steps ("Failed to
+    convert ... step 3/3 ... Next steps:"), its innermost cause says why; the operator it was converting, if any."""
+    op = re.search(r'target=torch\.ops\.([\w.]+)', str(error))
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return first_line(error) + (f' (converting {op.group(1)})' if op else '')
+
+
+def _export(module: nn.Module, input_size: Sequence[int], opset: int, softmax: bool) -> onnx.ModelProto:
+    """torch.onnx.export: the dynamo exporter from its first opset, the TorchScript one below it."""
     outputs = output_names(softmax)
     if softmax:
         module = _WithProbabilities(module)
@@ -54,10 +81,6 @@ def torch_to_onnx(model: nn.Module, input_size: Sequence[int], opset: int = DEFA
                 module, example, buffer, dynamo=False, input_names=[INPUT_NAME], output_names=outputs,
                 dynamic_axes={name: {0: BATCH_DIM} for name in [INPUT_NAME, *outputs]}, opset_version=opset)
             graph = onnxscript.optimizer.optimize(onnx.load_from_string(buffer.getvalue()))
-    strip_machine_paths(graph)
-    got = next(o.version for o in graph.opset_import if o.domain in ('', 'ai.onnx'))
-    if got != opset:
-        raise RuntimeError(f'the exporter wrote opset {got}, not the requested {opset}')
     return graph
 
 

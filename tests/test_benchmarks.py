@@ -374,6 +374,24 @@ def test_crosscheck_against_benchmark_app(graphs):
     assert 0 <= row['overhead_ms'] < row['harness_ms']
 
 
+def test_crosscheck_refuses_a_graph_that_names_no_model(tmp_path, capsys):
+    """The graph's own model and input size, or one line saying they are missing: never another model's."""
+    import onnx
+    from onnx import TensorProto, helper
+    from benchmarks import crosscheck
+    from test_promises import one_error_line
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ['batch', 3, 8, 8])  # noqa: E731
+    graph = helper.make_graph([helper.make_node('Identity', ['input'], ['logits'])], 'g', [value('input')],
+                              [value('logits')])
+    path = tmp_path / 'model.onnx'
+    onnx.save_model(helper.make_model(graph), str(path))
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(crosscheck.main, ['--onnx', str(path)])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_.value.code == 1 and line == f'error: {path} names no model_name in its metadata (export it with ' \
+                                             f'python -m export.onnx)'
+
+
 # ------------------------------------------------------------------------------------------ the whole command
 
 

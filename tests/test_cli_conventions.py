@@ -148,6 +148,24 @@ def test_control_characters_are_escaped_in_the_error_line(command, argv, code, t
     assert exit_.value.code == code and ESCAPED in line, line
 
 
+@pytest.mark.parametrize('command, argv, code', [
+    ('export.onnx', ['--output-dir', '{tmp}/out'], 1),
+    ('benchmarks.__main__', ['--output-dir', '{tmp}/out'], 1),
+    ('alexnet_zoo.train', ['--data', '{tmp}/data', '--output', '{tmp}/out'], 2),  # a usage error there, before the data
+])
+def test_an_unknown_model_is_one_line_naming_close_ones(command, argv, code, tmp_path, capsys, monkeypatch):
+    """Every command that takes --model refuses a typo of any timm name alike: one line naming the close names,
+    its exit code, nothing written."""
+    import importlib
+    monkeypatch.delenv('ALEXNET_ZOO_DEBUG', raising=False)
+    main = importlib.import_module(command).main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [a.replace('{tmp}', str(tmp_path)) for a in argv] + ['--model', 'resnet19'])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_.value.code == code and line.startswith("error: unknown model: 'resnet19' (did you mean resnet18, ")
+    assert "timm.list_models('resnet*')" in line and list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------- ALEXNET_ZOO_REQUIRE_GPU
 
 

@@ -363,3 +363,38 @@ def test_export_the_other_alexnets(name, size, tmp_path):
         expected = loaded.model(x).numpy()
     logits = _session(result.paths['fp32']).run(['logits'], {'input': x.numpy()})[0]
     assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+class _FiveDimAttention(torch.nn.Module):
+    """Attention over 5-D tensors, as nest_tiny's: PyTorch runs it, the ONNX converter takes only 4-D."""
+
+    def __init__(self):
+        super().__init__()
+        self.pretrained_cfg = {'architecture': 'five_d'}
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        q = x.reshape(x.shape[0], 1, 3, 4, 4)
+        return self.fc(torch.nn.functional.scaled_dot_product_attention(q, q, q).mean((1, 2, 3)))
+
+
+class _DataDependent(torch.nn.Module):
+    """A branch on the input's values, which torch.export cannot trace."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :2] if x.sum() > 0 else x.flatten(1)[:, 2:4]
+
+
+@pytest.mark.parametrize('model, opset, why', [
+    (_FiveDimAttention(), 13, "five_d to ONNX: Exporting the operator 'aten::scaled_dot_product_attention' to ONNX "
+                              "opset version 13 is not supported"),  # the TorchScript exporter
+    (_DataDependent(), DEFAULT_OPSET, '_DataDependent to ONNX: Could not guard on data-dependent expression'),
+], ids=['torchscript', 'torch.export'])
+def test_a_model_the_exporter_cannot_take_is_one_line_saying_why(model, opset, why):
+    """Not the exporter's own first line ("Failed to export ... step 1/3 ... Next steps:"), which says where, not
+    why: its innermost cause, naming the model."""
+    from export.torch_export import torch_to_onnx
+    with pytest.raises(RuntimeError) as error:
+        torch_to_onnx(model.eval(), (3, 4, 4), opset)
+    message = str(error.value)
+    assert message.startswith(f'cannot export {why}') and '\n' not in message and 'step' not in message, message

@@ -296,6 +296,46 @@ def test_unknown_model_name():
         load_model('alexnet_xl')
 
 
+def test_unknown_model_name_suggests_close_timm_names():
+    """A typo of any timm model (not only an AlexNet) names the model meant, and how to list its family."""
+    with pytest.raises(CheckpointError) as error:
+        load_model('resnet19')
+    message = str(error.value)
+    assert message.startswith("unknown model: 'resnet19' (did you mean resnet18, ") and '\n' not in message
+    assert len(message.split('did you mean ')[1].split('?')[0].split(', ')) <= 5
+    assert message.endswith('python -c "import timm; print(timm.list_models(\'resnet*\'))" lists them)')
+    with pytest.raises(CheckpointError, match=r"unknown model: 'alexnet_bm' \(did you mean alexnet_bn"):
+        load_model('alexnet_bm')
+
+
+def test_a_feature_extractor_is_refused_unless_given_a_classifier():
+    """A timm tag with ``num_classes=0`` (a self-supervised CNN, here random weights) returns features, not logits:
+    refused in one line; --num-classes gives it a classifier."""
+    with pytest.raises(CheckpointError, match=r'^convnextv2_atto.fcmae has no classifier \(num_classes 0: .*'
+                                              r'give it one with --num-classes$'):
+        load_model('convnextv2_atto.fcmae')
+    assert load_model('convnextv2_atto.fcmae', num_classes=5).model.get_classifier().out_features == 5
+
+
+class _Tiny(nn.Module):
+    """A model whose own keys look like torchvision AlexNet's (``classifier.1.``), as another CNN's may."""
+
+    def __init__(self):
+        super().__init__()
+        self.pretrained_cfg = {'architecture': 'tiny', 'classifier': 'classifier.1'}
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(4, 2))
+
+
+def test_alexnets_key_mapping_is_for_alexnet_only(tmp_path):
+    """torchvision's AlexNet key names mean nothing to another model: its own checkpoint loads under its own keys."""
+    from alexnet_zoo.checkpoint import load_weights
+    saved, fresh = _Tiny(), _Tiny()
+    torch.save(saved.state_dict(), tmp_path / 'tiny.pth')
+    load_weights(fresh, tmp_path / 'tiny.pth')
+    assert list(fresh.state_dict()) == ['classifier.1.weight', 'classifier.1.bias']
+    torch.testing.assert_close(fresh.state_dict(), saved.state_dict(), rtol=0, atol=0)
+
+
 def test_checkpoint_with_wrong_number_of_classes(tmp_path):
     path = tmp_path / 'seventeen.pth'
     torch.save(timm.create_model('alexnet_bn', num_classes=17).state_dict(), path)
