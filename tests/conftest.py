@@ -70,8 +70,8 @@ def fit_photographs(
     return model.eval()
 
 
-def _weights_key() -> str:
-    parts = [torch.__version__, timm.__version__, inspect.getsource(fit_photographs), str(FIXTURE_SIZE)]
+def _weights_key(*settings) -> str:
+    parts = [torch.__version__, timm.__version__, inspect.getsource(fit_photographs), str(FIXTURE_SIZE), *settings]
     parts += [Path(importlib.import_module(f'alexnet_zoo.{name}').__file__).read_text()
               for name in ('alexnet', 'data', 'samples')]
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
@@ -90,16 +90,21 @@ def fixture_alexnet_bn(num_classes: int = len(PHOTOGRAPHS)) -> torch.nn.Module:
 def trained_model(request):
     """alexnet_bn taught to tell the sample photographs apart (19 classes), in eval mode; trained once per key."""
     torch.manual_seed(0)
-    model = fixture_alexnet_bn()
+    return trained_once(request, fixture_alexnet_bn(), 'trained', steps=40)
+
+
+def trained_once(request, model: torch.nn.Module, name: str, steps: int, batch_size: int = 32) -> torch.nn.Module:
+    """``fit_photographs(model)``, or the weights an earlier run cached for the same settings and code."""
     cache = getattr(request.config, 'cache', None)  # None under -p no:cacheprovider
     if cache is None:
-        return fit_photographs(model, steps=40, seed=0)
-    path = cache.mkdir('alexnet-zoo') / f'trained-{_weights_key()}.safetensors'
+        return fit_photographs(model, steps=steps, batch_size=batch_size, seed=0)
+    path = cache.mkdir('alexnet-zoo') / f'{name}-{_weights_key(name, str(steps), str(batch_size))}.safetensors'
     with FileLock(f'{path}.lock'):
         if path.is_file():
+            model.reset_classifier(len(PHOTOGRAPHS))
             model.load_state_dict(load_file(path))
             return model.eval()
-        fit_photographs(model, steps=40, seed=0)
+        fit_photographs(model, steps=steps, batch_size=batch_size, seed=0)
         tmp = path.with_suffix('.tmp')
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
         os.replace(tmp, path)

@@ -1,0 +1,126 @@
+"""``python -m benchmarks.zoo REPORT.json ... --output docs/zoo.md``: one table, one row per model, from the reports
+``make report MODEL=...`` wrote (parity, int8 remedy, speed-ups with their intervals, each fastest row's bound).
+
+The figures are only comparable when the reports come from one machine in one sitting: the table names the CPU of
+each report and refuses reports from different CPUs.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import timm
+
+from alexnet_zoo.cli import UsageError, run_cli
+from alexnet_zoo.files import write_text_atomic
+from export.contract import FILENAMES, read_metadata
+
+from .report import read_report
+
+PRECISIONS = ('fp32', 'fp16', 'int8')
+SPEEDUPS = (('openvino', 1), ('openvino', 32), ('onnxruntime', 1), ('onnxruntime', 32))
+
+
+def zoo_row(report: dict) -> dict:
+    """What the table shows for one model's report."""
+    model = report['model']
+    rows = report['results']
+    parity = {}
+    for precision in PRECISIONS:  # ONNX Runtime runs every exported graph as written: the export's own figures
+        row = next((r for r in rows if r['backend'] == 'onnxruntime' and r['precision'] == precision), None)
+        if row is not None:
+            parity[precision] = row['parity']
+    speedups = {}
+    for backend, batch in SPEEDUPS:
+        row = next((r for r in rows if (r['backend'], r['precision'], r['batch_size']) == (backend, 'int8', batch)
+                    and r.get('median_ms')), None)
+        if row is not None:
+            speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
+    folder = report['graphs'].get('folder')
+    int8 = read_metadata(Path(folder) / FILENAMES['int8']) if folder and (Path(folder) / FILENAMES['int8']).is_file() \
+        else None
+    return {'name': model['name'], 'params': _params(model['name'], model['num_classes']),
+            'gflops': model['flops_per_image'] / 1e9, 'parity': parity, 'speedups': speedups,
+            'int8_written': int8 is not None,
+            'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
+            'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
+                        for f in report['summary'].get('fastest_passing', [])],
+            'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
+
+
+def _read(path: str) -> dict:
+    """report.json as written, after ``read_report`` has checked it is one (and whole)."""
+    read_report(path, 'report')
+    return json.loads(Path(path).read_text())
+
+
+def _params(name: str, classes: int) -> int:
+    return sum(p.numel() for p in timm.create_model(name, num_classes=classes).parameters())
+
+
+def _times_bound(report: dict, fastest: dict) -> Optional[float]:
+    row = next((r for r in report['results'] if all(r[k] == fastest[k] for k in ('backend', 'precision',
+                                                                                 'batch_size'))), None)
+    return (row or {}).get('roofline', {}).get('times_bound') if row else None
+
+
+def markdown(rows: List[dict]) -> str:
+    """The table and the legend."""
+    head = ['model', 'params M', 'GFLOPs', 'fp32 SQNR dB / top-1', 'fp16', 'int8', 'int8 remedy (float layers)',
+            'OV int8 b1', 'OV int8 b32', 'ORT int8 b1', 'ORT int8 b32', 'fastest b1, b32 (× bound)']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for r in rows:
+        cells = [f'`{r["name"]}`', f'{r["params"] / 1e6:.1f}', f'{r["gflops"]:.2f}']
+        cells += [_parity(r['parity'].get(p)) for p in PRECISIONS]
+        cells.append(_remedy(r))
+        cells += [_speedup(r['speedups'].get(key)) for key in SPEEDUPS]
+        cells.append('; '.join(f'{backend} {precision}' + (f' ({bound:.1f}×)' if bound else '')
+                               for _, backend, precision, bound in r['fastest']) or '–')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _parity(p: Optional[dict]) -> str:
+    if p is None:
+        return '–'
+    verdict = '' if p.get('passed') is not False else ' **FAIL**'
+    return f'{p["sqnr_db"]:.1f} / {p["decisive_top1_agreement"]:.1%}{verdict}'
+
+
+def _remedy(r: dict) -> str:
+    if not r['int8_written']:
+        return 'fails: no int8 graph within the budget'
+    if r['float_layers']:
+        return f'float: {", ".join(r["float_layers"])}'
+    if r['equalized']:
+        return f'equalized ({len(r["equalized"])} pairs)'
+    return 'plain'
+
+
+def _speedup(s) -> str:
+    if s is None:
+        return '–'
+    value, (low, high), passed = s
+    return f'{value:.1f}× ({low:.1f}–{high:.1f})' + ('' if passed is not False else ' fail')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.zoo', description=__doc__.split('\n\n')[0])
+    parser.add_argument('reports', nargs='+', help='report.json files written by python -m benchmarks')
+    parser.add_argument('--output', help='Markdown file to write (default: print the table)')
+    args = parser.parse_args(argv)
+    rows = [zoo_row(_read(path)) for path in args.reports]
+    cpus = sorted({str(r['cpu']) for r in rows})
+    if len(cpus) > 1:
+        raise UsageError(f'the reports come from different CPUs ({"; ".join(cpus)}): their speed-ups do not compare')
+    table = markdown(rows)
+    if args.output:
+        write_text_atomic(args.output, table)
+    else:
+        sys.stdout.write(table)
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)
