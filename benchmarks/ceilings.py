@@ -92,10 +92,12 @@ def bytes_moved(row: dict, activation_bytes: float = 0.0) -> int:
 def memory_ceiling(nbytes: int, memory: dict) -> Tuple[Optional[str], Optional[float]]:
     """Where a row's bytes are read from, and at what rate: the last-level cache when they fit in it (measured at
     that working set), else DRAM. All of a batch's bytes must fit, though a layer's activations are gone once the
-    next one has read them: a cautious test of what stays in the cache."""
+    next one has read them: a cautious test of what stays in the cache. A size the run did not probe (a report
+    placed again) takes the probe nearest below it, the higher of the rates near it."""
     llc_bytes, sets = memory.get('llc_bytes'), memory.get('llc') or {}
-    if llc_bytes and nbytes <= llc_bytes and str(nbytes) in sets:
-        return 'llc', sets[str(nbytes)]['bytes_per_s']
+    if llc_bytes and nbytes <= llc_bytes and sets:
+        below = [int(size) for size in sets if int(size) <= nbytes] or [min(int(size) for size in sets)]
+        return 'llc', sets[str(nbytes) if str(nbytes) in sets else str(max(below))]['bytes_per_s']
     dram = memory.get('dram')
     return ('dram', dram['bytes_per_s']) if dram else (None, None)
 

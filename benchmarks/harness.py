@@ -256,6 +256,7 @@ def run_benchmark(
         'model': {'name': loaded.name, 'num_classes': loaded.num_classes, 'source': loaded.source,
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
                   'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model),
+                  'parameters': sum(p.numel() for p in model.parameters()),
                   **activations, 'stages': model_stages(model)},
         'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
                    'names': names},

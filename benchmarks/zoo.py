@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import timm
-
 from alexnet_zoo.cli import UsageError, run_cli
 from alexnet_zoo.files import write_text_atomic
 from export.contract import FILENAMES, read_metadata
 
+from .ceilings import place
+from .model_bytes import count_activations
 from .report import read_report
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
@@ -38,13 +38,15 @@ def zoo_row(report: dict) -> dict:
         if row is not None:
             speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
     folder = report['graphs'].get('folder')
+    graphs = {p: Path(folder) / FILENAMES[p] for p in PRECISIONS if folder and (Path(folder) / FILENAMES[p]).is_file()}
+    activations = count_activations(graphs)['activation_bytes'] or model.get('activation_bytes') or 0
     int8 = read_metadata(Path(folder) / FILENAMES['int8']) if folder and (Path(folder) / FILENAMES['int8']).is_file() \
         else None
-    return {'name': model['name'], 'params': _params(model['name'], model['num_classes']),
+    return {'name': model['name'], 'params': _params(report),
             'gflops': model['flops_per_image'] / 1e9, 'parity': parity, 'speedups': speedups,
             'int8_written': int8 is not None,
             'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
-            'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
+            'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f, activations))
                         for f in report['summary'].get('fastest_passing', [])],
             'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
 
@@ -55,14 +57,22 @@ def _read(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _params(name: str, classes: int) -> int:
-    return sum(p.numel() for p in timm.create_model(name, num_classes=classes).parameters())
+def _params(report: dict) -> Optional[int]:
+    """The model's parameters (reports before they were recorded: PyTorch fp32's weight bytes / 4)."""
+    if report['model'].get('parameters'):
+        return report['model']['parameters']
+    row = next((r for r in report['results'] if (r['backend'], r['precision']) == ('torch', 'fp32')), None)
+    return row['weight_bytes'] // 4 if row and row.get('weight_bytes') else None
 
 
-def _times_bound(report: dict, fastest: dict) -> Optional[float]:
+def _times_bound(report: dict, fastest: dict, activation_bytes: float) -> Optional[float]:
+    """The row's median over its bound, placed again (``ceilings.place``) with the bytes the graph folder's
+    graph moves as this version counts them, so that every row of the table is held to the same count."""
     row = next((r for r in report['results'] if all(r[k] == fastest[k] for k in ('backend', 'precision',
                                                                                  'batch_size'))), None)
-    return (row or {}).get('roofline', {}).get('times_bound') if row else None
+    placed = place(row, report.get('ceilings') or {}, report['model']['flops_per_image'], activation_bytes) \
+        if row else None
+    return (placed or {}).get('times_bound')
 
 
 def markdown(rows: List[dict]) -> str:
@@ -71,7 +81,7 @@ def markdown(rows: List[dict]) -> str:
             'OV int8 b1', 'OV int8 b32', 'ORT int8 b1', 'ORT int8 b32', 'fastest b1, b32 (× bound)']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
     for r in rows:
-        cells = [f'`{r["name"]}`', f'{r["params"] / 1e6:.1f}', f'{r["gflops"]:.2f}']
+        cells = [f'`{r["name"]}`', f'{r["params"] / 1e6:.1f}' if r['params'] else '–', f'{r["gflops"]:.2f}']
         cells += [_parity(r['parity'].get(p)) for p in PRECISIONS]
         cells.append(_remedy(r))
         cells += [_speedup(r['speedups'].get(key)) for key in SPEEDUPS]
@@ -105,15 +115,20 @@ def _speedup(s) -> str:
     return f'{value:.1f}× ({low:.1f}–{high:.1f})' + ('' if passed is not False else ' fail')
 
 
+def check_one_cpu(rows: List[dict]) -> None:
+    """Speed-ups measured on different CPUs do not belong in one table."""
+    cpus = sorted({str(r['cpu']) for r in rows})
+    if len(cpus) > 1:
+        raise UsageError(f'the reports come from different CPUs ({"; ".join(cpus)}): their speed-ups do not compare')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m benchmarks.zoo', description=__doc__.split('\n\n')[0])
     parser.add_argument('reports', nargs='+', help='report.json files written by python -m benchmarks')
     parser.add_argument('--output', help='Markdown file to write (default: print the table)')
     args = parser.parse_args(argv)
     rows = [zoo_row(_read(path)) for path in args.reports]
-    cpus = sorted({str(r['cpu']) for r in rows})
-    if len(cpus) > 1:
-        raise UsageError(f'the reports come from different CPUs ({"; ".join(cpus)}): their speed-ups do not compare')
+    check_one_cpu(rows)
     table = markdown(rows)
     if args.output:
         write_text_atomic(args.output, table)

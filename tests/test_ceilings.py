@@ -72,9 +72,14 @@ def test_a_row_is_held_to_the_attainable_rate_and_where_its_weights_live():
     assert place(row('fp32', 1, 1.0, 1000), {'error': 'failed'}, flops) is None
 
 
-def test_weights_that_fit_the_cache_but_were_not_measured_there_are_read_from_dram():
-    assert memory_ceiling(62_500_000, CPU['memory']) == ('llc', 50e9)
-    assert memory_ceiling(50_000_000, CPU['memory']) == ('dram', 20e9)
+def test_bytes_that_fit_the_cache_take_the_nearest_probe_below_or_dram_without_one():
+    memory = {**CPU['memory'], 'llc': {'1000000': {'bytes_per_s': 90e9}, '62500000': {'bytes_per_s': 50e9}}}
+    assert memory_ceiling(62_500_000, memory) == ('llc', 50e9)  # measured at that size
+    assert memory_ceiling(50_000_000, memory) == ('llc', 90e9)  # not: the probe below it, the higher rate
+    assert memory_ceiling(70_000_000, memory) == ('llc', 50e9)
+    assert memory_ceiling(500_000, memory) == ('llc', 90e9)  # below every probe: the smallest
+    assert memory_ceiling(200_000_000, memory) == ('dram', 20e9)  # larger than the cache
+    assert memory_ceiling(50_000_000, {**CPU['memory'], 'llc': {}}) == ('dram', 20e9)  # no cache probe at all
     assert memory_ceiling(50_000_000, {'llc_bytes': None, 'llc': {}, 'dram': None}) == (None, None)
 
 
@@ -202,16 +207,14 @@ def depthwise_block(int8_weights: bool = False):
 
 
 def test_activations_of_a_depthwise_block_counted_by_hand():
-    """Every layer's input read and output written, per image, the weights (and the int8 graph's dequantized
-    weights) not among them."""
+    """Each convolution's input read and output written, per image; the batch norm and the ReLU fused into the
+    convolutions (no traffic of their own), the weights (and the int8 graph's dequantized weights) not counted."""
     from benchmarks.model_bytes import activation_elements
     image = 8 * 10 * 10                     # 1 × 8 × 10 × 10
     depthwise = image + image               # reads the image, writes 8 × 10 × 10
-    norm = image + image                    # the batch norm: its scale, shift, mean and variance are weights
-    relu = image + image
     pointwise = image + 16 * 10 * 10        # reads 8 channels, writes 16
-    assert activation_elements(depthwise_block()) == depthwise + norm + relu + pointwise == 7200
-    assert activation_elements(depthwise_block(int8_weights=True)) == 7200
+    assert activation_elements(depthwise_block()) == depthwise + pointwise == 4000
+    assert activation_elements(depthwise_block(int8_weights=True)) == 4000
 
 
 def test_a_depthwise_row_is_memory_bound_once_its_activations_count():

@@ -1,7 +1,7 @@
 """Any timm CNN, not one model: ResNet, MobileNetV3, EfficientNet and ConvNeXt through the path AlexNet takes
 (train, export in fp32 and int8 with the gates judged, benchmark with roofline and stage profile, Triton repository),
-each at its own resolution and with its own pretrained cfg; and the int8 remedy on a timm model whose blocks are not
-``nn.Sequential`` chains. AlexNet's own path is the rest of the suite."""
+each with its own pretrained cfg (at 96 x 96 in make test, at its own resolution in make fuzz); and the int8 remedy
+on a timm model whose blocks are not ``nn.Sequential`` chains. AlexNet's own path is the rest of the suite."""
 import copy
 import json
 
@@ -18,6 +18,7 @@ from export.contract import FILENAMES, read_metadata
 from export.equalize import equalization_pairs
 from export.onnx import ParityGateError, export_onnx
 from export.triton import parse_config, write_repository
+from test_serving import free_ports, needs_pytriton
 
 pytestmark = pytest.mark.slow
 
@@ -82,16 +83,16 @@ def test_export_uses_the_models_own_cfg_and_quantizes_its_blocks(zoo):
 def test_benchmark_roofline_and_stages(zoo, tmp_path):
     model, checkpoint, graphs, result, _ = zoo
     out = tmp_path / 'report'
-    passed = [r['precision'] for r in result.rows if r['passed']]
-    code = benchmark_main(['--checkpoint', str(checkpoint), '--quick', '--backends', 'onnxruntime,openvino',
-                           '--precisions', ','.join(passed), '--onnx-dir', str(graphs), '--rounds', '6', '--seconds-per-row', '0.02',
+    precision = 'int8' if all(r['passed'] for r in result.rows) else 'fp32'  # the graph export.onnx wrote
+    code = benchmark_main(['--checkpoint', str(checkpoint), '--quick', '--backends', 'openvino', '--precisions',
+                           precision, '--onnx-dir', str(graphs), '--rounds', '6', '--seconds-per-row', '0.02',
                            '--output-dir', str(out), '--no-progress'])
     assert code == 0
     report = json.loads((out / 'report.json').read_text())
     assert report['graphs']['reused'] and not report['graphs']['exported']
     assert report['model']['name'] == model.pretrained_cfg['architecture']
-    rows = [r for r in report['results'] if r['backend'] in ('onnxruntime', 'openvino')]
-    assert {r['precision'] for r in rows} == set(passed) and all(r['parity']['passed'] for r in rows)
+    rows = [r for r in report['results'] if r['backend'] == 'openvino']
+    assert [r['precision'] for r in rows] == [precision] and rows[0]['parity']['passed']
     activations = report['model']['activation_bytes']
     assert activations > 0
     for row in rows:  # every row is bounded by its weights and its activations, not its weights alone
@@ -109,6 +110,27 @@ def test_triton_repository_takes_the_models_shape(zoo, tmp_path):
     assert set(written.models) == {f'{name}_onnxruntime_fp32', f'{name}_openvino_fp32'}
     config = parse_config((tmp_path / 'repo' / f'{name}_openvino_fp32' / 'config.pbtxt').read_text())
     assert list(config.input[0].dims) == list(model.pretrained_cfg['input_size'])
+
+
+@pytest.mark.full
+@needs_pytriton
+def test_served_by_triton(zoo, tmp_path, capsys):
+    """The last step, as a user runs it: the model behind a real Triton server answers with the same top-1 as
+    the graph, over HTTP and gRPC, and a short load completes without errors (make fuzz: a server per model)."""
+    import benchmarks.serve as serve
+    model, checkpoint, graphs, result, _ = zoo
+    precision = 'int8' if all(r['passed'] for r in result.rows) else 'fp32'
+    http, grpc, metrics = free_ports()
+    out = tmp_path / 'serve'
+    assert serve.main(['--checkpoint', str(checkpoint), '--onnx-dir', str(graphs), '--backend', 'openvino',
+                       '--precision', precision, '--concurrency', '2', '--seconds', '0.5', '--http-port', str(http),
+                       '--grpc-port', str(grpc), '--metrics-port', str(metrics), '--output-dir', str(out)]) == 0
+    report = json.loads((out / 'serve.json').read_text())
+    name = model.pretrained_cfg['architecture']
+    assert report['served']['name'] == f'{name}_openvino_{precision}'
+    for protocol in ('http', 'grpc'):
+        assert report['check'][protocol]['same_top1'] == report['check'][protocol]['images'] == len(PHOTOGRAPHS)
+    assert all(level['errors'] == 0 and level['completed'] > 0 for level in report['levels'])
 
 
 # ------------------------------------------------------------------------ the remedy on a non-Sequential model
@@ -166,3 +188,21 @@ def test_outlier_in_a_resnet_block_is_equalized_by_default(outlier_resnet, tmp_p
     assert row['passed'] is True and row['float_layers'] == [], [(a['what'], a['sqnr_db']) for a in row['attempts']]
     assert any(e['layer'] == 'layer1.0.bn1' and e['into'] == 'layer1.0.conv2' and e['max_scale'] > K / 2
                for e in row['equalized']), row['equalized']
+
+
+def test_zoo_table_from_a_report(quick_run, tmp_path):
+    """``python -m benchmarks.zoo`` on the suite's quick report: one row with the report's own figures."""
+    from benchmarks.zoo import check_one_cpu, main as zoo_main
+    from alexnet_zoo.cli import UsageError
+    _, report_dir, _ = quick_run
+    assert zoo_main([str(report_dir / 'report.json'), '--output', str(tmp_path / 'zoo.md')]) == 0
+    table = (tmp_path / 'zoo.md').read_text().splitlines()
+    assert len(table) == 3 and table[2].startswith('| `alexnet_bn` | 25.7 |')
+    report = json.loads((report_dir / 'report.json').read_text())
+    row = next(r for r in report['results'] if (r['backend'], r['precision']) == ('openvino', 'int8'))
+    low, high = row['speedup_ci95']
+    cells = [c.strip() for c in table[2].split('|')]
+    assert cells[8] == f'{row["speedup_vs_torch_fp32"]:.1f}× ({low:.1f}–{high:.1f})' and cells[9] == '–'  # no b32
+    assert cells[7] == 'plain' and cells[6].startswith(f'{row["parity"]["sqnr_db"]:.1f} / ')
+    with pytest.raises(UsageError, match='different CPUs'):
+        check_one_cpu([{'cpu': 'Intel Xeon'}, {'cpu': 'AMD EPYC'}])
