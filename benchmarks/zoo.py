@@ -95,7 +95,9 @@ def _parity(p: Optional[dict]) -> str:
     if p is None:
         return '–'
     verdict = '' if p.get('passed') is not False else ' **FAIL**'
-    return f'{p["sqnr_db"]:.1f} / {p["decisive_top1_agreement"]:.1%}{verdict}'
+    sqnr, top1 = p.get('sqnr_db'), p.get('decisive_top1_agreement')  # None: identical logits / no decisive view
+    return (f'{"exact" if sqnr is None else f"{sqnr:.1f}"} / {"–" if top1 is None else f"{top1:.1%}"}'
+            f'{verdict}')
 
 
 def _remedy(r: dict) -> str:

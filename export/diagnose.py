@@ -109,7 +109,9 @@ def weight_sqnr(prepared: onnx.ModelProto, int8: onnx.ModelProto) -> Dict[str, f
             shape = [1] * q.ndim
             shape[axis] = -1
             scale = scale.reshape(shape)
-        out[name] = compute_signal_to_quantization_noice_ratio(numpy_helper.to_array(floats[name]), q * scale)
+        # arrays, also for a 0-d weight (a transformer's scalar constants), which ORT's function cannot take as such
+        out[name] = compute_signal_to_quantization_noice_ratio(np.atleast_1d(numpy_helper.to_array(floats[name])),
+                                                               np.atleast_1d(q * scale))
     return out
 
 
