@@ -49,7 +49,8 @@ test: $(VENV)/.installed
 
 # Every reader against 1,000 random hostile inputs (hypothesis), every writer killed at 20 random moments and run
 # into a full disk, a server killed under load (the tests marked faults, which make test leaves out), and the
-# promises make test checks more cheaply at full strength (marked full: a re-export from a copy of the code elsewhere); prints the
+# promises make test checks more cheaply at full strength (marked full: a re-export from a copy of the code elsewhere, the
+# zoo's four models at their own resolution, benchmarked and served, the other AlexNets' exports, the AlexNet outlier's remedies); prints the
 # examples per reader and the kills tried. make test runs the same properties smaller, and cheaper tests of the
 # promises the faults tests check (docs/reliability.md).
 KILL_SEED ?= $(shell date +%s)

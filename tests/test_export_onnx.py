@@ -334,6 +334,7 @@ def test_percentile_calibration_clips_what_minmax_keeps(as_loaded, trained_model
 
 
 @pytest.mark.slow
+@pytest.mark.full  # make fuzz; make zoo trains, exports and benchmarks all three at 227 x 227
 @pytest.mark.parametrize('name, size', [('alexnet_bn', None), ('alexnet', FIXTURE_SIZE), ('alexnet_lrn', FIXTURE_SIZE)])
 def test_export_the_other_alexnets(name, size, tmp_path):
     """alexnet_bn at its own 227 x 227 (the trained fixture is smaller), alexnet in torchvision's layout (adaptive

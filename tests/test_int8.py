@@ -83,6 +83,7 @@ def test_a_near_tie_passes_and_is_counted(as_loaded, trained_model, tmp_path):
     assert row['float_layers'] == [] and row['equalized'] == []  # nothing to repair
 
 
+@pytest.mark.full  # make test: the same repair on a resnet block (tests/test_zoo.py), with the diagnosis files
 def test_outlier_channel_is_named_and_equalized(as_loaded, outlier_model, tmp_path):
     result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',))
     row, = result.rows
@@ -99,15 +100,20 @@ def test_outlier_channel_is_named_and_equalized(as_loaded, outlier_model, tmp_pa
     assert (tmp_path / 'model.int8.layers.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_a_named_layer_is_kept_in_float(as_loaded, outlier_model, exported_graphs, tmp_path):
+@pytest.mark.full  # make test: the float step of the remedy below, and a wrong layer name
+def test_a_named_layer_is_kept_in_float(as_loaded, outlier_model, tmp_path):
     result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',), int8_fallback='features.8')
     row, = result.rows
     assert row['passed'] is True and row['float_layers'] == ['features.8'] and row['equalized'] == []
     assert read_metadata(tmp_path / FILENAMES['int8'])['float_layers'] == ['features.8']
     assert row['ms_b1'] > 0 and row['plain_ms_b1'] > 0  # the float layer's cost, beside the all-int8 graph's
+
+
+def test_a_named_layer_that_is_not_there_lists_those_that_are(exported_graphs):
     from export.diagnose import resolve_layers  # what export_onnx checks a named layer against, before quantizing
     import onnx
     fp32 = onnx.load(str(exported_graphs[0].paths['fp32']), load_external_data=False)
+    assert resolve_layers(fp32, ['features.8'])['features.8']
     with pytest.raises(ValueError, match=r"no quantized layer 'features\.99' \(module paths: .*features\.8"):
         resolve_layers(fp32, ['features.99'])
 
