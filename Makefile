@@ -24,7 +24,8 @@ setup: $(VENV)/.installed
 # The main job for any timm model: make report MODEL=resnet18 (the default's folders are out/run and out/report, any
 # other model's out/<model>/run and out/<model>/report; a run already trained there is reused, make clean retrains)
 MODEL ?= alexnet_bn
-RUN_OUT = $(if $(filter alexnet_bn,$(MODEL)),$(OUT),$(OUT)/$(MODEL))
+run_out = $(if $(filter alexnet_bn,$(1)),$(OUT),$(OUT)/$(1))
+RUN_OUT = $(call run_out,$(MODEL))
 BENCHMARK_ARGS ?=
 
 report: $(VENV)/.installed
@@ -41,7 +42,7 @@ ZOO_MODELS ?= alexnet_bn alexnet alexnet_lrn mobilenetv3_small_100 efficientnet_
 zoo: $(VENV)/.installed
 	for m in $(ZOO_MODELS); do $(MAKE) --no-print-directory report MODEL=$$m \
 		BENCHMARK_ARGS='--backends torch,onnxruntime,openvino --precisions fp32,fp16,int8 --no-progress' || true; done
-	$(PY) -m benchmarks.zoo $(foreach m,$(ZOO_MODELS),$(if $(filter alexnet_bn,$(m)),$(OUT),$(OUT)/$(m))/report/report.json) \
+	$(PY) -m benchmarks.zoo $(foreach m,$(ZOO_MODELS),$(call run_out,$(m))/report/report.json) \
 		--output $(OUT)/zoo.md
 
 test: $(VENV)/.installed

@@ -205,6 +205,7 @@ def run_benchmark(
             graphs.update(exported)
         bar.update(bool(graphs_needed))
         activations = count_activations(graphs)  # the model's, on its first graph: the same at every precision
+        stages = model_stages(model)
         for spec in specs:
             bar.set_description(f'{spec.backend} {spec.precision}')
             try:
@@ -242,7 +243,7 @@ def run_benchmark(
             row.update(round_figures(times, row['batch_size'], timing.run_to_run))
         bar.set_description('per-layer times of the fastest rows')
         try:
-            profiles = layer_profiles(results, windows, x, model_stages(model))
+            profiles = layer_profiles(results, windows, x, stages)
         except Exception as e:
             profiles = [{'error': first_line(e)}]
         windows.clear()  # the prepared inputs go before their runners close
@@ -257,7 +258,7 @@ def run_benchmark(
                   'trained': loaded.trained, 'gates_judged': loaded.trained,
                   'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model),
                   'parameters': sum(p.numel() for p in model.parameters()),
-                  **activations, 'stages': model_stages(model)},
+                  **activations, 'stages': stages},
         'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
                    'names': names},
         'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,

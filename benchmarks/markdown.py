@@ -287,8 +287,8 @@ def _model_bytes_text(model: dict) -> str:
     text = f'{model["flops_per_image"] / 1e9:.2f} GFLOPs per image (FlopCounterMode; 1 multiply-add = 2)'
     count, source = model.get('activation_bytes'), model.get('activation_bytes_source')
     if count:
-        return (f'{text} and {count / 1e6:.1f} MB of activations per image in fp32 (every input and output of its '
-                f'layers, on {source})')
+        return (f'{text} and {count / 1e6:.1f} MB of activations per image in fp32 (the input and output of its '
+                f'convolutions, matrix products and pooling, on {source})')
     return f'{text}; activations not counted ({source or "a report from before they were"}): weights only'
 
 

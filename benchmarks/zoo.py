@@ -14,9 +14,9 @@ from alexnet_zoo.cli import UsageError, run_cli
 from alexnet_zoo.files import write_text_atomic
 from export.contract import FILENAMES, read_metadata
 
-from .ceilings import place
 from .model_bytes import count_activations
 from .report import read_report
+from .summary import add_roofline, label
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 SPEEDUPS = (('openvino', 1), ('openvino', 32), ('onnxruntime', 1), ('onnxruntime', 32))
@@ -39,14 +39,16 @@ def zoo_row(report: dict) -> dict:
             speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
     folder = report['graphs'].get('folder')
     graphs = {p: Path(folder) / FILENAMES[p] for p in PRECISIONS if folder and (Path(folder) / FILENAMES[p]).is_file()}
-    activations = count_activations(graphs)['activation_bytes'] or model.get('activation_bytes') or 0
-    int8 = read_metadata(Path(folder) / FILENAMES['int8']) if folder and (Path(folder) / FILENAMES['int8']).is_file() \
-        else None
+    # every row placed again with the bytes this version counts on the report's graphs, so that reports written
+    # before a change of the count are held to the same one
+    model['activation_bytes'] = count_activations(graphs)['activation_bytes'] or model.get('activation_bytes')
+    add_roofline(report)
+    int8 = read_metadata(graphs['int8']) if 'int8' in graphs else None
     return {'name': model['name'], 'params': _params(report),
             'gflops': model['flops_per_image'] / 1e9, 'parity': parity, 'speedups': speedups,
             'int8_written': int8 is not None,
             'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
-            'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f, activations))
+            'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
                         for f in report['summary'].get('fastest_passing', [])],
             'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
 
@@ -65,14 +67,10 @@ def _params(report: dict) -> Optional[int]:
     return row['weight_bytes'] // 4 if row and row.get('weight_bytes') else None
 
 
-def _times_bound(report: dict, fastest: dict, activation_bytes: float) -> Optional[float]:
-    """The row's median over its bound, placed again (``ceilings.place``) with the bytes the graph folder's
-    graph moves as this version counts them, so that every row of the table is held to the same count."""
-    row = next((r for r in report['results'] if all(r[k] == fastest[k] for k in ('backend', 'precision',
-                                                                                 'batch_size'))), None)
-    placed = place(row, report.get('ceilings') or {}, report['model']['flops_per_image'], activation_bytes) \
-        if row else None
-    return (placed or {}).get('times_bound')
+def _times_bound(report: dict, fastest: dict) -> Optional[float]:
+    row = next((r for r in report['results'] if label(r) == label(fastest) and r['batch_size'] == fastest['batch_size']),
+               None)
+    return ((row or {}).get('roofline') or {}).get('times_bound')
 
 
 def markdown(rows: List[dict]) -> str:
