@@ -720,7 +720,7 @@ def test_bad_input_subprocess_has_no_traceback(tmp_path):
 TINY_TIMING = dict(rounds=6, seconds_per_row=0.0)
 
 
-@pytest.mark.slow
+@pytest.mark.full  # make test: parity.judge with trained=False (test_judge_gates); make fuzz: the whole run
 def test_random_weights_end_to_end(tmp_path, no_ceilings):
     """Random weights: every row is measured, no gate is judged ("not judged" in the report), exit 0."""
     from benchmarks import exit_code, run_benchmark
