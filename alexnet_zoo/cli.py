@@ -20,6 +20,12 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f'error: {printable(message)} (see --help)', file=sys.stderr)
         sys.exit(2)
 
+    def _get_values(self, action: argparse.Action, arg_strings: list):
+        """``--seed=--``: argparse drops the ``--`` and takes no value at all (``[]``); refused like ``--seed --``."""
+        if action.option_strings and action.nargs in (None, argparse.OPTIONAL) and arg_strings == ['--']:
+            raise argparse.ArgumentError(action, 'expected one argument')
+        return super()._get_values(action, arg_strings)
+
 
 def first_line(error: BaseException, limit: int = 0) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors; characters

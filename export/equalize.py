@@ -23,7 +23,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, LayerNorm2d
-from timm.layers._fx import get_notrace_functions, is_notrace_module
+from timm.layers import get_notrace_functions, is_notrace_module
 
 MIN_SCALE = 1.5  # a pair whose widest channel is narrowed by less is left alone
 PASS_MODULES = (nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Identity)  # commute with a positive per-channel scale (eval)
