@@ -28,7 +28,7 @@ from alexnet_zoo.cli import (MAX_BATCH, ArgumentParser, UsageError, bounded, par
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.manifest import MANIFEST, read_manifest, save_set, verify
 
-from .contract import FILENAMES, GRAPH_PRECISIONS, dims, graph_inputs, metadata, read_onnx
+from .contract import FILENAMES, GRAPH_PRECISIONS, dims, graph_inputs, input_chw, metadata, read_onnx
 from .export_manifest import exported_graphs
 from .kserve import KServe, Served, manifest_text
 from .trt.record import read_record
@@ -183,7 +183,8 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
             source, max_batch = graphs[precision], None
             if backend == 'tensorrt':
                 source, max_batch, reason = _engine(engines, precision, graphs[precision],
-                                                    listed['files'][graphs[precision].name]['sha256'])
+                                                    listed['files'][graphs[precision].name]['sha256'],
+                                                    input_chw(parsed[precision])[1])
                 if reason:
                     result.skipped.append({**where, 'reason': reason})
                     continue
@@ -266,10 +267,10 @@ def _check_target(repository: Path) -> None:
                              f'{KIND}); choose an empty folder')
 
 
-def _engine(engines: Optional[PathLike], precision: str, graph: Path,
-            graph_sha256: str) -> Tuple[Optional[Path], Optional[int], str]:
-    """The TensorRT engine ``export.trt`` built from ``graph`` (whose hash export.json gave and the file matched),
-    with its largest batch; or why there is none."""
+def _engine(engines: Optional[PathLike], precision: str, graph: Path, graph_sha256: str,
+            graph_chw: Sequence[int]) -> Tuple[Optional[Path], Optional[int], str]:
+    """The TensorRT engine ``export.trt`` built from ``graph`` (whose hash export.json gave and the file matched,
+    and whose input is ``graph_chw`` after the batch), with its largest batch; or why there is none."""
     build = f'python -m export.trt --onnx {graph} (on a machine with an NVIDIA GPU)'
     if engines is None:
         return None, None, f'no --engines folder: build model.{precision}.plan with {build}'
@@ -280,14 +281,23 @@ def _engine(engines: Optional[PathLike], precision: str, graph: Path,
     try:
         built_from = record.get('onnx', {}).get('sha256')
         low, high = int(record['input']['min'][0]), int(record['input']['max'][0])
+        shapes = {list(record['input'][key][1:]) == list(graph_chw) for key in ('min', 'opt', 'max')}
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return None, None, f'{plan.name}.json does not say which graph and batch sizes it was built for; rebuild it'
     if built_from != graph_sha256:
         return None, None, f'{plan} was built from another graph than {graph}; rebuild it with {build}'
+    if shapes != {True}:  # a record that names the graph's hash must also name its input size
+        return None, None, f'{plan.name}.json says the engine takes {_shape(record["input"])}, but {graph.name} ' \
+                           f'takes [batch, {", ".join(map(str, graph_chw))}]; rebuild it with {build}'
     if low != 1 or high < 1:
         return None, None, f'{plan} takes batches of {low} to {high}; Triton sends any size from 1: rebuild it ' \
                            f'with --min-batch 1'
     return plan, high, ''
+
+
+def _shape(profile: dict) -> str:
+    """An engine profile's input shapes in a message: the min, opt and max batch over the per-image dims."""
+    return ' / '.join(str(list(profile[key])) for key in ('min', 'opt', 'max'))
 
 
 def readme(result: Repository, meta: dict, kserve_file: bool = False) -> str:

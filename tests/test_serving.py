@@ -42,12 +42,11 @@ def free_ports(count: int = 3) -> list:
 
 
 def fake_engines(graphs: Path, folder: Path) -> Path:
-    """Stand-in engines with build records as export.trt writes them (TensorRT cannot build here): the
-    repository writer reads the record, never the engine."""
+    """Stand-in engines with build records as export.trt writes them (TensorRT cannot build here), each for its own
+    graph (file, hash, input size) at batches 1 to 16: the repository writer reads the record, never the engine."""
     folder.mkdir()
     for precision, name in FILENAMES.items():
-        fake_engine(folder, precision, onnx={'file': name, 'sha256': sha256_file(graphs / name)},
-                    input={'name': 'input', **BatchProfile(1, 16, 16).shapes([3, 227, 227])})
+        fake_engine(folder, precision, graph=graphs / name, profile=BatchProfile(1, 16, 16))
     return folder
 
 
@@ -221,6 +220,39 @@ def test_repository_without_engines_says_why(exported_graphs, tmp_path, capsys):
     write_repository(graphs, repo, backends=('openvino',), precisions=('fp32',))
     assert sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith('.')) == [
         'alexnet_bn_openvino_fp32']
+
+
+def test_engines_through_the_command_and_a_record_of_another_size(exported_graphs, tmp_path, capsys):
+    """``--engines`` on the command line: a TensorRT model per engine, its plan the engine's bytes, its max batch the
+    engine's. A build record that names the graph's hash but another input size (an engine for 227 x 227 beside a
+    67 x 67 graph) is refused with the two sizes named, and the other engines are still served."""
+    _, graphs = exported_graphs
+    engines = fake_engines(graphs, tmp_path / 'engines')
+    [graph_input] = graph_inputs(read_onnx(graphs / FILENAMES['fp32']))
+    chw = dims(graph_input)[1:]
+    for repo in ('repo', 'refused'):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(tmp_path / repo), '--backends',
+                                  'tensorrt', '--engines', str(engines)])
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 0, err
+        if repo == 'repo':
+            for precision in FILENAMES:
+                name = f'alexnet_bn_tensorrt_{precision}'
+                assert f'{name}: tensorrt {precision}, max batch 16' in out
+                assert (tmp_path / repo / name / '1' / 'model.plan').read_bytes() == \
+                    (engines / f'model.{precision}.plan').read_bytes()
+                config = parse_config((tmp_path / repo / name / 'config.pbtxt').read_text())
+                assert config.platform == 'tensorrt_plan' and list(config.input[0].dims) == chw
+            record = json.loads((engines / 'model.fp32.plan.json').read_text())  # now claim AlexNet's own size
+            record['input'] = {'name': 'input', **BatchProfile(1, 16, 16).shapes([3, 227, 227])}
+            (engines / 'model.fp32.plan.json').write_text(json.dumps(record))
+    assert chw != [3, 227, 227] and err.splitlines() == [
+        f'skipped tensorrt fp32: model.fp32.plan.json says the engine takes [1, 3, 227, 227] / [16, 3, 227, 227] / '
+        f'[16, 3, 227, 227], but model.onnx takes [batch, {", ".join(map(str, chw))}]; rebuild it with python -m '
+        f'export.trt --onnx {graphs / "model.onnx"} (on a machine with an NVIDIA GPU)']
+    assert sorted(p.name for p in (tmp_path / 'refused').iterdir() if p.name.startswith('alexnet')) == [
+        'alexnet_bn_tensorrt_fp16', 'alexnet_bn_tensorrt_int8']
 
 
 def test_batching_and_instances_flags_reach_the_config(exported_graphs, tmp_path, capsys):

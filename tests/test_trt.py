@@ -3,6 +3,7 @@ and (on a machine with an NVIDIA GPU and TensorRT) real engine builds run throug
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import export.trt.__main__ as trt_cli
 import export.trt.runtime as trt_runtime
 from alexnet_zoo.cli import run_cli
+from export.contract import input_chw, metadata, read_onnx
 from export.runner import BackendUnavailable
 from export.trt.build import BatchProfile, build_engine
 from export.trt.preflight import SUPPORTED_OPS, check_onnx
@@ -107,10 +109,15 @@ def test_preflight_passes_the_exported_graphs(real_graphs, capsys):
     for precision, path in real_graphs.items():
         assert check_onnx(path) == [], precision
     folder = real_graphs['int8'].parent
-    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*')}
+    before = _folder_bytes(folder)
     code, out, err = cli(['--onnx', real_graphs['int8'], '--check-only'], capsys)
     assert (code, err) == (0, []) and 'passes the TensorRT preflight' in out
-    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob('*')} == before
+    assert _folder_bytes(folder) == before
+
+
+def _folder_bytes(folder: Path) -> dict:
+    """Every file under ``folder`` (and every folder, as None) with the sha256 of its bytes."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in folder.rglob('*')}
 
 
 def test_preflight_passes_a_symmetric_qdq_graph(tmp_path):
@@ -250,14 +257,18 @@ def test_batch_profile_shapes():
 # ------------------------------------------------------------------------------------------- build records
 
 
-def fake_engine(tmp_path: Path, precision: str = 'fp32', **overrides) -> Path:
-    """An engine file (arbitrary bytes) with a build record as build_engine writes it."""
+def fake_engine(tmp_path: Path, precision: str = 'fp32', graph: Path = None, profile: BatchProfile = BatchProfile(1, 8, 64),
+                **overrides) -> Path:
+    """An engine file (arbitrary bytes) with a build record as build_engine writes it for ``graph`` (by default a
+    tiny classifier written beside it): the graph's file, hash and model name, its input at ``profile``'s batches."""
+    graph = graph or tiny_convnet(tmp_path)
+    name, chw = input_chw(read_onnx(graph))
     plan = tmp_path / f'model.{precision}.plan'
     plan.write_bytes(b'not really an engine')
     record = {'tensorrt_version': '10.7.0', 'gpu': {'name': 'NVIDIA H100 80GB HBM3', 'compute_capability': '9.0'},
-              'precision': precision, 'strongly_typed': True,
-              'input': {'name': 'input', **BatchProfile(1, 8, 64).shapes([3, 227, 227])}, 'outputs': ['logits'],
-              'onnx': {'file': 'model.onnx', 'sha256': '0' * 64, 'model_name': 'alexnet_bn'},
+              'precision': precision, 'strongly_typed': True, 'input': {'name': name, **profile.shapes(chw)},
+              'outputs': ['logits'], 'onnx': {'file': graph.name, 'sha256': hashlib.sha256(graph.read_bytes()).hexdigest(),
+                                              'model_name': metadata(read_onnx(graph)).get('model_name', 'model')},
               'engine': {'file': plan.name, 'sha256': hashlib.sha256(plan.read_bytes()).hexdigest(),
                          'bytes': plan.stat().st_size},
               'workspace_bytes': None, 'build_seconds': 1.0, 'built_at': '2025-01-01T00:00:00+00:00', **overrides}
@@ -589,7 +600,8 @@ def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, pr
     record = json.loads(record_path(plan).read_text())
     import tensorrt
     assert record['tensorrt_version'] == tensorrt.__version__ and record['precision'] == precision
-    assert record['input']['min'] == [1, 3, 227, 227] and record['input']['max'] == [8, 3, 227, 227]
+    name, chw = input_chw(read_onnx(onnx_path))  # the graph's own size (the fixture's 67 x 67, not AlexNet's 227)
+    assert record['input'] == {'name': name, 'min': [1, *chw], 'opt': [8, *chw], 'max': [8, *chw]}
     assert record['onnx']['sha256'] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert record['tf32'] is (precision != 'fp32')
     assert cli(['--verify', plan], capsys)[0] == 0
@@ -602,6 +614,7 @@ def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, pr
         logits = infer_in_batches(runner, views.numpy(), (1, 8))
         again = runner.fetch(runner.run(runner.prepare(views.numpy()[:8])))
         datatypes = runner.layer_datatypes()
+        layers = engine_layers(runner)
     assert logits.shape == reference.shape and logits.dtype == np.float32
     np.testing.assert_array_equal(logits[:8], again)
     verdict = judge(precision, compare(reference, logits), trained=True)
@@ -610,6 +623,8 @@ def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, pr
     assert datatypes[expected] > 0, datatypes
     if precision == 'fp32':
         assert not datatypes['int8'] and not datatypes['half'], datatypes
+    if precision == 'int8':  # every layer the graph quantized runs in int8, not just one tensor somewhere
+        assert not float_quantized_layers(read_onnx(onnx_path), layers), layers
 
 
 @pytest.mark.gpu
@@ -621,6 +636,83 @@ def test_runner_refuses_another_device_in_one_line(real_graphs, tmp_path):
     other = torch.cuda.current_device() + 1
     with pytest.raises(ValueError, match=f'runs on the current CUDA device .*CUDA_VISIBLE_DEVICES={other}'):
         TensorRTRunner(plan, device=f'cuda:{other}')
+
+WEIGHTED_OPS = {'Conv', 'ConvTranspose', 'Gemm', 'MatMul'}
+
+
+def quantized_weighted_nodes(graph: onnx.ModelProto) -> list:
+    """The weighted nodes (Conv, Gemm, MatMul) whose weights the graph quantizes (an input through DequantizeLinear
+    of an initializer, or of a QuantizeLinear of one): the layers a strongly typed int8 engine must run in int8."""
+    initializers = {t.name for t in graph.graph.initializer}
+    producer = {out: node for node in graph.graph.node for out in node.output}
+
+    def quantized_weight(name: str) -> bool:
+        dq = producer.get(name)
+        if dq is None or dq.op_type != 'DequantizeLinear':
+            return False
+        source = dq.input[0]
+        q = producer.get(source)
+        return source in initializers or (q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in initializers)
+    return [node.name for node in graph.graph.node
+            if node.op_type in WEIGHTED_OPS and any(quantized_weight(name) for name in node.input[1:])]
+
+
+def _onnx_names(layer: dict) -> set:
+    """The ONNX nodes an engine layer runs: its name's parts (fused layers join them with ' + ') and, with detailed
+    profiling, the ``[ONNX Layer: name]`` entries of its Metadata."""
+    names = set(str(layer.get('Name', '')).split(' + '))
+    return names | set(re.findall(r'\[ONNX Layer: ([^\]]+)\]', str(layer.get('Metadata', ''))))
+
+
+def float_quantized_layers(graph: onnx.ModelProto, layers: list) -> list:
+    """What the engine inspector's layers (detailed verbosity, JSON) say against the graph's int8 promise: each
+    quantized weighted node lands in a layer whose weights are Int8 (a layer that holds no weights of its own, such
+    as a matrix product fed by a constant, must read Int8 inputs). Returns one line per node that does not."""
+    from benchmarks.tensorrt_runner import datatype_of
+    problems = []
+    for node in quantized_weighted_nodes(graph):
+        covering = [layer for layer in layers if isinstance(layer, dict) and node in _onnx_names(layer)]
+        if not covering:
+            problems.append(f'{node}: in no engine layer')
+        for layer in covering:
+            weights = layer.get('Weights')
+            kinds = {datatype_of(str(weights.get('Type', '')))} if isinstance(weights, dict) else \
+                {datatype_of(str(t.get('Format/Datatype', ''))) for t in layer.get('Inputs', [])}
+            if 'int8' not in kinds:
+                problems.append(f'{node}: layer {layer.get("Name")!r} runs in {sorted(kinds)}')
+    return problems
+
+
+def engine_layers(runner) -> list:
+    """The engine inspector's layers (JSON; the engine is built with detailed profiling verbosity)."""
+    import tensorrt as trt
+    inspector = runner.engine.create_engine_inspector()
+    for attribute in ('execution_context', 'context'):  # 11 renamed the property
+        if hasattr(inspector, attribute):
+            setattr(inspector, attribute, runner.context)
+            break
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get('Layers', [])
+
+
+def test_the_int8_engine_check_can_fail(real_graphs):
+    """The GPU test's int8 check on the inspector's layers as TensorRT's documentation prints them: every quantized
+    conv and FC layer of the exported graph found in an Int8 layer passes; one left in float, one missing, and a
+    graph without Q/DQ (nothing to check would pass anything) do not."""
+    graph = read_onnx(real_graphs['int8'])
+    nodes = quantized_weighted_nodes(graph)
+    weighted = [n.name for n in graph.graph.node if n.op_type in WEIGHTED_OPS]
+    assert nodes and set(nodes) <= set(weighted) and not quantized_weighted_nodes(read_onnx(real_graphs['fp32']))
+    int8 = 'Thirty-two wide channel vectorized row major Int8 format.'
+    layers = [{'Name': f'{node} + /relu', 'LayerType': 'CaskConvolution', 'ParameterType': 'Convolution',
+               'Inputs': [{'Format/Datatype': int8}], 'Weights': {'Type': 'Int8', 'Count': 64}} for node in nodes[1:]]
+    layers.append({'Name': 'myelin', 'Metadata': f'[ONNX Layer: {nodes[0]}]', 'Inputs': [{'Format/Datatype': int8}]})
+    assert float_quantized_layers(graph, layers) == []
+    layers[-1]['Inputs'] = [{'Format/Datatype': 'Row major linear FP32 format (kLINEAR)'}]
+    assert float_quantized_layers(graph, layers) == [f"{nodes[0]}: layer 'myelin' runs in ['float']"]
+    layers[0]['Weights']['Type'] = 'Float'
+    assert f"{nodes[1]}: layer '{nodes[1]} + /relu' runs in ['float']" in float_quantized_layers(graph, layers)
+    assert f'{nodes[2]}: in no engine layer' in float_quantized_layers(graph, layers[:1] + layers[2:])
+
 
 # ------------------------------------------------------------------------- type check against TensorRT's stubs
 
