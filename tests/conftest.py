@@ -177,10 +177,54 @@ SLOW_FIXTURES = {'trained_model', 'trained_checkpoint', 'exported_graphs', 'soft
                  'quick_run', 'photo_folder', 'outlier_checkpoint', 'outlier_model', 'torchvision_checkpoint'}
 
 
+# The tests of make fuzz (faults, full) are slow too: `-m "not slow"` replaces the -m of addopts.
+SLOW_MARKS = ('faults', 'full')
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())) or any(map(item.get_closest_marker, SLOW_MARKS)):
             item.add_marker(pytest.mark.slow)
+
+
+# A slow test is also one that starts a process, checked below. Libraries that start one on their first import
+# do it here, once, outside any test: numpy.testing runs lscpu, matplotlib's first font cache runs fc-list;
+# OpenVINO's import sends a telemetry event from a forked process unless told it runs in CI (its own switch:
+# nothing reaches the network at test time).
+os.environ['CI'] = 'true'
+import matplotlib.font_manager  # noqa: E402,F401
+import numpy.testing  # noqa: E402,F401
+
+
+PROCESSES = pytest.StashKey[list]()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_unless_slow(request, monkeypatch):
+    """The quick loop starts no real process: a test not marked ``slow`` that starts one (``subprocess`` in any
+    form, ``os.fork``, ``os.posix_spawn``) fails, even where its code catches the error raised at the start."""
+    if request.node.get_closest_marker('slow'):
+        return
+    started = request.node.stash.setdefault(PROCESSES, [])
+
+    def refuse(what):
+        def start(*args, **kwargs):
+            started.append(what)
+            pytest.fail(f'starts a process ({what}) but is not marked slow', pytrace=True)
+        return start
+    monkeypatch.setattr(subprocess.Popen, '_execute_child', refuse('subprocess'))
+    for name in ('fork', 'forkpty', 'posix_spawn', 'posix_spawnp'):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse(f'os.{name}'))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test that caught the refusal above (``except BaseException``) still fails."""
+    result = yield
+    if item.stash.get(PROCESSES, None):
+        pytest.fail(f'starts a process ({", ".join(item.stash[PROCESSES])}) but is not marked slow')
+    return result
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -19,6 +19,7 @@ def test_import_contracts_are_kept():
     assert lint_imports(str(REPO / 'pyproject.toml'), no_cache=True, no_logo=True) == 0
 
 
+@pytest.mark.slow  # a real process: import-linter on another tree
 def test_the_layers_contract_catches_an_arrow_back_up(tmp_path):
     """The same contract on a tree where export imports benchmarks: import-linter must call it broken."""
     for package, body in (('alexnet_zoo', ''), ('export', 'import benchmarks\n'), ('benchmarks', 'import export\n')):

@@ -34,6 +34,7 @@ def test_ctrl_c_is_exit_130_and_one_line(capsys):
     assert one_error_line(captured.err) == 'error: interrupted'
 
 
+@pytest.mark.slow  # a real process: the promise is about a signal
 def test_ctrl_c_in_a_running_command(tmp_path):
     """SIGINT to ``python -m alexnet_zoo.samples --write-folder`` once it is writing: exit 130, one line."""
     out = tmp_path / 'photos'
@@ -72,6 +73,7 @@ def _closed_pipe_run(args, buffered: bool) -> subprocess.CompletedProcess:
         os.close(write)
 
 
+@pytest.mark.slow  # a real process: the promise is about a pipe
 @pytest.mark.parametrize('buffered', [True, False])  # block-buffered: the output meets the pipe only at the end
 def test_closed_pipe_is_quiet_exit_1(buffered):
     """``python -m alexnet_zoo.samples | head -0``: no traceback and no "Exception ignored" message, exit 1."""
@@ -97,6 +99,7 @@ def test_stats_on_a_closed_pipe_is_quiet_exit_1(monkeypatch, capsys):
 # --------------------------------------------------------------------------------- ALEXNET_ZOO_DEBUG, escapes
 
 
+@pytest.mark.slow  # a real process: Python's own traceback
 def test_debug_shows_the_traceback_of_a_users_mistake(tmp_path, monkeypatch, capsys):
     """A user's mistake is one line; with ALEXNET_ZOO_DEBUG=1 the exception itself comes out, traceback and
     all (in-process: raised through run_cli; in a process: Python's traceback on stderr)."""

@@ -301,6 +301,7 @@ def test_an_export_of_other_weights_takes_the_folder_over(exported_graphs, tmp_p
     assert set(json.loads((folder / EXPORT_MANIFEST).read_text())['files']) == {'model.onnx', 'model.fp16.onnx'}
 
 
+@pytest.mark.slow  # real processes: a writer killed, another still writing
 def test_temporaries_of_killed_writers_are_removed(tmp_path):
     """A temporary file is locked by its writer: one whose writer was killed (its lock gone with it) is removed by
     the next writer in the folder; one that another process or this one is still writing is left alone."""

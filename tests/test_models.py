@@ -367,6 +367,7 @@ def test_registration_in_a_clean_interpreter():
     assert out.strip() == "alexnet_zoo.alexnet 17 ['alexnet', 'alexnet_bn', 'alexnet_lrn']"
 
 
+@pytest.mark.slow  # real processes: a clean interpreter's imports
 def test_start_up_imports_nothing_heavy_and_is_cheap():
     """Cheap by construction, not by a timer: the hook imports no module outside the standard library."""
     heavy = _fresh('import sys; print(sorted(m for m in ("torch", "numpy", "timm", "alexnet_zoo") if m in sys.modules))')

@@ -65,6 +65,7 @@ def test_folder_images_errors(tmp_path):
         samples.photographs(['nope'])
 
 
+@pytest.mark.slow  # a real process: python -m alexnet_zoo.samples
 def test_write_folder_command(tmp_path):
     import subprocess
     import sys

@@ -230,6 +230,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow  # a DataLoader worker process
 def test_an_image_broken_past_its_header_is_one_line_naming_it(small_folder, tmp_path, capsys):
     """A truncated JPEG passes the scan (its header and PIL's verify are fine) and breaks in a loader process:
     one line naming the file, from the worker's error, not PyTorch's "Caught ... in DataLoader worker"."""
