@@ -65,9 +65,12 @@ def report(scale=1.0):
     return {**complete(synthetic_report(rows)), 'schema_version': 3}
 
 
-def test_report_files_carry_one_run_id(tmp_path):
+def test_report_files_carry_one_run_id(tmp_path, monkeypatch):
     r = report()
+    calls = fail_at(monkeypatch, 0)  # counted, never failed
     paths = write_report(r, tmp_path)
+    monkeypatch.undo()
+    assert calls[0] == REPLACES_PER_REPORT  # every file move of a save is one case of the interrupted-save test
     run_id = r['run_id']
     assert json.loads(paths['report.json'].read_text())['run_id'] == run_id
     assert run_id in paths['report.md'].read_text()
