@@ -5,7 +5,8 @@ stopped carrying it after 2.48), so ``python -m benchmarks.perf_analyzer --insta
 it from tritonclient 2.48.0's manylinux wheel, with the two libraries it links that a CPU machine lacks:
 ``libb64.so.0d`` (Debian's libb64-0d, unpacked without root) and ``libcudart.so.12`` (pip's
 nvidia-cuda-runtime-cu12; perf_analyzer links it even when no GPU is used). ``DIR/perf_analyzer`` is a wrapper
-that sets ``LD_LIBRARY_PATH``. Where any step fails, serving runs without it and says why.
+that sets ``LD_LIBRARY_PATH``. Where any step fails, ``DIR/not-installed.txt`` records why (``unavailable()`` says
+it), and serving measures with its own closed loop instead.
 
 ``measure`` runs one concurrency level over HTTP or gRPC: perf_analyzer's own stable measurement windows, client
 latency percentiles, throughput, and Triton's server-side queue and compute times (from its statistics API).
@@ -23,10 +24,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from alexnet_zoo.cli import ArgumentParser, first_line, run_cli
+from alexnet_zoo.files import write_text_atomic
 
 WHEEL = 'tritonclient==2.48.0'  # the last tritonclient whose manylinux wheel carries perf_analyzer
 BINARY = 'tritonclient-2.48.0.data/data/bin/perf_analyzer'
 ENV_VAR = 'ALEXNET_ZOO_PERF_ANALYZER'
+EMPTY_WINDOW = 'No valid requests recorded within time interval'  # perf_analyzer's words for a window too short
+REASON_FILE = 'not-installed.txt'  # in the install folder: why --install failed, one line (removed once it works)
 INSTALL_TIMEOUT_S = 300  # each download: a machine without the archives gives up, and serves without perf_analyzer
 TOKEN_HEADER = {'http': 'triton-access-token', 'grpc': 'triton-grpc-protocol-triton-access-token'}
 US = ('Client Send', 'Network+Server Send/Recv', 'Server Queue', 'Server Compute Input', 'Server Compute Infer',
@@ -34,10 +38,25 @@ US = ('Client Send', 'Network+Server Send/Recv', 'Server Queue', 'Server Compute
       'Avg latency')
 
 
+def install_dir() -> Path:
+    """Where ``make setup`` installs perf_analyzer: beside the interpreter."""
+    return Path(sys.prefix) / 'perf-analyzer'
+
+
+def recorded_reason(folder: Optional[Path] = None) -> Optional[str]:
+    """Why ``--install`` could not install perf_analyzer into ``folder`` (``REASON_FILE``, written where it failed),
+    or None where it did not record a failure."""
+    path = (folder or install_dir()) / REASON_FILE
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def find() -> Optional[Path]:
     """perf_analyzer: ``$ALEXNET_ZOO_PERF_ANALYZER``, else the one ``make setup`` installed beside the interpreter,
     else one on the PATH."""
-    for candidate in (os.environ.get(ENV_VAR), Path(sys.prefix) / 'perf-analyzer' / 'perf_analyzer',
+    for candidate in (os.environ.get(ENV_VAR), install_dir() / 'perf_analyzer',
                       shutil.which('perf_analyzer')):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
@@ -47,9 +66,12 @@ def find() -> Optional[Path]:
 def unavailable() -> Optional[str]:
     """Why perf_analyzer cannot run here, or None."""
     binary = find()
+    recorded = recorded_reason()
+    if binary is None and recorded:
+        return f'make setup could not install perf_analyzer: {recorded}'
     if binary is None:
         return (f'perf_analyzer is not installed (python -m benchmarks.perf_analyzer --install '
-                f'{Path(sys.prefix) / "perf-analyzer"}, which make setup runs)')
+                f'{install_dir()}, which make setup runs)')
     proc = subprocess.run([str(binary), '--version'], capture_output=True, text=True, timeout=60)
     if 'Perf Analyzer Version' not in proc.stdout + proc.stderr:  # it prints its version, then exits 1
         return f'perf_analyzer does not run here: {first_line(RuntimeError(proc.stderr or proc.stdout), 200)}'
@@ -87,10 +109,21 @@ def install(folder: Path) -> Path:
 def measure(model: str, url: str, protocol: str, concurrency: int, input_shape: Sequence[int],
             window_ms: int = 1000, access_token: Optional[str] = None, timeout: float = 300) -> dict:
     """One concurrency level measured by perf_analyzer: throughput, latency percentiles and server times (ms);
-    ``{'error': ...}`` when it fails (a server gone, no stable window)."""
+    ``{'error': ...}`` when it fails (a server gone, no stable window). A window in which no request finished (a
+    slow first batch, a busy machine) is tried once more, four times as long, as perf_analyzer's message advises."""
     binary = find()
     if binary is None:
         return {'error': unavailable()}
+    figures = {}
+    for window in (window_ms, 4 * window_ms):
+        figures = _run(binary, model, url, protocol, concurrency, input_shape, window, access_token, timeout)
+        if EMPTY_WINDOW not in figures.get('error', ''):
+            break
+    return figures
+
+
+def _run(binary: Path, model: str, url: str, protocol: str, concurrency: int, input_shape: Sequence[int],
+         window_ms: int, access_token: Optional[str], timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-pa-') as work:
         report = Path(work) / 'pa.csv'
         argv = [str(binary), '-m', model, '-u', url, '-i', protocol, '--concurrency-range', f'{concurrency}',
@@ -126,18 +159,28 @@ def parse_csv(text: str) -> dict:
 
 def main(argv: Sequence[str] = None) -> int:
     parser = ArgumentParser(prog='python -m benchmarks.perf_analyzer', description='install Triton\'s perf_analyzer')
-    parser.add_argument('--install', required=True, metavar='DIR', help='where to put perf_analyzer and its libraries')
+    parser.add_argument('--install', required=True, metavar='DIR', help='where to put perf_analyzer and its libraries; '
+                                                                         f'where it fails, DIR/{REASON_FILE} says why')
     args = parser.parse_args(argv)
+    folder = Path(args.install)
     try:
-        wrapper = install(Path(args.install))
-    except (subprocess.SubprocessError, StopIteration, KeyError, zipfile.BadZipFile) as e:  # a download refused or odd
-        raise RuntimeError(f'could not install perf_analyzer: {first_line(e, 300) or type(e).__name__}') from None
-    os.environ[ENV_VAR] = str(wrapper)
-    reason = unavailable()
+        wrapper = install(folder)
+        os.environ[ENV_VAR] = str(wrapper)
+        reason = unavailable()
+    except (subprocess.SubprocessError, StopIteration, KeyError, zipfile.BadZipFile, OSError) as e:  # refused or odd
+        reason = f'could not install perf_analyzer: {first_line(e, 300) or type(e).__name__}'
     if reason:
-        raise RuntimeError(reason)
+        record_reason(folder, reason)
+        raise RuntimeError(f'{reason} (recorded in {folder / REASON_FILE})')
+    (folder / REASON_FILE).unlink(missing_ok=True)
     print(f'installed {wrapper}')
     return 0
+
+
+def record_reason(folder: Path, reason: str) -> None:
+    """``reason`` in ``folder/REASON_FILE``, written beside and renamed into place (never half a line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / REASON_FILE, reason.replace('\n', ' ') + '\n')
 
 
 if __name__ == '__main__':

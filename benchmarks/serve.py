@@ -15,8 +15,9 @@ Triton's own ``perf_analyzer`` at the same concurrency over HTTP and gRPC (``ben
 stable windows, p50-p99, and the server's queue and compute times), and how far the two agree. Throughput,
 latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``serve.md`` and ``serve.png``
 (``serve_report``); without perf_analyzer the report says why. With ``--sweep-max-batch``, a search over Triton's
-settings (``serve_sweep``): one more model per configuration in the same server, each measured by perf_analyzer,
-the best within ``--p99-budget-ms`` written into ``--repository``'s config. A server that stops answering ends the
+settings (``serve_sweep``): one more model per configuration in the same server, each measured by perf_analyzer
+(where it cannot run here, by the closed loop), the best within ``--p99-budget-ms`` written into ``--repository``'s
+config. A server that stops answering ends the
 run with one line and a ``serve.json`` marked incomplete.
 """
 import contextlib
@@ -123,7 +124,7 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                                      f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '
                                      f'partial results in {output_dir / "serve.json"}, marked incomplete')
             if sweep:
-                report['sweep'] = settings_sweep(name, sweep, grpc, max(concurrency), x.shape[1:], seconds, formed,
+                report['sweep'] = settings_sweep(name, sweep, grpc, max(concurrency), x, seconds, timeout, formed,
                                                  p99_budget_ms, repository, backend, precision, progress,
                                                  report['perf_analyzer']['skipped'])
             report['complete'] = True
@@ -146,19 +147,22 @@ def pa_window_ms(seconds: float) -> int:
     return max(200, int(seconds * 1000 / 3))
 
 
-def settings_sweep(name, configs, url, clients, chw, seconds, formed, p99_budget_ms, repository, backend, precision,
-                   progress, reason: Optional[str]) -> dict:
-    """The sweep's rows (perf_analyzer on each configuration's model), the one chosen, and where it was written;
-    ``reason``: why perf_analyzer cannot run here (then nothing is measured)."""
+def settings_sweep(name, configs, url, clients, images, seconds, timeout, formed, p99_budget_ms, repository, backend,
+                   precision, progress, reason: Optional[str]) -> dict:
+    """The sweep's rows (each configuration's model measured by perf_analyzer; where ``reason`` says why it cannot
+    run here, by our closed loop), the one chosen, and where it was written."""
     if reason:
-        return {'skipped': reason, 'rows': [], 'chosen': None}
-    rows = serve_sweep.measure(name, configs, url, clients, chw, pa_window_ms(seconds),
-                               getattr(formed, 'access_token', None), progress)
+        progress(f'sweep: measured by our closed loop ({reason})')
+        rows = serve_sweep.measure_closed_loop(name, configs, url, clients, images, seconds, timeout, progress)
+    else:
+        rows = serve_sweep.measure(name, configs, url, clients, images.shape[1:], pa_window_ms(seconds),
+                                   getattr(formed, 'access_token', None), progress)
     chosen, verdict = serve_sweep.choose(rows, p99_budget_ms)
     written = update_batching(repository, backend, precision, serve_sweep.batching_of(chosen)) \
         if chosen and repository else []
-    return {'concurrency': clients, 'p99_budget_ms': p99_budget_ms, 'rows': rows, 'chosen': chosen,
-            'verdict': verdict, 'repository': str(repository) if repository else None, 'written': written}
+    return {'concurrency': clients, 'p99_budget_ms': p99_budget_ms, 'measured_by': 'closed loop' if reason else
+            'perf_analyzer', 'rows': rows, 'chosen': chosen, 'verdict': verdict,
+            'repository': str(repository) if repository else None, 'written': written}
 
 
 def build_parser() -> ArgumentParser:

@@ -80,43 +80,60 @@ def bad_requests(url: str, name: str, image: np.ndarray, timeout: float) -> dict
 def closed_loop(url: str, name: str, images: np.ndarray, concurrency: int, seconds: float, timeout: float,
                 formed: List[int]) -> dict:
     """``concurrency`` clients, each sending one image at a time over gRPC for ``seconds``; every request has a
-    ``timeout``, every client stops by the deadline, and the clients stop early when the server is gone."""
+    ``timeout``, every client stops by the deadline, and the clients stop early when the server is gone. Each
+    client connects and sends one untimed request first (as perf_analyzer warms up): the window starts when all
+    have, so that it times serving, not connecting."""
     import tritonclient.grpc as module
     latencies: List[float] = []
     errors: List[str] = []
     gone = threading.Event()
-    first_batch = len(formed)
+    window = {}
+    ready = threading.Barrier(concurrency, action=lambda: window.update(
+        first_batch=len(formed), started=time.perf_counter(), deadline=time.perf_counter() + seconds))
+
+    def request(client, x, timed: bool) -> bool:
+        started = time.perf_counter()
+        try:
+            _infer(module, client, name, x, timeout)
+        except Exception as e:  # the server's error, a timeout, a refused connection: counted, not raised
+            errors.append(first_line(e, 200))
+            return False
+        if timed:
+            latencies.append(time.perf_counter() - started)
+        return True
 
     def client_loop(offset: int) -> None:
         client = _connect(module, url, timeout)
-        failures, i = 0, offset
+        failures, i = 0 if request(client, images[offset % len(images)][None], False) else 1, offset + 1
         try:
-            while time.perf_counter() < deadline and not gone.is_set():
-                x = images[i % len(images)][None]
+            ready.wait(timeout=timeout + 5)
+        except threading.BrokenBarrierError:  # another client could not warm up in time: the window starts anyway
+            pass
+        window.setdefault('deadline', time.perf_counter() + seconds)
+        try:
+            while time.perf_counter() < window['deadline'] and not gone.is_set():
+                failures = 0 if request(client, images[i % len(images)][None], True) else failures + 1
                 i += 1
-                started = time.perf_counter()
-                try:
-                    _infer(module, client, name, x, timeout)
-                    latencies.append(time.perf_counter() - started)
-                    failures = 0
-                except Exception as e:  # the server's error, a timeout, a refused connection: counted, not raised
-                    errors.append(first_line(e, 200))
-                    failures += 1
-                    if failures >= FAILURES_IN_A_ROW:
-                        gone.set()
+                if failures >= FAILURES_IN_A_ROW:
+                    gone.set()
         finally:
             client.close()
 
-    started = time.perf_counter()
-    deadline = started + seconds
     threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(concurrency)]
+    begun = time.perf_counter()
     for thread in threads:
         thread.start()
-    last_answer = deadline + timeout + 5  # one bound for all: a request sent at the deadline has its timeout
+    last_answer = begun + 2 * timeout + 5 + seconds + 5  # warm-up, then the window: one bound for all
     for thread in threads:
         thread.join(timeout=max(0.0, last_answer - time.perf_counter()))
-    elapsed = time.perf_counter() - started
-    batches = Counter(formed[first_batch:])
+    elapsed = time.perf_counter() - window.get('started', begun)
+    return _level(concurrency, elapsed, latencies, errors, Counter(formed[window.get('first_batch', 0):]),
+                  complete=not gone.is_set() and not any(t.is_alive() for t in threads))
+
+
+def _level(concurrency: int, elapsed: float, latencies: List[float], errors: List[str], batches: Counter,
+           complete: bool) -> dict:
+    """One concurrency level's figures, as serve.json holds them."""
     ms = np.array(latencies) * 1e3
     return {
         'concurrency': concurrency, 'seconds': round(elapsed, 3), 'requests': len(latencies) + len(errors),
@@ -125,5 +142,5 @@ def closed_loop(url: str, name: str, images: np.ndarray, concurrency: int, secon
         'latency_ms': {f'p{q}': float(np.percentile(ms, q)) for q in (50, 90, 99)} if len(ms) else None,
         'batches': {str(size): count for size, count in sorted(batches.items())},
         'mean_batch': (sum(s * c for s, c in batches.items()) / sum(batches.values())) if batches else None,
-        'complete': not gone.is_set() and not any(t.is_alive() for t in threads),
+        'complete': complete,
     }

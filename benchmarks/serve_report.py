@@ -109,13 +109,15 @@ def _perf_analyzer_lines(report: dict) -> List[str]:
 
 
 def _sweep_lines(report: dict) -> List[str]:
-    """The settings sweep: every configuration perf_analyzer measured, and the one chosen under the budget."""
+    """The settings sweep: every configuration measured (by perf_analyzer, or our closed loop), and the one chosen
+    under the budget."""
     sweep = report.get('sweep')
     if not sweep:
         return []
     if sweep.get('skipped'):
         return ['', f'Settings sweep: not run ({sweep["skipped"]}).']
-    lines = ['', f'## Settings sweep (perf_analyzer, gRPC, {sweep["concurrency"]} clients; p99 budget '
+    by = sweep.get('measured_by', 'perf_analyzer')
+    lines = ['', f'## Settings sweep ({by}, gRPC, {sweep["concurrency"]} clients; p99 budget '
                  f'{sweep["p99_budget_ms"]:g} ms)', '',
              '| max batch | preferred | queue delay µs | instances | images/s | p50 ms | p99 ms | server queue ms | |',
              '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |']
@@ -126,7 +128,7 @@ def _sweep_lines(report: dict) -> List[str]:
             continue
         chosen = '**chosen**' if row is sweep['chosen'] or row == sweep['chosen'] else ''
         lines.append(f'{head} {row["throughput_ips"]:.1f} | {_ms(row["latency_ms"]["p50"])} | '
-                     f'{_ms(row["latency_ms"]["p99"])} | {_ms(row["server_ms"].get("queue"))} | {chosen} |')
+                     f'{_ms(row["latency_ms"]["p99"])} | {_ms(row.get("server_ms", {}).get("queue"))} | {chosen} |')
     lines += ['', f'Chosen: {sweep["verdict"]}.']
     if sweep.get('written'):
         lines.append(f'Written into {sweep["repository"]}: {", ".join(sweep["written"])} (config.pbtxt).')

@@ -3,8 +3,9 @@
 Model Analyzer needs a server that can load our backends, which only NVIDIA's container has; so the sweep serves
 our runner through PyTriton instead, one model per configuration (max batch, preferred batch = the max, queue
 delay, instance count: one runner per instance) bound in the same server, and measures each in turn with
-``perf_analyzer`` at one concurrency over gRPC. The best configuration is the one with the highest throughput
-whose p99 latency is within the budget; it is written into the repository's ``config.pbtxt`` files of that
+``perf_analyzer`` at one concurrency over gRPC (where perf_analyzer cannot run here, with our own closed loop,
+``serve_load``: the same rows without the server's queue time). The best configuration is the one with the highest
+throughput whose p99 latency is within the budget; it is written into the repository's ``config.pbtxt`` files of that
 backend and precision (``export.triton.update_batching``). A budget no configuration meets is said, and the
 repository keeps its configuration.
 """
@@ -14,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 from export.triton import Batching
 
 from . import perf_analyzer
+from .serve_load import closed_loop
 
 
 def grid(max_batches: Sequence[int], delays_us: Sequence[int], instances: Sequence[int]) -> List[Batching]:
@@ -33,6 +35,23 @@ def measure(name: str, configs: Sequence[Batching], url: str, concurrency: int, 
         progress(f'sweep: {variant_name(name, config)} at concurrency {concurrency} ...')
         figures = perf_analyzer.measure(variant_name(name, config), url, 'grpc', concurrency, chw, window_ms,
                                         access_token)
+        rows.append({'max_batch': config.max_batch, 'preferred': list(config.preferred),
+                     'max_queue_delay_us': config.max_queue_delay_us, 'instances': config.instances, **figures})
+    return rows
+
+
+def measure_closed_loop(name: str, configs: Sequence[Batching], url: str, concurrency: int, images, seconds: float,
+                        timeout: float, progress=lambda message: None) -> List[dict]:
+    """Each configuration's model measured by our closed loop (where perf_analyzer cannot run): the same rows, with
+    no server-side times; a level with errors is an error row, never a figure."""
+    rows = []
+    for config in configs:
+        progress(f'sweep: {variant_name(name, config)} at concurrency {concurrency}, closed loop ...')
+        level = closed_loop(url, variant_name(name, config), images, concurrency, seconds, timeout, [])
+        figures = {'throughput_ips': level['throughput_ips'], 'latency_ms': level['latency_ms'], 'server_ms': {}} \
+            if level['complete'] and not level['errors'] and level['latency_ms'] else \
+            {'error': f'closed loop: {level["errors"]} of {level["requests"]} requests failed'
+                      + (f' ({level["first_errors"][0]})' if level['first_errors'] else '')}
         rows.append({'max_batch': config.max_batch, 'preferred': list(config.preferred),
                      'max_queue_delay_us': config.max_queue_delay_us, 'instances': config.instances, **figures})
     return rows

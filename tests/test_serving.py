@@ -5,6 +5,7 @@ runs in ``make fuzz`` (marked ``faults``)."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -184,12 +186,40 @@ def test_kserve_manifest_follows_kserves_schema(exported_graphs, tmp_path, capsy
                                            'onnxruntime runtime', 'openvino runtime'}
     assert all(mib > 0 for mib in about['footprint_mib'].values()) and about['triton_mib'] > 0
     total = about['triton_mib'] + sum(about['footprint_mib'].values())
-    assert int(model['resources']['requests']['memory'][:-2]) == pytest.approx(1.25 * total, abs=2)
+    requested_mib = int(re.fullmatch(r'(\d+)Mi', model['resources']['requests']['memory']).group(1))
+    assert requested_mib == pytest.approx(1.25 * total, abs=2)  # the documented formula over the measured parts
+    graph_mib = {f'alexnet_bn_{backend}_int8': (graphs / FILENAMES['int8']).stat().st_size / 2 ** 20
+                 for backend in ('onnxruntime', 'openvino')}  # figures the manifest's code never saw: the files
+    assert all(about['footprint_mib'][name] >= mib for name, mib in graph_mib.items()), (about, graph_mib)
+    assert requested_mib >= 1.25 * sum(graph_mib.values()) and 'nvidia.com/gpu' not in model['resources']['limits']
     assert kserve_schema_errors({**manifest, 'spec': {'predictor': {'model': {**model, 'storageURI': 'x'}}}}) == [
         # the check can fail
         "InferenceService.spec.predictor.model.storageURI: not a field of V1beta1ModelSpec"]
     write_repository(graphs, repo, backends=('openvino',), precisions=('int8',))  # without --kserve: none left
     assert not (repo / 'kserve.yaml').exists()
+
+
+def test_kserve_for_tensorrt_asks_for_a_gpu_and_a_placeholder_uri(exported_graphs, tmp_path, capsys, monkeypatch):
+    """--kserve with TensorRT engines and no --storage-uri: the storage URI is the placeholder that says to replace
+    it (and the README says where the manifest goes), one GPU is requested and limited, and the memory holds the
+    engines' bytes and Triton's own server (its measurement stood in for: no model loads on a CPU here)."""
+    import yaml
+    from export import kserve, triton_check
+    _, graphs = exported_graphs
+    engines = fake_engines(graphs, tmp_path / 'engines')
+    monkeypatch.setattr(triton_check, 'server_footprint', lambda empty: 300 << 20)
+    repo = tmp_path / 'repo'
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(triton_main, ['--onnx-dir', str(graphs), '--repository', str(repo), '--backends', 'tensorrt',
+                              '--precisions', 'fp16,int8', '--engines', str(engines), '--kserve'])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    model = yaml.safe_load((repo / 'kserve.yaml').read_text())['spec']['predictor']['model']
+    assert model['storageUri'] == kserve.PLACEHOLDER and 'REPLACE' in model['storageUri']
+    resources = model['resources']
+    assert resources['requests']['nvidia.com/gpu'] == resources['limits']['nvidia.com/gpu'] == '1'
+    plans = sum((engines / f'model.{p}.plan').stat().st_size for p in ('fp16', 'int8'))
+    assert resources['requests']['memory'] == f'{int(1.25 * ((300 << 20) + plans) / 2 ** 20) + 1}Mi'
+    assert 'kubectl apply -f kserve.yaml' in (repo / 'README.md').read_text()
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -366,12 +396,11 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     assert 'dynamic batching up to 2' in (out / 'serve.md').read_text()
     from benchmarks import perf_analyzer
     reason = perf_analyzer.unavailable()
-    if reason:  # where perf_analyzer could not be installed: the report says why
-        assert report['perf_analyzer'] == {'skipped': reason} and report['sweep']['skipped'] == reason
-        assert f'perf_analyzer: not run ({reason}).' in (out / 'serve.md').read_text()
+    if reason:  # missing only where make setup recorded why; then the sweep below is our closed loop's
+        assert perf_analyzer.recorded_reason(), f'perf_analyzer is missing and make setup recorded no reason: {reason}'
+        assert report['perf_analyzer'] == {'skipped': reason} and report['sweep']['measured_by'] == 'closed loop'
         assert f'**Partial: perf_analyzer not run ({reason})' in (out / 'serve.md').read_text()
-        return
-    for level in report['levels']:  # perf_analyzer at the same levels, over both protocols, beside ours
+    for level in report['levels'] if not reason else []:  # perf_analyzer at the same levels, both protocols
         for protocol in ('http', 'grpc'):
             pa = level['perf_analyzer'][protocol]
             assert 'error' not in pa, pa
@@ -379,9 +408,14 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
             assert pa['concurrency'] == level['concurrency'] and pa['throughput_ips'] > 0
             assert 0 < ms['p50'] <= ms['p90'] <= ms['p95'] <= ms['p99']
             assert pa['server_ms']['queue'] >= 0 and pa['server_ms']['compute_infer'] > 0
+        # The same server, two clients: ours reads 10-20 % below perf_analyzer's throughput and ~12 % above its
+        # p50 on a quiet machine (docs/serving.md), but this level is half a second of 4 clients on 2 cores that
+        # perf_analyzer, Triton, PyTriton's proxy and the runner share, and other work on the machine moves either
+        # figure by up to ~1.5x: a tighter band would fail on noise, not on a broken measurement (a unit error,
+        # the other protocol, another level) which lands far outside it.
         ratio = level['ours_over_perf_analyzer']
-        assert 0.5 < ratio['throughput'] < 2 and 0.5 < ratio['p50'] < 2, ratio  # the same server, two clients
-    assert '## perf_analyzer' in (out / 'serve.md').read_text()
+        assert 0.5 < ratio['throughput'] < 2 and 0.5 < ratio['p50'] < 2, ratio
+    assert ('## perf_analyzer' in (out / 'serve.md').read_text()) is not bool(reason)
     sweep = report['sweep']  # two configurations, measured in the same server; the faster one written
     assert [(r['max_batch'], r['max_queue_delay_us'], r['instances']) for r in sweep['rows']] == [(1, 0, 1), (4, 0, 1)]
     assert all('error' not in r and r['latency_ms']['p99'] > 0 for r in sweep['rows']), sweep['rows']
@@ -393,7 +427,74 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     other = parse_config((repo / 'alexnet_bn_onnxruntime_int8' / 'config.pbtxt').read_text())
     assert other.max_batch_size == 32  # another backend's model is left as it was
     assert verify(repo)['models']['alexnet_bn_openvino_int8']['max_batch_size'] == chosen.max_batch_size
-    assert '## Settings sweep' in (out / 'serve.md').read_text() and (out / 'serve_sweep.png').is_file()
+    assert f'## Settings sweep ({sweep["measured_by"]}, gRPC' in (out / 'serve.md').read_text()
+    assert (out / 'serve_sweep.png').is_file()
+
+
+def test_serve_exports_its_own_graph_and_sweeps_with_the_closed_loop(trained_checkpoint, exported_graphs, tmp_path,
+                                                                     capsys, monkeypatch):
+    """benchmarks.serve without --onnx-dir exports the graph it serves into a temporary folder (gone afterwards), loads
+    each --concurrency level in order, and where perf_analyzer is missing (its install recorded why) the sweep
+    measures each configuration with the closed loop and writes the best into the repository. In-process: the
+    server, the loop and the export are stand-ins (the real ones run in test_served_answers_and_a_short_load and
+    export.onnx's tests); the runners, the sweep's choice, the write-back and the report are real."""
+    import benchmarks.serve as serve
+    from benchmarks import perf_analyzer, serve_sweep
+    _, graphs = exported_graphs
+    served, exported, loads = {}, [], []
+
+    @contextlib.contextmanager
+    def server(runner, name, chw, classes, batching, ports, log_file, variants=()):
+        served.update(runner=runner, variants=[v for v, _, _ in variants])
+        yield []
+
+    def loop(url, name, images, concurrency, seconds, timeout, formed):  # max batch b: 100 b images/s, p99 30 b ms
+        b = int(re.search(r'__b(\d+)_', name).group(1)) if '__b' in name else 1
+        loads.append((name, concurrency))
+        return {'concurrency': concurrency, 'seconds': seconds, 'requests': 10, 'completed': 10, 'errors': 0,
+                'first_errors': [], 'throughput_ips': 100.0 * b, 'latency_ms': {'p50': 10.0, 'p90': 20.0, 'p99': 30.0 * b},
+                'batches': {'1': 10}, 'mean_batch': 1.0, 'complete': True}
+
+    def export(loaded, workdir, precisions):  # export.onnx's own output (its tests run it), not exported again
+        exported.append((Path(workdir), list(precisions)))
+        return {'fp32': Path(shutil.copy(graphs / FILENAMES['fp32'], workdir))}, {}
+
+    monkeypatch.setattr(serve, 'triton_server', server)
+    monkeypatch.setattr(serve, 'export_graphs', export)
+    monkeypatch.setattr(serve, 'closed_loop', loop)
+    monkeypatch.setattr(serve_sweep, 'closed_loop', loop)
+    monkeypatch.setattr(serve, 'classify', lambda url, protocol, name, images, timeout: [
+        int(np.argmax(served['runner'].infer(x[None])[0])) for x in images])
+    monkeypatch.setattr(serve, 'bad_requests', lambda url, name, image, timeout: {
+        'wrong shape': 'refused', 'wrong type': 'refused', 'served after': True})
+    monkeypatch.setattr(perf_analyzer, 'install_dir', lambda: tmp_path / 'perf-analyzer')
+    monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
+    perf_analyzer.record_reason(tmp_path / 'perf-analyzer', 'could not install perf_analyzer: no network')
+    repo, out = tmp_path / 'repo', tmp_path / 'serve'
+    write_repository(graphs, repo, backends=('onnxruntime',), precisions=('fp32', 'int8'))
+    http, grpc, metrics = free_ports()
+    assert serve.main(['--checkpoint', str(trained_checkpoint), '--backend', 'onnxruntime', '--precision', 'fp32',
+                       '--concurrency', '4,1,2', '--seconds', '0.1', '--http-port', str(http), '--grpc-port', str(grpc),
+                       '--metrics-port', str(metrics), '--output-dir', str(out), '--sweep-max-batch', '2,8',
+                       '--sweep-queue-delay-us', '0', '--sweep-instances', '1', '--p99-budget-ms', '100',
+                       '--repository', str(repo)]) == 0
+    capsys.readouterr()
+    [(workdir, precisions)] = exported
+    assert precisions == ['fp32'] and not workdir.exists() and not workdir.is_relative_to(tmp_path)  # removed
+    assert Path(served['runner'].graph).parent == workdir  # the graph it exported is the one served
+    report = json.loads((out / 'serve.json').read_text())
+    assert report['complete'] and [level['concurrency'] for level in report['levels']] == [1, 2, 4]
+    assert report['perf_analyzer'] == {'skipped': 'make setup could not install perf_analyzer: could not install '
+                                                  'perf_analyzer: no network'}
+    name = 'alexnet_bn_onnxruntime_fp32'
+    assert served['variants'] == [f'{name}__b2_d0_i1', f'{name}__b8_d0_i1']
+    assert loads == [(name, 1), (name, 2), (name, 4), (f'{name}__b2_d0_i1', 4), (f'{name}__b8_d0_i1', 4)]
+    sweep = report['sweep']
+    assert sweep['measured_by'] == 'closed loop' and [r['throughput_ips'] for r in sweep['rows']] == [200.0, 800.0]
+    assert sweep['chosen']['max_batch'] == 2 and sweep['written'] == [name]  # b8's p99 (240 ms) is over the budget
+    assert parse_config((repo / name / 'config.pbtxt').read_text()).max_batch_size == 2
+    assert parse_config((repo / 'alexnet_bn_onnxruntime_int8' / 'config.pbtxt').read_text()).max_batch_size == 32
+    assert '## Settings sweep (closed loop, gRPC, 4 clients' in (out / 'serve.md').read_text()
 
 
 def test_a_budget_no_configuration_meets_keeps_the_repository(exported_graphs, tmp_path):
@@ -423,7 +524,7 @@ def test_a_budget_no_configuration_meets_keeps_the_repository(exported_graphs, t
         update_batching(repo, 'tensorrt', 'int8', Batching())
 
 
-def test_perf_analyzer_report_and_its_absence(monkeypatch):
+def test_perf_analyzer_report_and_its_absence(monkeypatch, tmp_path):
     """perf_analyzer's CSV (µs) read as ms with the server's queue and compute times apart; without perf_analyzer a
     measurement is one line saying how to install it."""
     from benchmarks import perf_analyzer
@@ -438,9 +539,37 @@ def test_perf_analyzer_report_and_its_absence(monkeypatch):
     assert figures['client_ms'] == {'client_send': 0.02, 'network_server_send_recv': 0.9, 'client_recv': 0.015}
     assert perf_analyzer.parse_csv('Concurrency,Inferences/Second\n') == {'error': 'perf_analyzer wrote no measurement'}
     monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
+    monkeypatch.setattr(perf_analyzer, 'install_dir', lambda: tmp_path / 'perf-analyzer')
     reason = perf_analyzer.unavailable()
     assert reason.startswith('perf_analyzer is not installed (python -m benchmarks.perf_analyzer --install ')
     assert perf_analyzer.measure('m', 'localhost:8001', 'grpc', 1, (3, 8, 8)) == {'error': reason}
+
+
+def test_perf_analyzer_install_records_why_it_failed(tmp_path, monkeypatch, capsys):
+    """make setup's install step: a failure is one line, exit 1, and its reason in the install folder, which
+    unavailable() then says (the serving test fails where perf_analyzer is missing without one); an install that
+    works removes an earlier reason."""
+    from benchmarks import perf_analyzer
+    folder = tmp_path / 'perf-analyzer'
+    monkeypatch.setattr(perf_analyzer, 'install_dir', lambda: folder)
+    monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
+
+    def refused(target):
+        raise subprocess.CalledProcessError(1, ['apt-get', 'download', 'libb64-0d'])
+    monkeypatch.setattr(perf_analyzer, 'install', refused)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(perf_analyzer.main, ['--install', str(folder)])
+    err = capsys.readouterr().err
+    recorded = (folder / perf_analyzer.REASON_FILE).read_text()
+    assert exit_.value.code == 1 and err.count('\n') == 1 and err.startswith('error: could not install perf_analyzer')
+    assert recorded == "could not install perf_analyzer: Command '['apt-get', 'download', 'libb64-0d']' returned " \
+                       "non-zero exit status 1.\n" and f'recorded in {folder / perf_analyzer.REASON_FILE}' in err
+    assert perf_analyzer.recorded_reason() == recorded.strip()
+    assert perf_analyzer.unavailable() == f'make setup could not install perf_analyzer: {recorded.strip()}'
+    monkeypatch.setattr(perf_analyzer, 'install', lambda target: target / 'perf_analyzer')
+    monkeypatch.setattr(perf_analyzer, 'unavailable', lambda: None)
+    assert perf_analyzer.main(['--install', str(folder)]) == 0
+    assert perf_analyzer.recorded_reason() is None and not (folder / perf_analyzer.REASON_FILE).exists()
 
 
 def test_a_server_gone_under_load_is_one_line_and_a_partial_report(trained_checkpoint, exported_graphs, tmp_path,

@@ -226,6 +226,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys):
     assert not out_dir.exists()
 
 
+@pytest.mark.slow  # starts a Python process
 def test_build_without_a_gpu_fails_before_tensorrt_and_writes_nothing(tmp_path):
     """A real build where there is no GPU: one error line, exit 1, no engine, record, or partial file."""
     onnx_path = tiny_convnet(tmp_path)
