@@ -297,24 +297,100 @@ def test_augmentations_reach_timms_transform(small_folder):
     assert 'RandAugment' in names(train_transform('alexnet_bn', default.scale, 0.5, None, 'rand-m9-mstd0.5'))
 
 
-@pytest.mark.parametrize('extra, recorded', [
-    (['--opt', 'sgd', '--lr', '0.01', '--mixup', '0.2', '--cutmix', '1.0'],
-     {'opt': 'sgd', 'lr': 0.01, 'mixup': 0.2, 'cutmix': 1.0, 'amp': None, 'color_jitter': 0.4}),
-    (['--opt', 'adamw', '--amp', 'bf16', '--color-jitter', '0', '--scale', '0.3', '1.0', '--hflip', '0'],
-     {'opt': 'adamw', 'amp': 'bf16', 'color_jitter': 0.0, 'scale': [0.3, 1.0], 'hflip': 0.0, 'mixup': 0.0}),
+@pytest.fixture
+def recorded(monkeypatch):
+    """What a training run builds and runs, seen from inside: its optimizer, each batch timm's Mixup is given and
+    gives back (images before and after, soft targets), and what the loss is given (its class, the logits' dtype,
+    the targets). ``--amp bf16`` runs emulated where the CPU has no native bf16 (a tiny model: cheap)."""
+    seen = {'optimizers': [], 'mixed': [], 'losses': [], 'inputs': []}
+    build_optimizer, build_model = trainer.create_optimizer_v2, trainer.build_model
+
+    def model_seen(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, args: seen['inputs'].append(args[0]) if m.training else None)
+        return model
+    monkeypatch.setattr(trainer, 'build_model', model_seen)
+    monkeypatch.setattr(trainer, 'create_optimizer_v2',
+                        lambda *args, **kwargs: seen['optimizers'].append(build_optimizer(*args, **kwargs))
+                        or seen['optimizers'][-1])
+    monkeypatch.setattr(trainer, 'native_bf16', lambda device: True)
+
+    class Mixup(trainer.Mixup):
+        def __call__(self, images, targets):
+            before = images.clone()  # timm mixes in place
+            images, soft = super().__call__(images, targets)
+            seen['mixed'].append((before, images.clone(), targets, soft))
+            return images, soft
+
+    def recording(loss):
+        class Loss(loss):
+            def forward(self, logits, targets):
+                seen['losses'].append((loss.__name__, logits.dtype, targets))
+                return super().forward(logits, targets)
+        return Loss
+    monkeypatch.setattr(trainer, 'Mixup', Mixup)
+    for name in ('SoftTargetCrossEntropy', 'LabelSmoothingCrossEntropy'):
+        monkeypatch.setattr(trainer, name, recording(getattr(trainer, name)))
+    return seen
+
+
+def tiny_run(folder, output, *extra) -> int:
+    """One epoch of timm's test_resnet (a few thousand weights) on the 2-class folder: two steps of 8 images."""
+    return trainer.main(['--data', str(folder), '--output', str(output), '--model', 'test_resnet', '--epochs', '1',
+                         '--batch-size', '8', '--workers', '0', '--no-progress', *extra])
+
+
+@pytest.mark.slow  # trains (two steps of a tiny model)
+@pytest.mark.parametrize('extra, optimizer, mixing, logits', [
+    (['--opt', 'sgd', '--lr', '0.01', '--mixup', '0.2'], torch.optim.SGD, 'blend', torch.float32),
+    (['--cutmix', '1.0', '--amp', 'bf16'], torch.optim.AdamW, 'box', torch.bfloat16),
 ])
-@pytest.mark.slow
-def test_optimizers_mixup_and_bf16_train(extra, recorded, small_folder, tmp_path, capsys):
-    """sgd with mixup/cutmix (timm's Mixup and soft-target loss), adamw under bf16 autocast: both train an epoch
-    and record their settings (the refusal of --amp bf16 without native bf16 is test_amp_is_refused_...)."""
-    if '--amp' in extra and not trainer.native_bf16(torch.device('cpu')):
-        pytest.skip('this CPU has no native bf16 (AMX or AVX512-BF16): bf16 training is refused here')
-    assert trainer.main(['--data', str(small_folder), '--output', str(tmp_path / 'run'), '--epochs', '1',
-                         '--batch-size', '8', '--freeze-features', '--workers', '0', '--no-progress', *extra]) == 0
-    metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+def test_optimizer_mixing_and_amp_change_the_training(extra, optimizer, mixing, logits, recorded, small_folder,
+                                                      tmp_path, capsys):
+    """--opt sgd trains with SGD (AdamW by default); --mixup blends every pixel of each batch with another image,
+    --cutmix pastes a box of it; either way the loss is timm's soft-target loss, given Mixup's soft targets (not
+    the smoothed labels); --amp bf16 computes the forward pass in bf16 (fp32 otherwise). Each is recorded too."""
+    assert tiny_run(small_folder, tmp_path / 'run', *extra) == 0
+    assert [type(o) for o in recorded['optimizers']] == [optimizer]
+    assert len(recorded['mixed']) == len(recorded['losses']) == len(recorded['inputs']) == 2  # every step mixed
+    for (before, after, targets, soft), (loss, dtype, given), seen in zip(recorded['mixed'], recorded['losses'],
+                                                                       recorded['inputs']):
+        assert torch.equal(seen, after)  # the model is given the mixed batch
+        changed = (after != before).any(dim=1).any(dim=0)  # the pixels (H x W) that mixing changed in the batch
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert changed.all() if mixing == 'blend' else (box.all() and box.numel() < changed.numel()), changed.float().mean()
+        smoothed = torch.nn.functional.one_hot(targets, 2) * 0.9 + 0.05  # the labels with --smoothing 0.1 alone
+        assert loss == 'SoftTargetCrossEntropy' and torch.equal(given, soft) and not torch.allclose(soft, smoothed)
+        assert dtype == logits
     settings = json.loads((tmp_path / 'run' / 'config.json').read_text())['training']
-    assert np.isfinite(metrics['epochs'][0]['train_loss']) and metrics['best_epoch'] == 1
-    assert {key: settings[key] for key in recorded} == recorded
+    flags = dict(zip(extra[::2], extra[1::2]))
+    assert settings['opt'] == flags.get('--opt', 'adamw') and settings['amp'] == flags.get('--amp')
+    assert (settings['mixup'], settings['cutmix']) == (float(flags.get('--mixup', 0)), float(flags.get('--cutmix', 0)))
+
+
+@pytest.mark.slow  # trains (a tiny model, two epochs in two runs)
+def test_resume_with_more_epochs_goes_on_from_the_saved_epoch(recorded, small_folder, tmp_path, capsys):
+    """``--resume RUN --epochs 2`` on a run of 1 epoch trains epoch 2 only (epoch 1 is kept as it was), on the
+    schedule rebuilt for 2 epochs; the history and the state say 2. The run itself has the defaults' training:
+    AdamW, no mixing, label smoothing on hard labels, fp32."""
+    run = tmp_path / 'run'
+    assert tiny_run(small_folder, run) == 0
+    first = json.loads((run / 'metrics.json').read_text())['epochs']
+    capsys.readouterr()
+    assert trainer.main(['--data', str(small_folder), '--resume', str(run), '--epochs', '2', '--workers', '0',
+                         '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'epoch 2/2' in out and 'epoch 1/' not in out, out
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert [e['epoch'] for e in metrics['epochs']] == [1, 2] and metrics['epochs'][0] == first[0]
+    assert metrics['last_epoch'] == 2 and metrics['settings']['epochs'] == 2
+    state = torch.load(run / 'train_state.pt', weights_only=True)
+    assert state['epoch'] == 2 and state['settings']['epochs'] == 2 and state['scheduler']['t_initial'] == 2
+    assert [e['epoch'] for e in state['metrics']] == [1, 2]
+    assert [type(o) for o in recorded['optimizers']] == [torch.optim.AdamW] * 2 and not recorded['mixed']
+    assert {(loss, dtype) for loss, dtype, _ in recorded['losses']} == {('LabelSmoothingCrossEntropy', torch.float32)}
+    assert len(recorded['losses']) == 4  # two steps an epoch, epoch 1 not trained again
 
 
 def test_amp_is_refused_without_native_bf16(small_folder, tmp_path, capsys, monkeypatch):
