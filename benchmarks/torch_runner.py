@@ -9,6 +9,7 @@ call.
 import contextlib
 import copy
 import operator
+import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -16,6 +17,11 @@ import torch
 
 from export.runner import BackendUnavailable, Runner
 from export.torch_int8 import quiet, torch_int8_unavailable
+
+# PyTorch's profiler (Kineto) prints start/stop markers and, without a GPU, 'ERROR: gpuGetDeviceCount failed' into a
+# run that succeeded. It reads its log level once, at its first use in the process: a level above all of its
+# messages, set before then, keeps it quiet, unless the user set one.
+os.environ.setdefault('KINETO_LOG_LEVEL', '6')
 
 from .environment import cpu_has_amx
 
