@@ -6,6 +6,7 @@ import csv
 import io
 from typing import Optional
 
+from alexnet_zoo.cli import printable
 from export.parity import sqnr_text, verdict
 
 from .plots import first_per_label
@@ -21,8 +22,8 @@ def comparison_lines(comparison: Optional[dict]) -> list:
     """report.md's section on an earlier report (``--compare``)."""
     if not comparison:
         return []
-    lines = ['', f'## Compared with `{comparison["file"]}` ({comparison.get("old_created_at")}, '
-                 f'{comparison.get("old_cpu")})', '',
+    said = lambda key: printable(str(comparison.get(key)))  # noqa: E731  (read from the earlier report's file)
+    lines = ['', f'## Compared with `{said("file")}` ({said("old_created_at")}, {said("old_cpu")})', '',
              'ratio = old / new latency (above 1: faster now). A change is named only where the two 95 % '
              'intervals do not overlap; otherwise it is within noise. The speed-up over PyTorch eager fp32 is '
              'paired within each run, so a slower minute on one run does not move it.', '',
@@ -30,7 +31,9 @@ def comparison_lines(comparison: Optional[dict]) -> list:
              'new speed-up | speed-up | old SQNR | new SQNR |',
              '|' + ' --- |' * 13]
     for c in comparison['rows']:
-        lines.append(f'| {c["backend"]} | {c["precision"]} | {c["device"]} | {c["batch_size"]} | '
+        backend, precision, device, batch = (printable(str(c[key]))
+                                             for key in ('backend', 'precision', 'device', 'batch_size'))
+        lines.append(f'| {backend} | {precision} | {device} | {batch} | '
                      f'{_fmt(c["old_ms"])} | {_fmt(c["new_ms"])} | '
                      f'{"–" if c["speedup"] is None else format(c["speedup"], ".2f") + "×"} | '
                      f'{c["latency_change"]} | {_fmt(c["old_speedup_vs_torch_fp32"], 1)} | '

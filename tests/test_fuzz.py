@@ -35,6 +35,9 @@ from export.trt.preflight import check_onnx
 from export.trt.record import check_record, read_record
 
 pytestmark = pytest.mark.fuzz
+CONTROL = re.compile('[\x00-\x1f\x7f-\x9f]')  # C0, DEL, C1: names from files reach the output escaped, never raw
+HOSTILE = 'x\x1b[31m\x85\x7f\ty'  # a terminal escape, C1 NEL, DEL, a tab
+ESCAPED = r'x\x1b[31m\x85\x7f\ty'
 
 
 # ------------------------------------------------------------------------------------------------ the contract
@@ -55,6 +58,7 @@ def read_or_refuse(read, *names: str) -> bool:
     note(err)
     lines = err.splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in err, err
+    assert err == lines[0] + '\n' and not CONTROL.search(lines[0]), repr(err)
     for name in names:
         assert name in lines[0], f'{name!r} not named in: {lines[0]}'
     return False
@@ -120,7 +124,19 @@ def onnx_graphs(draw) -> bytes:
     return mutated(data, draw) if draw(st.booleans()) else data
 
 
+def _hostile_graph() -> bytes:
+    """A graph whose input and node are named HOSTILE (and whose static batch dimension every reader refuses)."""
+    graph = helper.make_graph([helper.make_node('Relu', [HOSTILE], ['logits'], name=HOSTILE)], 'g',
+                              [helper.make_tensor_value_info(HOSTILE, TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)]).SerializeToString()
+
+
+HOSTILE_GRAPH = _hostile_graph()
+
+
 @given(data=st.one_of(st.binary(max_size=512), onnx_graphs()))
+@example(data=HOSTILE_GRAPH)
 @example(data=b'')
 @example(data=b'\x08\x07' + b'\xff' * 40)
 def test_onnx_readers(data, tmp_path_factory):
@@ -132,11 +148,13 @@ def test_onnx_readers(data, tmp_path_factory):
     read_or_refuse(lambda: read_metadata(path), path.name)
     if read_or_refuse(lambda: read_onnx(path), path.name):
         model = read_onnx(path)
-        read_or_refuse(lambda: input_chw(model), 'input')  # a graph that parses: its input is what is refused
+        named = [ESCAPED] if data == HOSTILE_GRAPH else []  # the name is shown, escaped
+        read_or_refuse(lambda: input_chw(model), 'input', *named)  # a graph that parses: its input is refused
         assert isinstance(graph_precision(model), str)  # never refused: metadata first, else the graph's ops
     if read_or_refuse(lambda: check_onnx(path), path.name):
         problems = check_onnx(path)
-        assert all(isinstance(p, str) and '\n' not in p for p in problems), problems
+        assert all(isinstance(p, str) and not CONTROL.search(p) for p in problems), problems
+        assert data != HOSTILE_GRAPH or any(ESCAPED in p for p in problems), problems
     read_or_refuse(lambda: check_export([path], required=False), EXPORT_MANIFEST)
     assert files_in(folder) == before
 
@@ -283,6 +301,7 @@ def _valid_report() -> dict:
 
 @given(data=st.data())
 @example(data=None)
+@example(data='hostile names')
 def test_reports_given_to_compare(data, tmp_path_factory):
     from benchmarks.compare import compare_reports
     from benchmarks.markdown import comparison_lines
@@ -293,6 +312,11 @@ def test_reports_given_to_compare(data, tmp_path_factory):
     if data is None:  # NaN where a figure is read
         report = _valid_report()
         report['results'][0]['median_ms'] = float('nan')
+        text = json.dumps(report)
+    elif data == 'hostile names':  # what report.md says of the earlier report: its file's name, CPU, date
+        path = folder / f'old{HOSTILE}.json'
+        report = _valid_report()
+        report['environment']['cpu']['model'] = report['created_at'] = HOSTILE
         text = json.dumps(report)
     else:
         report = data.draw(st.one_of(st.just(None).map(lambda _: _drop_or_replace(_valid_report(), data.draw)),
@@ -306,7 +330,9 @@ def test_reports_given_to_compare(data, tmp_path_factory):
     before = files_in(folder)
     if read_or_refuse(lambda: read_report(path), path.name):
         comparison = compare_reports(read_report(path), read_back(_valid_report()), str(path))
-        assert all(isinstance(line, str) for line in comparison_lines(comparison))
+        lines = comparison_lines(comparison)
+        assert all(isinstance(line, str) and not CONTROL.search(line) for line in lines), lines
+        assert data != 'hostile names' or lines[1].count(ESCAPED) == 3, lines[1]
     assert files_in(folder) == before
 
 

@@ -19,7 +19,7 @@ from alexnet_zoo.cli import run_cli
 from alexnet_zoo.samples import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
-CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+CONTROL = re.compile(r'[\x00-\x1f\x7f-\x9f]')  # C0, DEL, C1
 
 
 @contextlib.contextmanager
