@@ -4,13 +4,12 @@
 The figures are only comparable when the reports come from one machine in one sitting: the table names the CPU of
 each report and refuses reports from different CPUs.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from alexnet_zoo.cli import UsageError, run_cli
+from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
 from alexnet_zoo.files import write_text_atomic
 from export.contract import FILENAMES, read_metadata
 
@@ -123,7 +122,7 @@ def check_one_cpu(rows: List[dict]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m benchmarks.zoo', description=__doc__.split('\n\n')[0])
+    parser = ArgumentParser(prog='python -m benchmarks.zoo', description=__doc__.split('\n\n')[0])
     parser.add_argument('reports', nargs='+', help='report.json files written by python -m benchmarks')
     parser.add_argument('--output', help='Markdown file to write (default: print the table)')
     args = parser.parse_args(argv)
