@@ -145,13 +145,15 @@ def check_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], orig
         raise CheckpointError(
             f'{origin} has {state_dict[classifier].shape[0]} classes, the model has {own[classifier].shape[0]} '
             f'(set --num-classes to match the checkpoint)')
-    missing = sorted(set(own) - set(state_dict))
+    # BatchNorm's step counter is filled in by torch's own load_state_dict where a state dict lacks it (as files
+    # converted from other frameworks do): its absence is no mismatch
+    missing = sorted(k for k in set(own) - set(state_dict) if not k.endswith('.num_batches_tracked'))
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
         raise CheckpointError(
             f'{origin} does not fit {type(model).__name__} {model.pretrained_cfg.get("architecture")}: '
             f'{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})')
-    bad = [k for k in own if own[k].shape != state_dict[k].shape]
+    bad = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
     if bad:
         raise CheckpointError(f'{origin}: shape mismatch for {bad[0]}: {tuple(state_dict[bad[0]].shape)} vs '
                               f'{tuple(own[bad[0]].shape)}')

@@ -390,3 +390,23 @@ def test_checkpoint_of_another_architecture(torchvision_checkpoint):
     with pytest.raises(CheckpointError, match='does not fit AlexNet alexnet_bn: .* missing keys'):
         load_model('alexnet_bn', checkpoint=path)
     assert load_model('alexnet', checkpoint=path).trained
+
+
+def test_a_state_dict_without_batchnorms_step_counters_loads(tmp_path):
+    """Files converted from other frameworks lack BatchNorm's ``num_batches_tracked``, which torch's own
+    ``load_state_dict`` fills in: --checkpoint and --init accept them; a real weight missing is still one line."""
+    from safetensors.torch import save_file
+    from alexnet_zoo.checkpoint import load_weights
+    torch.manual_seed(0)
+    source = timm.create_model('test_resnet', num_classes=5)
+    weights = {k: v for k, v in source.state_dict().items() if not k.endswith('num_batches_tracked')}
+    assert len(weights) < len(source.state_dict())  # the counters were there to drop
+    save_file(weights, str(tmp_path / 'converted.safetensors'))
+    model = timm.create_model('test_resnet', num_classes=5)
+    load_weights(model, tmp_path / 'converted.safetensors')
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    first = next(iter(weights))
+    del weights[first]
+    save_file(weights, str(tmp_path / 'broken.safetensors'))
+    with pytest.raises(CheckpointError, match=rf"1 missing keys \(e\.g\. \['{first}'\]\)"):
+        load_weights(model, tmp_path / 'broken.safetensors')
