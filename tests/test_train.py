@@ -171,6 +171,7 @@ def test_pretrained_alexnet_from_torch_hub_cache(small_folder, tmp_path, monkeyp
 
 
 @pytest.mark.slow
+@pytest.mark.full  # two training processes (12 s of the suite's budget): make fuzz; make test trains in one process
 def test_torchrun_two_processes(small_folder, trained_checkpoint, tmp_path):
     """Two processes under torchrun, from the suite's small checkpoint (a new classifier: its gradients are what the
     processes exchange)."""
