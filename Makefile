@@ -11,7 +11,7 @@ OUT ?= out
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev,serve]'
+	$(PY) -m pip install -e '.[dev,serve,weights]'
 	# TensorRT's type stubs, for the type check of its calls (no dependencies: they would pull TensorRT itself)
 	$(PY) -m pip install --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
 	# Triton's perf_analyzer (no binary on the index: from tritonclient 2.48's wheel, with libb64 and libcudart 12);
@@ -64,7 +64,7 @@ fuzz: $(VENV)/.installed
 # On a machine with an NVIDIA GPU: TensorRT too (the trt extra), then every GPU-marked test. A GPU test that skips
 # fails here (ALEXNET_ZOO_REQUIRE_GPU, tests/conftest.py), so a green run means every one of them ran.
 test-gpu: $(VENV)/.installed
-	$(PY) -m pip install -e '.[dev,serve,trt]'
+	$(PY) -m pip install -e '.[dev,serve,weights,trt]'
 	ALEXNET_ZOO_REQUIRE_GPU=1 $(PY) -m pytest -m 'gpu or tensorrt' -rs
 
 # On a GPU machine whose python3 already has CUDA PyTorch, timm, onnx and onnxruntime (no install, no index):

@@ -23,6 +23,7 @@ from timm.models import is_model, load_state_dict, save_for_hf
 
 from .alexnet import AlexNet, checkpoint_filter_fn
 from .cli import MAX_CLASSES, first_line
+from .packaged import PACKAGED, packaged_state_dict
 from .files import PathLike
 from .manifest import MANIFEST, RUN_KIND, verify
 
@@ -97,7 +98,10 @@ def load_model(
 
 
 def create_pretrained(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
-    """``timm.create_model``, with timm's "no pretrained weights" error extended by what to do instead."""
+    """``timm.create_model``, with timm's "no pretrained weights" error extended by what to do instead; weights a
+    package ships (``alexnet_zoo.packaged``) instead of a download where there are such."""
+    if pretrained and name in PACKAGED:
+        return _from_package(name, **kwargs)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
@@ -106,6 +110,21 @@ def create_pretrained(name: str, pretrained: bool, **kwargs) -> torch.nn.Module:
                 f'{name} has no published pretrained weights; train it (python -m alexnet_zoo.train) or start '
                 f'from a checkpoint of your own') from None
         raise CheckpointError(first_line(e)) from None
+
+
+def _from_package(name: str, **kwargs) -> torch.nn.Module:
+    """``name`` with its packaged weights (ImageNet's classifier replaced by a new one for other classes)."""
+    model = timm.create_model(name, **kwargs)
+    try:
+        weights = packaged_state_dict(name, timm.create_model(name))  # the file holds ImageNet's 1000 classes
+    except (RuntimeError, ValueError) as e:
+        raise CheckpointError(first_line(e)) from None
+    classifier = _classifier(model) + '.'
+    if model.num_classes != weights[classifier + 'weight'].shape[0]:
+        weights = {k: v for k, v in weights.items() if not k.startswith(classifier)}
+        weights.update({k: v for k, v in model.state_dict().items() if k.startswith(classifier)})
+    model.load_state_dict(weights)  # strict: BatchNorm fills in its step counters
+    return model
 
 
 def load_weights(model: torch.nn.Module, checkpoint: PathLike, new_classifier: bool = False) -> None:

@@ -410,3 +410,17 @@ def test_a_state_dict_without_batchnorms_step_counters_loads(tmp_path):
     save_file(weights, str(tmp_path / 'broken.safetensors'))
     with pytest.raises(CheckpointError, match=rf"1 missing keys \(e\.g\. \['{first}'\]\)"):
         load_weights(model, tmp_path / 'broken.safetensors')
+
+
+def test_packaged_imagenet_weights_for_efficientnet_lite0():
+    """--pretrained takes EfficientNet-Lite0's ImageNet weights from the package make setup installs (no download):
+    mapped in order onto timm's tf_efficientnet_lite0, they name the photographs' ImageNet classes."""
+    from alexnet_zoo.data import sample_batch
+    loaded = load_model('tf_efficientnet_lite0', pretrained=True)
+    assert loaded.trained and loaded.num_classes == 1000
+    names, x = sample_batch(loaded.model)
+    with torch.inference_mode():
+        top1 = dict(zip(names, loaded.model(x).argmax(dim=1).tolist()))
+    assert top1['coffee'] == 967 and top1['rocket'] == 657, top1  # espresso, missile
+    small = load_model('tf_efficientnet_lite0', pretrained=True, num_classes=5).model  # a new classifier
+    assert torch.equal(small.conv_stem.weight, loaded.model.conv_stem.weight) and small.num_classes == 5
