@@ -41,6 +41,7 @@ class Parity:
     views: Optional[int] = None
     max_abs_err: Optional[float] = None
     max_rel_err: Optional[float] = None
+    reference_max_abs: Optional[float] = None
     sqnr_db: Optional[float] = None
     identical: Optional[bool] = None
     nonfinite: Optional[int] = None

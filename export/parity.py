@@ -10,13 +10,20 @@ import numpy as np
 
 # Gates per precision, judged only when the weights are trained (random weights give near-tied logits).
 # top1_min applies to the decisive views (near-ties are counted and reported, not held against agreement).
+# The reduced precisions are judged by what a user measures, one rule for every network: where the views are
+# labelled, top-1 accuracy (ACCURACY_MIN_RATIO of fp32's, MLPerf's rule); where they are not, top-1 agreement
+# with fp32. Both on the decisive views, which must be at least MIN_DECISIVE_SHARE of them, so that a graph whose
+# error reaches most of fp32's margins cannot pass on the few views left. No SQNR floor: the int8 that keeps the
+# task accuracy of an efficient network (ReLU6, hard-swish, SiLU, attention) sits near 10-25 dB of logit SQNR,
+# where AlexNet's reaches 37 dB; a floor set on one family rejects the other's good graphs (docs/export.md).
 GATES: Dict[str, Dict[str, float]] = {
     'fp32': {'rel_err_max': 1e-4, 'top1_min': 1.0},
-    'fp16': {'top1_min': 0.995, 'sqnr_min_db': 40.0},
-    'bf16': {'top1_min': 0.995, 'sqnr_min_db': 40.0},
-    'int8': {'top1_min': 0.99, 'sqnr_min_db': 25.0},
+    'fp16': {'top1_min': 0.995, 'range_max': 65504.0},  # fp16's largest finite value: beyond it, fp16 devices give Inf
+    'bf16': {'top1_min': 0.995},
+    'int8': {'top1_min': 0.99},
 }
 ACCURACY_MIN_RATIO = 0.99  # where labels exist: top-1 accuracy >= 99 % of the reference's (MLPerf's rule)
+MIN_DECISIVE_SHARE = 0.5  # of the views, for a reduced precision's verdict to rest on
 NEAR_TIE_QUANTILE = 95  # a view is a near-tie when its margin is below twice this percentile of the views' max |d|
 
 
@@ -52,6 +59,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Dict[str, float]:
     return {
         'views': int(len(ref)),
         'max_abs_err': float(view_err.max()),
+        'reference_max_abs': float(np.abs(ref).max()),
         'max_rel_err': float((view_err / row_max).max()),
         'sqnr_db': float(sqnr),
         'identical': bool(noise == 0 and not nonfinite),
@@ -122,21 +130,31 @@ def gate_misses(precision: str, figures: Dict[str, float]) -> list:
         misses.append(f'{figures["nonfinite"]} non-finite logits (NaN or Inf)')
         return misses
     decisive = figures.get('decisive_top1_agreement')
+    labelled = figures.get('reference_accuracy_top1') is not None
     if decisive is None:
         misses.append('no decisive view: every view is a near-tie')
-    elif decisive < gate['top1_min']:
+    elif 'rel_err_max' not in gate and decisive_share(figures) < MIN_DECISIVE_SHARE:
+        misses.append(f'{figures["views"] - figures["near_ties"]} of {figures["views"]} views decisive (< '
+                      f'{100 * MIN_DECISIVE_SHARE:.0f} %): the error (SQNR {figures["sqnr_db"]:.1f} dB) reaches '
+                      f'most of fp32\'s margins')
+    elif decisive < gate['top1_min'] and not (labelled and 'rel_err_max' not in gate):
         misses.append(f'top-1 {100 * decisive:.1f} % < {100 * gate["top1_min"]:.1f} % '
                       f'({figures.get("near_ties", 0)} near-ties set aside)')
     if 'rel_err_max' in gate and figures['max_rel_err'] > gate['rel_err_max']:
         misses.append(f'max |d| / max |logit| {figures["max_rel_err"]:.2g} > {gate["rel_err_max"]:.0e}')
-    if 'sqnr_min_db' in gate and figures['sqnr_db'] < gate['sqnr_min_db']:
-        misses.append(f'SQNR {figures["sqnr_db"]:.1f} dB < {gate["sqnr_min_db"]:.0f} dB')
+    if 'range_max' in gate and figures.get('reference_max_abs', 0.0) > gate['range_max']:
+        misses.append(f'fp32\'s logits reach {figures["reference_max_abs"]:.3g}, beyond {gate["range_max"]:.0f} '
+                      f'(an fp16 device computes Inf; a CPU computes through fp32, SQNR {figures["sqnr_db"]:.1f} dB)')
     reference_accuracy = figures.get('reference_accuracy_top1')
-    if reference_accuracy is not None and figures['accuracy_top1'] < ACCURACY_MIN_RATIO * reference_accuracy:
+    if labelled and figures['accuracy_top1'] < ACCURACY_MIN_RATIO * reference_accuracy:
         misses.append(f'accuracy {100 * figures["accuracy_top1"]:.1f} % < {100 * ACCURACY_MIN_RATIO:.0f} % of '
                       f'fp32\'s {100 * reference_accuracy:.1f} % (on {figures.get("accuracy_views", "the")} decisive '
                       f'views)')
     return misses
+
+
+def decisive_share(figures: Dict[str, float]) -> float:
+    return (figures['views'] - figures.get('near_ties', 0)) / max(figures['views'], 1)
 
 
 def gate_failure(precision: str, figures: Dict[str, float]) -> str:

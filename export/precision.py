@@ -32,10 +32,17 @@ CALIBRATION_METHODS = {
 # Ops that get Q/DQ: those with int8 kernels in ONNX Runtime (QLinearConv, QLinearAdd, QLinearMul,
 # QLinearGlobalAveragePool, QLinearSigmoid, ...) and OpenVINO's low-precision transformations, so that residual adds,
 # squeeze-excitation multiplies and global pooling run in int8 between the convolutions instead of dequantizing
-# around each. Normalization and Softmax stay in float: ORT would quantize a BatchNormalization's scale to int8
-# through a DequantizeLinear, which costs accuracy, and probabilities in int8 steps of 1/127 say little.
-INT8_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Relu', 'Reshape',
-                 'Flatten', 'Add', 'Mul', 'Sigmoid', 'Concat')
+# around each. Every activation a weighted layer reads is among them, so that its Q/DQ sits after the activation,
+# on the range the next layer reads: ReLU6 exports as Clip (without it, a convolution's output was quantized over
+# its pre-activation range and the six units that matter got a handful of steps), hard-swish as HardSwish (ORT's
+# pre-processing splits it into HardSigmoid and Mul), SiLU as Sigmoid and Mul, squeeze-excitation as
+# GlobalAveragePool, Conv, Sigmoid/HardSigmoid and Mul; attention's products are MatMul.
+# Left in float, on purpose: BatchNormalization and LayerNormalization (ORT would quantize their scale through a
+# DequantizeLinear, which costs accuracy, and OpenVINO computes normalization in float/bf16 whatever the graph
+# says), Softmax (probabilities in symmetric int8 steps of 1/127 lose the small ones that attention sums up), Erf
+# (GELU's core: no int8 kernel in ONNX Runtime or OpenVINO, so Q/DQ around it would only add a rounding).
+INT8_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Relu', 'Clip',
+                 'HardSwish', 'HardSigmoid', 'Reshape', 'Flatten', 'Add', 'Mul', 'Sigmoid', 'Concat')
 
 INT8_OPTIONS = {
     'ActivationSymmetric': True,  # activation zero points 0
