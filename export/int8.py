@@ -19,7 +19,7 @@ from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
 from .diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from .equalize import equalize
-from .parity import decisive_share, gate_misses
+from .parity import decisive_views, gate_misses
 from .precision import Int8Quantizer
 
 MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
@@ -140,6 +140,6 @@ def _with_float(result: Int8Result, quantizer: Int8Quantizer, reader, judge_grap
 def _attempt(result: Int8Result, what: str, figures: dict) -> None:
     result.attempts.append({'what': what, 'sqnr_db': figures['sqnr_db'],
                             'decisive_top1_agreement': figures['decisive_top1_agreement'],
-                            'decisive_share': round(decisive_share(figures), 4),
+                            'decisive_views': decisive_views(figures),
                             'passed': figures['passed'], 'misses': gate_misses('int8', figures)})
 
