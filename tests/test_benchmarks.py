@@ -108,6 +108,7 @@ def test_judge_gates():
     assert parity.judge('int8', few, trained=True)['passed'] is False
     assert '99 of 256 views decisive (< 100): the error (SQNR 25.0 dB)' in parity.gate_failure('int8', few)
     assert parity.judge('int8', {**few, 'near_ties': 156}, trained=True)['passed'] is True
+    assert parity.min_decisive(18) == 9 and parity.min_decisive(256) == 100  # a small set: half of its views
     labelled = {**good_int8, 'decisive_top1_agreement': 0.9, 'accuracy_top1': 0.95, 'reference_accuracy_top1': 0.94}
     assert parity.judge('int8', labelled, trained=True)['passed'] is True  # accuracy kept: agreement not required
     fp16 = {**good_int8, 'decisive_top1_agreement': 1.0, 'sqnr_db': 30.0}
