@@ -115,6 +115,23 @@ def make_int8(
     return result
 
 
+def int8_settings(result: Int8Result, crops: int) -> dict:
+    """Which settings made ``result``'s graph (its row's and export.json's ``int8_settings``): the quantizer's
+    (tool, formats, calibration over ``crops`` crops, op types), the layers kept in float, the layers equalized."""
+    return {**result.quantizer.settings(crops), 'float_layers': list(result.float_layers),
+            'equalized': [e['layer'] for e in result.equalized]}
+
+
+def settings_line(settings: dict) -> str:
+    """``int8_settings`` in one line, as export.onnx prints it after the calibration (empty lists left out)."""
+    parts = [f'{settings["tool"]}, {settings["format"]}', f'activations {settings["activations"]}',
+             f'weights {settings["weights"]}', f'biases {settings["biases"]}', settings['calibration'],
+             f'Q/DQ on {", ".join(settings["op_types"])}']
+    parts += [f'{key.replace("_", " ")}: {", ".join(settings[key])}' for key in ('float_layers', 'equalized')
+              if settings.get(key)]
+    return '; '.join(parts)
+
+
 def float_budget(prepared: onnx.ModelProto) -> int:
     """How many layers the remedy may keep in float: a share of the graph's weighted layers, at least
     MIN_FLOAT_LAYERS."""

@@ -8,8 +8,9 @@ Writes OUT/model.onnx, OUT/model.fp16.onnx, OUT/model.int8.onnx (and model.int8.
 has the input ``input`` (float32 NCHW, batch dimension ``batch``), the output ``logits`` (and ``probabilities``
 with ``--softmax``), and the preprocessing and labels in its metadata, so a deployer needs nothing but the file.
 Parity is measured with ONNX Runtime on 256 parity views against PyTorch fp32 and judged by ``export.parity``'s
-gates when the weights are trained; int8 is diagnosed and repaired by ``export.int8``; a failed gate leaves no
-file of that precision and raises ``ParityGateError``.
+gates when the weights are trained; int8 is diagnosed and repaired by ``export.int8`` (``--explain`` also judges
+NNCF's int8 of the same graph beside it: ``export.nncf_int8``); a failed gate leaves no file of that precision and
+raises ``ParityGateError``.
 """
 import contextlib
 import hashlib
@@ -37,7 +38,8 @@ from .diagnose import DIAGNOSIS_VIEWS, TOP
 from .diagnose import render as render_diagnosis
 from .diagnose import table as diagnosis_table
 from .export_manifest import write_export_manifest
-from .int8 import Int8Result, make_int8, parse_fallback
+from .int8 import Int8Result, int8_settings, make_int8, parse_fallback, settings_line
+from .nncf_int8 import compare_with_nncf, format_comparison
 from .parity import gate_failure, judge, sqnr_text, verdict
 from .precision import CALIBRATION_METHODS, read_calibration_record, to_fp16
 from .torch_export import base_metadata, torch_to_onnx
@@ -160,7 +162,12 @@ def export_onnx(
                                      failed_dir)
                 row.update(opset=opset, seconds=time.perf_counter() - t0)
                 if int8 is not None:
-                    row.update(float_layers=int8.float_layers, equalized=int8.equalized, attempts=int8.attempts)
+                    row.update(float_layers=int8.float_layers, equalized=int8.equalized, attempts=int8.attempts,
+                               int8_settings=int8_settings(int8, calibration['crops']))
+                    if explain:  # seconds more: NNCF's int8 of the same graph, judged beside ours
+                        say('quantizing with NNCF too, for comparison (--explain)')
+                        row['compared'] = compare_with_nncf(
+                            fp32, crops, int8, views.judge_graph('int8', loaded.trained), views.x, row['int8_settings'])
                     _write_int8_extras(int8, output_dir, row, views, result, calibration)
                 result.rows.append(row)
                 if row['passed'] is not False:
@@ -184,11 +191,16 @@ def _record_export(output_dir: Path, result: ExportResult, weights: str, setting
     written = {}
     for r in (r for r in result.rows if r['passed'] is not False):
         entry = {'precision': r['precision'], 'weights_sha256': weights, 'settings': settings}
-        written[r['file']] = {**entry, 'sha256': r['sha256']}
+        written[r['file']] = {**entry, 'sha256': r['sha256'], **_pick(r, 'int8_settings')}
         if r.get('calibration_sha256'):
             written[CALIBRATION_FILE] = {**entry, 'sha256': r['calibration_sha256']}
     if written:  # nothing new: the folder's export.json stays as it is
         write_export_manifest(output_dir, written)
+
+
+def _pick(row: dict, key: str) -> dict:
+    """``{key: row[key]}`` where the row has a value there, else nothing (to spread into a record)."""
+    return {key: row[key]} if row.get(key) else {}
 
 
 def _checkpoint_sha256(source: str) -> Optional[str]:
@@ -251,7 +263,9 @@ def _write_int8_extras(int8: Int8Result, output_dir: Path, row: dict, views: Par
                    + '; '.join(f'{a["what"]} ({a["sqnr_db"]:.1f} dB, {"pass" if a["passed"] else "fail"})'
                                for a in int8.attempts))
         files = render_diagnosis(int8.diagnosis, {'summary': summary, 'views': DIAGNOSIS_VIEWS,
-                                                  'attempts': int8.attempts})
+                                                  'attempts': int8.attempts, **_pick(row, 'compared')})
+        if row.get('compared'):
+            files['.md'] += f'\n```\n{format_comparison(row["compared"])}\n```\n'.encode()
         for suffix, data in files.items():
             write_bytes_atomic(output_dir / f'model.int8.layers{suffix}', data)
 
@@ -295,7 +309,8 @@ def build_parser() -> ArgumentParser:
                         help='when int8 misses its gate: auto (equalize, else keep up to 4 layers in float), none, '
                              'or these layers (module paths such as features.8, or ONNX node names) in float')
     parser.add_argument('--explain', action='store_true',
-                        help='diagnose int8 per layer even when it passes (model.int8.layers.md/.json/.png)')
+                        help='diagnose int8 per layer even when it passes (model.int8.layers.md/.json/.png), and '
+                             'quantize with NNCF beside it for comparison (seconds more)')
     parser.add_argument('--opset', type=bounded(int, MIN_OPSET, MAX_OPSET), default=DEFAULT_OPSET,
                         help=f'ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default: {DEFAULT_OPSET})')
     parser.add_argument('--softmax', action='store_true', help='add a "probabilities" output after the logits')
@@ -328,7 +343,11 @@ def _print_result(loaded: LoadedModel, result: ExportResult) -> None:
     print(f'parity: ONNX Runtime vs PyTorch fp32 on {result.parity_images}')
     if result.calibration:
         print(f'int8 calibration: {result.calibration}')
+    for row in (r for r in result.rows if r.get('int8_settings')):
+        print('int8 settings: ' + settings_line(row['int8_settings']))
     print(format_table(result))
+    for row in (r for r in result.rows if r.get('compared')):
+        print(format_comparison(row['compared']))
     for row in result.rows:
         for attempt in row.get('attempts', [])[1:]:
             print(f'int8 remedy tried: {attempt["what"]}: SQNR {attempt["sqnr_db"]:.1f} dB, '

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import onnx
+import onnxruntime
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.onnx_model import OnnxModel
@@ -119,6 +120,16 @@ class Int8Quantizer:
                 calibration_cache_path=self.cache,
             )
         return onnx.load(str(output))
+
+    def settings(self, crops: int) -> dict:
+        """What makes this quantizer's graphs, in words (the record every int8 export keeps beside its graph): the
+        tool, the Q/DQ format, the number formats, the calibration (``crops`` crops) and the op types given Q/DQ."""
+        symmetric = {True: 'symmetric', False: 'asymmetric'}
+        return {'tool': f'onnxruntime {onnxruntime.__version__} quantize_static', 'format': 'QDQ',
+                'activations': f'int8, {symmetric[INT8_OPTIONS["ActivationSymmetric"]]}, per tensor',
+                'weights': f'int8, {symmetric[INT8_OPTIONS["WeightSymmetric"]]}, per channel',
+                'biases': 'int32' if INT8_OPTIONS['QuantizeBias'] else 'float',
+                'calibration': f'{self.method} over {crops} crops', 'op_types': list(INT8_OP_TYPES)}
 
     def calibration_file(self, about: dict) -> bytes:
         """ORT's calibration cache (which ``--calibration-cache`` and ORT's own ``quantize_static`` read back), with
