@@ -1,68 +1,21 @@
-"""NNCF's int8 beside ours (``export.onnx --explain``), and the settings record every int8 export keeps: NNCF's graph
-judged on the same views as ours, its settings recorded, a failure of NNCF's one line in its row and no harm to the
-export; ``int8_settings`` in a plain export's row and export.json."""
+"""NNCF's int8 beside ours (``export.onnx --explain``), and the settings record every int8 export keeps: a failure of
+NNCF's is one line in its row and does no harm to the export; ``int8_settings`` in a plain export's row and
+export.json; attention graphs quantized by NNCF as transformers."""
 import json
-import math
 
-import onnx
 import pytest
 
 from export import nncf_int8
-from export.calibration import calibration_crops
-from export.int8 import Int8Result
 from export.precision import INT8_OP_TYPES
-from export.trt.preflight import zero_point_problems
-from export.views import ParityViews
 
-pytestmark = pytest.mark.slow  # the exported fixture, and NNCF's quantization of it
-
-NNCF_CROPS = 16  # NNCF's cost here is mostly fixed (graph copies and shape inference of 26 M weights): a few crops
+pytestmark = pytest.mark.slow  # the exported fixture, and an export with --explain
 
 
 def _int8_row(result) -> dict:
     return next(r for r in result.rows if r['precision'] == 'int8')
 
 
-def test_nncf_is_judged_beside_ours_on_the_same_views(exported_graphs, trained_model, as_loaded, monkeypatch):
-    """compare_with_nncf on the fixture's fp32 graph: ours and NNCF's defaults, judged by the export's judge on the
-    same parity views (ours gets the figures its export got), timed, settings recorded; NNCF's activations are
-    unsigned (uint8) where ours are symmetric int8, so TensorRT would refuse its graph and not ours."""
-    result, folder = exported_graphs
-    row = _int8_row(result)
-    views = ParityViews.of(as_loaded(trained_model))
-    judge = views.judge_graph('int8', True)
-    ours_graph = onnx.load(str(folder / 'model.int8.onnx'))
-    ours = Int8Result(ours_graph, judge(ours_graph), quantizer=None)
-    crops, _ = calibration_crops(trained_model, count=NNCF_CROPS)
-    made, real = [], nncf_int8.nncf_int8
-
-    def keep(*args):  # NNCF's graph, kept to look at its zero points
-        made.append(real(*args))
-        return made[-1]
-    monkeypatch.setattr(nncf_int8, 'nncf_int8', keep)
-
-    rows = nncf_int8.compare_with_nncf(onnx.load(str(folder / 'model.onnx')), crops, ours, judge, views.x,
-                                       row['int8_settings'], {'defaults': nncf_int8.NNCF_SETTINGS['defaults']})
-
-    version = nncf_int8.nncf_version()
-    assert [r['what'] for r in rows] == ['ours', f'NNCF {version} defaults'] and 'error' not in rows[1], rows
-    assert rows[0]['views'] == rows[1]['views'] == len(views.x) == row['views']
-    assert rows[0]['sqnr_db'] == pytest.approx(row['sqnr_db']) and rows[0]['passed'] is row['passed'] is True
-    assert rows[0]['settings'] == row['int8_settings']
-    assert rows[1]['settings'] == {'tool': f'nncf {version} quantize (ONNX backend)', 'preset': 'PERFORMANCE',
-                                   'fast_bias_correction': True, 'subset_size': NNCF_CROPS}
-    for r in rows:
-        assert math.isfinite(r['sqnr_db']) and 0 < r['decisive_views'] <= r['views'] and r['ms_b1'] > 0
-        assert r['accuracy_top1'] is None and r['passed'] in (True, False)  # the sample photographs: no labels
-    print({r['what']: (round(r['sqnr_db'], 1), r['decisive_top1_agreement'], r['decisive_views']) for r in rows})
-
-    zero_point_types = {t.data_type for t in made[0].graph.initializer if 'zero_point' in t.name}
-    assert onnx.TensorProto.UINT8 in zero_point_types and zero_point_problems(made[0])  # unsigned activations
-    assert zero_point_problems(ours_graph) == []
-    table = nncf_int8.format_comparison(rows).splitlines()
-    assert table[0] == f'int8 beside NNCF (same {NNCF_CROPS} crops, same {len(views.x)} views, ONNX Runtime CPU)'
-    assert table[1].split() == ['graph', 'SQNR', 'dB', 'top-1', 'agreement', 'labelled', 'top-1', 'ms', 'b1', 'gate']
-    assert table[2].startswith('ours ') and table[3].startswith(f'NNCF {version} defaults ')
+# NNCF run for real, beside ours on the same views: tests/test_promises.py (test_explain_judges_nncf_beside_ours).
 
 
 def test_a_failing_nncf_is_one_line_and_the_export_goes_on(tmp_path, monkeypatch, capsys):

@@ -214,8 +214,11 @@ def outlier_resnet(request):
 PAIRS = {'resnet18': 8, 'mobilenetv3_small_100': 12, 'efficientnet_b0': 2, 'convnext_atto': 15}
 
 
-def test_equalization_finds_pairs_in_timm_blocks_and_keeps_the_function(zoo):
-    model = zoo[0]
+@pytest.mark.parametrize('name', ZOO)
+def test_equalization_finds_pairs_in_timm_blocks_and_keeps_the_function(name):
+    """On each model as timm builds it (the pairs come from the traced graph, whatever the weights)."""
+    torch.manual_seed(0)
+    model = zoo_model(name, SIZE).eval()
     pairs, why = equalization_pairs(model)
     assert not why
     assert len(pairs) == PAIRS[model.pretrained_cfg['architecture']], [(p.producer, p.consumer) for p in pairs]
