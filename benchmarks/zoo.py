@@ -1,5 +1,6 @@
-"""``python -m benchmarks.zoo REPORT.json ... --output docs/zoo.md``: one table, one row per model, from the reports
-``make report MODEL=...`` wrote (parity, int8 remedy, speed-ups with their intervals, each fastest row's bound).
+"""``python -m benchmarks.zoo REPORT.json ... --output docs/zoo.md``: two tables, one row per model, from the reports
+``make report MODEL=...`` wrote: parity, int8 remedy, speed-ups with their intervals, each fastest row's bound; then
+int8 beside fp32's labelled top-1 and NNCF's best graph, and its speed-up over its own runtime's fp32.
 
 The figures are only comparable when the reports come from one machine in one sitting: the table names the CPU of
 each report and refuses reports from different CPUs.
@@ -11,6 +12,7 @@ from typing import List, Optional
 
 from alexnet_zoo.cli import ArgumentParser, UsageError, run_cli
 from alexnet_zoo.files import write_text_atomic
+from alexnet_zoo.packaged import PACKAGED
 from export.contract import FILENAMES, read_metadata
 
 from .model_bytes import count_activations
@@ -43,13 +45,39 @@ def zoo_row(report: dict) -> dict:
     model['activation_bytes'] = count_activations(graphs)['activation_bytes'] or model.get('activation_bytes')
     add_roofline(report)
     int8 = read_metadata(graphs['int8']) if 'int8' in graphs else None
-    return {'name': model['name'], 'params': _params(report),
+    return {'name': model['name'], 'params': _params(report), 'int8_table': int8_figures(report, folder),
             'gflops': model['flops_per_image'] / 1e9, 'parity': parity, 'speedups': speedups,
             'int8_written': int8 is not None,
             'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
             'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
                         for f in report['summary'].get('fastest_passing', [])],
             'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
+
+
+def int8_figures(report: dict, folder: Optional[str]) -> dict:
+    """int8 as ONNX Runtime runs it beside fp32's labelled top-1 and NNCF's best graph (from the graph folder's
+    model.int8.layers.json, which ``export.onnx --explain`` writes), and each runtime's int8 latency over its own
+    fp32's (ratio of medians, one report)."""
+    rows = report['results']
+
+    def row(backend: str, precision: str, batch: Optional[int] = None) -> Optional[dict]:
+        return next((r for r in rows if (r['backend'], r['precision']) == (backend, precision)
+                     and batch in (None, r['batch_size']) and r.get('median_ms')), None)
+    ours = row('onnxruntime', 'int8')
+    fp32 = (report.get('data') or {}).get('reference_accuracy') or {}
+    layers = Path(folder) / 'model.int8.layers.json' if folder else None
+    compared = json.loads(layers.read_text()).get('compared', []) if layers and layers.is_file() else []
+    nncf = [r for r in compared if r['what'] != 'ours' and 'error' not in r]
+    best = max(nncf, key=lambda r: (r.get('accuracy_top1') or 0, r['sqnr_db'])) if nncf else None
+    over_fp32 = {}
+    for backend, batch in SPEEDUPS:
+        pair = row(backend, 'fp32', batch), row(backend, 'int8', batch)
+        if None not in pair:
+            over_fp32[(backend, batch)] = pair[0]['median_ms'] / pair[1]['median_ms']
+    return {'fp32_top1': fp32.get('top1'), 'ours': ours and {**ours['parity'], 'top1': (ours.get('accuracy') or {})
+                                                             .get('top1')},
+            'nncf': best, 'over_fp32': over_fp32,
+            'weights': 'ImageNet, fine-tuned' if report['model']['name'] in PACKAGED else 'random init'}
 
 
 def _read(path: str) -> dict:
@@ -86,6 +114,32 @@ def markdown(rows: List[dict]) -> str:
                                for _, backend, precision, bound in r['fastest']) or '–')
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def int8_markdown(rows: List[dict]) -> str:
+    """The second table: our int8 beside fp32 and NNCF's best, and what it gains on each runtime."""
+    head = ['model', 'weights', 'fp32 top-1', 'int8 SQNR dB / agreement / top-1', 'gate',
+            'NNCF best: SQNR / agreement / top-1', 'OV b1', 'OV b32', 'ORT b1', 'ORT b32']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
+    for r in rows:
+        t = r['int8_table']
+        ours, nncf = t['ours'] or {}, t['nncf']
+        cells = [f'`{r["name"]}`', t['weights'], _percent(t['fp32_top1']),
+                 _figures(ours.get('sqnr_db'), ours.get('decisive_top1_agreement'), ours.get('top1')),
+                 {True: 'pass', False: '**fail**'}.get(ours.get('passed'), '–'),
+                 _figures(nncf['sqnr_db'], nncf['decisive_top1_agreement'], nncf.get('accuracy_top1'))
+                 + f' ({nncf["what"].split(" ", 2)[2]})' if nncf else '– (no --explain)']
+        cells += [f'{t["over_fp32"][key]:.2f}×' if key in t['over_fp32'] else '–' for key in SPEEDUPS]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _percent(value: Optional[float]) -> str:
+    return '–' if value is None else f'{value:.1%}'
+
+
+def _figures(sqnr: Optional[float], agreement: Optional[float], top1: Optional[float]) -> str:
+    return f'{"–" if sqnr is None else f"{sqnr:.1f}"} / {_percent(agreement)} / {_percent(top1)}'
 
 
 def _parity(p: Optional[dict]) -> str:
@@ -128,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     rows = [zoo_row(_read(path)) for path in args.reports]
     check_one_cpu(rows)
-    table = markdown(rows)
+    table = markdown(rows) + '\n' + int8_markdown(rows)
     if args.output:
         write_text_atomic(args.output, table)
     else:

@@ -266,7 +266,7 @@ def test_zoo_table_from_a_report(quick_run, tmp_path):
     report = json.loads((report_dir / 'report.json').read_text())
     failed = failed_int8_report(report, graphs, tmp_path / 'failed')
     assert zoo_main([str(report_dir / 'report.json'), str(failed), '--output', str(tmp_path / 'zoo.md')]) == 0
-    table = (tmp_path / 'zoo.md').read_text().splitlines()
+    table, int8_table = [t.splitlines() for t in (tmp_path / 'zoo.md').read_text().split('\n\n')]
     assert len(table) == 4 and table[2].startswith('| `alexnet_bn` | 25.7 |') and table[3].startswith('| `failed_bn` |')
     row = next(r for r in report['results'] if (r['backend'], r['precision']) == ('openvino', 'int8'))
     low, high = row['speedup_ci95']
@@ -282,6 +282,21 @@ def test_zoo_table_from_a_report(quick_run, tmp_path):
     with pytest.raises(UsageError, match='different CPUs'):
         check_one_cpu([{'cpu': 'Intel Xeon'}, {'cpu': 'AMD EPYC'}])
 
+    # the second table: int8 beside fp32's labelled top-1 and NNCF's best (where --explain compared them), and each
+    # runtime's int8 over its own fp32 (the quick run: batch 1 only)
+    assert len(int8_table) == 4 and int8_table[0].startswith('| model | weights | fp32 top-1 |')
+    cells = [c.strip() for c in int8_table[2].split('|')]
+    median = {r['backend'] + r['precision']: r['median_ms'] for r in report['results']}
+    top1 = report['data']['reference_accuracy']['top1']
+    assert cells[1:4] == ['`alexnet_bn`', 'random init', f'{top1:.1%}'] and cells[5] == 'pass'
+    assert cells[4] == (f'{ort["parity"]["sqnr_db"]:.1f} / {ort["parity"]["decisive_top1_agreement"]:.1%} / '
+                        f'{ort["accuracy"]["top1"]:.1%}')
+    assert cells[6] == '– (no --explain)' and cells[8] == cells[10] == '–'  # no batch 32
+    assert cells[7] == f'{median["openvinofp32"] / median["openvinoint8"]:.2f}×'
+    assert cells[9] == f'{median["onnxruntimefp32"] / median["onnxruntimeint8"]:.2f}×'
+    cells = [c.strip() for c in int8_table[3].split('|')]
+    assert cells[5] == '**fail**' and cells[6] == '19.0 / 99.0% / 97.0% (MIXED)', cells  # the better labelled top-1
+
 
 def failed_int8_report(report: dict, graphs, folder):
     """A copy of ``report`` as another model's whose int8 graph failed its gate (so export.onnx wrote none)."""
@@ -293,6 +308,11 @@ def failed_int8_report(report: dict, graphs, folder):
     for row in failed['results']:
         if row['precision'] == 'int8':
             row['parity']['passed'] = False
+    nncf = [{'what': 'ours', 'sqnr_db': 9.0}, {'what': 'NNCF 3.4.0 defaults', 'sqnr_db': 20.0,
+             'decisive_top1_agreement': 0.99, 'accuracy_top1': 0.96},
+            {'what': 'NNCF 3.4.0 MIXED', 'sqnr_db': 19.0, 'decisive_top1_agreement': 0.99, 'accuracy_top1': 0.97},
+            {'what': 'NNCF 3.4.0 other', 'error': 'RuntimeError: no'}]
+    (folder / 'model.int8.layers.json').write_text(json.dumps({'compared': nncf}))  # as --explain writes it
     path = folder / 'failed.json'
     path.write_text(json.dumps(failed))
     return path
