@@ -36,7 +36,7 @@ def zoo_row(report: dict) -> dict:
     for backend, batch in SPEEDUPS:
         row = next((r for r in rows if (r['backend'], r['precision'], r['batch_size']) == (backend, 'int8', batch)
                     and r.get('median_ms')), None)
-        if row is not None:
+        if row is not None and row.get('speedup_vs_torch_fp32') is not None:  # PyTorch eager was benchmarked
             speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
     folder = report['graphs'].get('folder')
     graphs = {p: Path(folder) / FILENAMES[p] for p in PRECISIONS if folder and (Path(folder) / FILENAMES[p]).is_file()}
