@@ -111,14 +111,13 @@ def uint8_activations(model):
     """The int8 Q/DQ graph with its activations quantized as uint8, for ONNX Runtime on the CPU.
 
     A tensor that cannot be negative (after a ReLU or a ReLU6, and through max-pooling and reshapes) gets zero point
-    0. After a ReLU the scale stays: the grid keeps every value the int8 one had and adds the steps above it that
-    int8 clipped. After a ReLU6 (``Clip`` from 0) the uint8 grid spans what the int8 one kept, [0, min(6, 127 x
-    scale)], in 255 steps instead of 127: the Quantize's own range then clips at both ends, so ONNX Runtime needs no
-    Clip between the convolution and its Quantize and runs them as one int8 convolution (``_fold_clips``; with
-    the Clip left in, the convolution ran in float, 3x slower than fp32 on EfficientNet-Lite0). Any other activation
-    gets zero point 128: the int8 grid shifted, the same numbers. About 1.4x faster at batch 1 and 32 on an AMX Xeon
-    for AlexNet (docs/benchmarks.md, "What was tried"). The graph on disk stays symmetric int8, as TensorRT
-    requires; the row's parity is measured on what this runs.
+    0 and the range the int8 grid kept, [0, 127 x scale] (a ReLU6's clipped at 6), in 255 steps instead of 127: the
+    bit that symmetric int8 spends on negative values it never sees (what NNCF's and ONNX Runtime's own unsigned
+    activations do). The Quantize's range then clips where the ReLU or ReLU6 did, so Q -> DQ -> ReLU -> Q folds into
+    the last Quantize (``_fold_activations``) and ONNX Runtime runs each convolution and its activation as one int8
+    convolution (with a Clip left between them, the convolution ran in float, 3x slower than fp32 on
+    EfficientNet-Lite0). Any other activation gets zero point 128: the int8 grid shifted, the same numbers. The
+    graph on disk stays symmetric int8, as TensorRT requires; the row's parity is measured on what this runs.
     """
     from onnx import TensorProto, helper, numpy_helper
     graph = model.graph
@@ -131,19 +130,25 @@ def uint8_activations(model):
         init = initializers.get(name)
         return (init is not None and init.data_type == TensorProto.INT8 and not init.dims and
                 int(numpy_helper.to_array(init)) == 0)
-    folded = _fold_clips(graph, int8_zero, constant)
-    nonnegative, quantized = set(), {}
+    tops = _fold_activations(graph, int8_zero, constant)
+    nonnegative, quantized, scales = set(), {}, {}
     for node in graph.node:  # topological order
-        if node.op_type == 'Relu' or node.output[0] in folded or (
+        if node.op_type == 'Relu' or node.output[0] in tops or (
                 node.op_type in NONNEGATIVE_THROUGH and node.input and node.input[0] in nonnegative):
             nonnegative.update(node.output)
-        if node.op_type == 'QuantizeLinear' and len(node.input) == 3 and int8_zero(node.input[2]):
-            node.input[2] = ZERO_POINTS[node.output[0] in nonnegative]
-            quantized[node.output[0]] = node.input[2]
+        if node.op_type != 'QuantizeLinear' or len(node.input) != 3 or not int8_zero(node.input[2]):
+            continue
+        out, scale = node.output[0], constant(node.input[1])
+        node.input[2] = quantized[out] = ZERO_POINTS[out in nonnegative]
+        if out in nonnegative and scale is not None and not scale.ndim:
+            top = tops.get(out) or 127 * float(scale)
+            node.input[1] = scales[out] = f'{out}_uint8_scale'
+            step = min(top, 127 * float(scale)) / 255
+            graph.initializer.append(helper.make_tensor(scales[out], TensorProto.FLOAT, [], [step]))
     for node in graph.node:
         if node.op_type == 'DequantizeLinear' and node.input[0] in quantized:
             node.input[2] = quantized[node.input[0]]
-            node.input[1] = folded.get(node.input[0], node.input[1])
+            node.input[1] = scales.get(node.input[0], node.input[1])
     for nonneg, name in ZERO_POINTS.items():
         if name in quantized.values():
             graph.initializer.append(helper.make_tensor(name, TensorProto.UINT8, [], [0 if nonneg else 128]))
@@ -153,18 +158,17 @@ def uint8_activations(model):
     return model
 
 
-def _fold_clips(graph, int8_zero, constant) -> dict:
-    """Quantize → Dequantize → ReLU (or Clip from 0) → Quantize becomes the last Quantize alone, on uint8 with zero
-    point 0: the clipping at 0 is the ReLU (what ONNX Runtime's own quantizer does for asymmetric activations), one
-    rounding instead of two. A Clip's Quantize gets the scale of [0, min(max, 127 x scale)] in 255 steps, so that
-    its range is the clip's. {the last Quantize's output: the scale its Dequantize reads}."""
-    from onnx import helper
+def _fold_activations(graph, int8_zero, constant) -> dict:
+    """Quantize → Dequantize → ReLU (or Clip from 0) → Quantize becomes the last Quantize alone, which
+    ``uint8_activations`` puts on uint8 with zero point 0: the clipping at 0 is the ReLU (what ONNX Runtime's own
+    quantizer does for asymmetric activations), one rounding instead of two. {the last Quantize's output: the top
+    of its range, a Clip's max (None after a ReLU)}."""
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    dropped, folded = [], {}
+    dropped, tops = [], {}
     for act in [n for n in graph.node if n.op_type in ('Relu', 'Clip')]:
         dq, after = producer.get(act.input[0]), consumers.get(act.output[0], [])
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == 'DequantizeLinear' else None
@@ -172,22 +176,18 @@ def _fold_clips(graph, int8_zero, constant) -> dict:
                 or not int8_zero(after[0].input[2]) or len(consumers[q.output[0]]) != 1 or
                 len(consumers[dq.output[0]]) != 1):
             continue
-        scale = after[0].input[1]
+        top = None
         if act.op_type == 'Clip':
-            bounds = [constant(name) if name else None for name in list(act.input[1:3]) + [''] * (3 - len(act.input))]
-            old = constant(scale)
-            if bounds[0] is None or float(bounds[0]) != 0 or old is None or old.ndim:
-                continue  # only a ReLU6-like clip from 0 with constant bounds and one scale
-            top = 127 * float(old) if bounds[1] is None else min(float(bounds[1]), 127 * float(old))
-            scale = f'{after[0].output[0]}_uint8_scale'
-            graph.initializer.append(helper.make_tensor(scale, 1, [], [top / 255]))  # 1: FLOAT
-            after[0].input[1] = scale
+            low, high = [constant(name) if name else None for name in (list(act.input[1:3]) + ['', ''])[:2]]
+            if low is None or float(low) != 0:
+                continue  # only a ReLU6-like clip from 0, with constant bounds
+            top = None if high is None else float(high)
         after[0].input[0] = q.input[0]
         dropped += [q, dq, act]
-        folded[after[0].output[0]] = scale
+        tops[after[0].output[0]] = top
     for node in dropped:
         graph.node.remove(node)
-    return folded
+    return tops
 
 
 NONNEGATIVE_THROUGH = ('MaxPool', 'Reshape', 'Flatten', 'QuantizeLinear', 'DequantizeLinear')
