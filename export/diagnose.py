@@ -24,7 +24,7 @@ from onnxruntime.quantization.qdq_loss_debug import (collect_activations, comput
 from .calibration import PhotoCalibrationReader
 from .contract import INPUT_NAME
 from .ort_session import session_options
-from .precision import INT8_OP_TYPES, Int8Quantizer, quiet
+from .precision import Int8Quantizer, int8_op_types, quiet
 
 WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
 DIAGNOSIS_VIEWS = 32  # every tensor of both graphs is kept in memory: 32 views of alexnet_bn take about 1 GB
@@ -126,12 +126,13 @@ PASS_THROUGH_OPS = ('Relu', 'MaxPool', 'AveragePool', 'Reshape', 'Flatten')  # t
 def float_nodes(prepared: onnx.ModelProto, tensor: str) -> List[str]:
     """The quantizable nodes to keep in float so that ``tensor``'s values are never quantized: its producer, its
     consumers, and through ReLU, pooling and reshapes (whose outputs carry the same range) theirs."""
-    nodes = [n for n in prepared.graph.node if n.op_type in INT8_OP_TYPES and tensor in n.output]
+    op_types = int8_op_types(prepared)
+    nodes = [n for n in prepared.graph.node if n.op_type in op_types and tensor in n.output]
     frontier, seen = [tensor], {tensor}
     while frontier:
         current = frontier.pop()
         for node in prepared.graph.node:
-            if node.op_type not in INT8_OP_TYPES or current not in node.input or node in nodes:
+            if node.op_type not in op_types or current not in node.input or node in nodes:
                 continue
             nodes.append(node)
             if node.op_type in PASS_THROUGH_OPS:
@@ -144,7 +145,7 @@ def resolve_layers(prepared: onnx.ModelProto, layers: Sequence[str]) -> Dict[str
     """``--int8-fallback LAYER,...``: each module path (``features.8``, or a parent such as ``head.pre_logits``)
     or ONNX node name, to the quantizable nodes it names. ValueError listing what exists when one names nothing."""
     found = {}
-    quantizable = [n for n in prepared.graph.node if n.op_type in INT8_OP_TYPES]
+    quantizable = [n for n in prepared.graph.node if n.op_type in int8_op_types(prepared)]
     for layer in layers:
         nodes = [n.name for n in quantizable
                  if n.name == layer or module_path(n) == layer or module_path(n).startswith(layer + '.')]

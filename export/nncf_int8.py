@@ -22,7 +22,7 @@ from alexnet_zoo.cli import first_line
 from .contract import INPUT_NAME
 from .int8 import Int8Result, Judge
 from .parity import decisive_views, sqnr_text, verdict
-from .precision import quiet
+from .precision import ATTENTION_OPS, quiet
 from .views import ort_ms_b1
 
 # Nothing NNCF does may reach the network. NNCF and the OpenVINO it imports send anonymous usage telemetry (Google
@@ -38,7 +38,6 @@ NNCF_SETTINGS: Dict[str, dict] = {
     'defaults': {'preset': 'PERFORMANCE', 'fast_bias_correction': True},
     'MIXED, full bias correction': {'preset': 'MIXED', 'fast_bias_correction': False},
 }
-ATTENTION_OPS = {'Softmax', 'LayerNormalization'}
 
 
 def nncf_version() -> Optional[str]:

@@ -35,9 +35,11 @@ KINDS = {
     'silu-se': ('test_efficientnet', {}, 'Sigmoid'),  # SiLU is x * sigmoid(x); the squeeze-excitation gates too
     'gelu-attention': ('test_vit', dict(img_size=SIZE), None),  # LayerNorm, attention's products, GELU (Erf)
 }
-# What each kind's int8 must keep, beside the gate's verdict (measured on an AMD Zen 4 after STEPS steps: ReLU6
-# 32.2 dB, hard-swish 23.5, SiLU + SE 24.8, GELU + attention 21.9; each keeps its labelled accuracy)
-SQNR_MIN_DB = 18.0
+# What each kind's int8 must keep, beside the gate's verdict: its SQNR, measured on an AMD Zen 4 after STEPS steps
+# (ReLU6 32.2 dB, hard-swish 23.5, SiLU + SE 24.8, GELU + attention 34.3; each keeps its labelled accuracy), less a
+# margin of about 5 dB for other CPUs' rounding. Each floor sits above what the kind gave before its fix: ReLU6 with
+# Clip not quantized collapsed; attention with its residual adds quantized gave 21.9 dB.
+SQNR_MIN_DB = {'relu6': 27.0, 'hard-swish': 18.0, 'silu-se': 19.0, 'gelu-attention': 28.0}
 
 
 @pytest.fixture(scope='module', params=list(KINDS))
@@ -66,7 +68,7 @@ def test_int8_keeps_the_labelled_accuracy_and_sqnr(kind_int8):
     assert row['reference_accuracy_top1'] >= 0.85, (kind, figures)  # the network learnt the photographs
     assert row['accuracy_top1'] >= ACCURACY_MIN_RATIO * row['reference_accuracy_top1'], (kind, figures)
     assert row['accuracy_views'] >= MIN_DECISIVE_VIEWS, (kind, figures)
-    assert row['sqnr_db'] >= SQNR_MIN_DB and row['passed'], (kind, figures)
+    assert row['sqnr_db'] >= SQNR_MIN_DB[kind] and row['passed'], (kind, figures)
 
 
 def test_the_next_layer_reads_the_activation_quantized(kind_int8):
@@ -130,7 +132,7 @@ def test_onnxruntime_runs_relu6_on_the_uint8_range_without_the_clip(kind_int8):
     fast = ort_session(rewritten.SerializeToString(), 2).run(['logits'], {'input': x})[0]
     assert 10 * np.log10((disk ** 2).sum() / ((disk - fast) ** 2).sum()) > 20
 
-def test_attention_runs_its_products_in_int8_and_its_normalization_in_float(kind_int8):
+def test_attention_runs_its_weighted_layers_and_products_in_int8_and_the_rest_in_float(kind_int8):
     kind, graph, _ = kind_int8
     if kind != 'gelu-attention':
         pytest.skip('the attention case')
@@ -139,6 +141,10 @@ def test_attention_runs_its_products_in_int8_and_its_normalization_in_float(kind
     assert matmuls and all(producer[i].op_type == 'DequantizeLinear' for n in matmuls for i in n.input)
     float_ops = {'LayerNormalization', 'Softmax', 'Erf'}  # left in float on purpose (export/precision.py says why)
     assert float_ops <= {n.op_type for n in graph.graph.node}
+    # only what the weighted layers read is quantized (NNCF's TRANSFORMER choice): no step on the residual stream
+    quantized = {producer[n.input[0]].op_type for n in graph.graph.node
+                 if n.op_type == 'QuantizeLinear' and n.input[0] in producer}
+    assert quantized and not quantized & {'Add', 'Div'}, quantized
     initializers = {i.name: i.data_type for i in graph.graph.initializer}
     for node in graph.graph.node:
         if node.op_type == 'LayerNormalization':  # its scale and bias are float weights, not dequantized int8
