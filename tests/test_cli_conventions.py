@@ -39,11 +39,15 @@ def test_ctrl_c_in_a_running_command(tmp_path):
     """SIGINT to ``python -m alexnet_zoo.samples --write-folder`` once it is writing: exit 130, one line."""
     out = tmp_path / 'photos'
     # SIGINT as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and Python keeps an
-    # ignored SIGINT ignored, so a suite started in the background would wait here for nothing
-    proc = subprocess.Popen([sys.executable, '-m', 'alexnet_zoo.samples', '--write-folder', str(out),
-                             '--train-per-class', '10000', '--size', '16'], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ignored SIGINT ignored, so a suite started in the background would wait here for nothing. A small launcher
+    # restores it and execs the command (the default survives exec), rather than a preexec_fn: Python code run
+    # between fork and exec is unsafe in a process with threads, as a test process has (runtimes' pools)
+    command = [sys.executable, '-m', 'alexnet_zoo.samples', '--write-folder', str(out), '--train-per-class', '10000',
+               '--size', '16']
+    launcher = ('import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                'os.execv(sys.argv[1], sys.argv[1:])')
+    proc = subprocess.Popen([sys.executable, '-c', launcher, *command], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not any((out / 'train').glob('*/*.jpg')) and proc.poll() is None and time.monotonic() < deadline:
