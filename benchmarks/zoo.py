@@ -34,8 +34,7 @@ def zoo_row(report: dict) -> dict:
             parity[precision] = row['parity']
     speedups = {}
     for backend, batch in SPEEDUPS:
-        row = next((r for r in rows if (r['backend'], r['precision'], r['batch_size']) == (backend, 'int8', batch)
-                    and r.get('median_ms')), None)
+        row = _timed_row(rows, backend, 'int8', batch)
         if row is not None and row.get('speedup_vs_torch_fp32') is not None:  # PyTorch eager was benchmarked
             speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
     folder = report['graphs'].get('folder')
@@ -59,11 +58,7 @@ def int8_figures(report: dict, folder: Optional[str]) -> dict:
     model.int8.layers.json, which ``export.onnx --explain`` writes), and each runtime's int8 latency over its own
     fp32's (ratio of medians, one report)."""
     rows = report['results']
-
-    def row(backend: str, precision: str, batch: Optional[int] = None) -> Optional[dict]:
-        return next((r for r in rows if (r['backend'], r['precision']) == (backend, precision)
-                     and batch in (None, r['batch_size']) and r.get('median_ms')), None)
-    ours = row('onnxruntime', 'int8')
+    ours = _timed_row(rows, 'onnxruntime', 'int8')
     fp32 = (report.get('data') or {}).get('reference_accuracy') or {}
     layers = Path(folder) / 'model.int8.layers.json' if folder else None
     compared = json.loads(layers.read_text()).get('compared', []) if layers and layers.is_file() else []
@@ -71,7 +66,7 @@ def int8_figures(report: dict, folder: Optional[str]) -> dict:
     best = max(nncf, key=lambda r: (r.get('accuracy_top1') or 0, r['sqnr_db'])) if nncf else None
     over_fp32 = {}
     for backend, batch in SPEEDUPS:
-        pair = row(backend, 'fp32', batch), row(backend, 'int8', batch)
+        pair = _timed_row(rows, backend, 'fp32', batch), _timed_row(rows, backend, 'int8', batch)
         if None not in pair:
             over_fp32[(backend, batch)] = pair[0]['median_ms'] / pair[1]['median_ms']
     return {'fp32_top1': fp32.get('top1'), 'ours': ours and {**ours['parity'], 'top1': (ours.get('accuracy') or {})
@@ -79,6 +74,12 @@ def int8_figures(report: dict, folder: Optional[str]) -> dict:
             'nncf': best, 'ours_explained': next((r for r in compared if r['what'] == 'ours'), None),
             'over_fp32': over_fp32,
             'weights': 'ImageNet, fine-tuned' if report['model']['name'] in PACKAGED else 'random init'}
+
+
+def _timed_row(rows: List[dict], backend: str, precision: str, batch: Optional[int] = None) -> Optional[dict]:
+    """The first timed row of ``backend`` and ``precision`` (at ``batch``, if given), or None."""
+    return next((r for r in rows if (r['backend'], r['precision']) == (backend, precision)
+                 and batch in (None, r['batch_size']) and r.get('median_ms')), None)
 
 
 def _read(path: str) -> dict:

@@ -167,7 +167,8 @@ def export_onnx(
                     if explain:  # seconds more: NNCF's int8 of the same graph, judged beside ours
                         say('quantizing with NNCF too, for comparison (--explain)')
                         row['compared'] = compare_with_nncf(
-                            fp32, crops, int8, views.judge_graph('int8', loaded.trained), views.x, row['int8_settings'])
+                            fp32, crops, int8, views.judge_graph('int8', loaded.trained), views.x, row['int8_settings'],
+                            row['ms_b1'])
                     _write_int8_extras(int8, output_dir, row, views, result, calibration)
                 result.rows.append(row)
                 if row['passed'] is not False:
