@@ -174,40 +174,22 @@ def check_settings(settings: Settings) -> None:
 
 
 def _fit(model, settings, train_set, val_set, output, state, rank, world, device, workers, progress) -> dict:
+    """Train from the run's last epoch (or the first) to ``settings.epochs``: each epoch trains, is validated by every
+    process on rank 0's model and saved by rank 0; returns the run's metrics."""
     train_set.transform = train_transform(model, settings.scale, settings.hflip, settings.color_jitter or None,
                                           settings.auto_augment)
     val_set.transform = eval_transform(model)
     model.to(device)
-    optimizer = create_optimizer_v2(model, settings.opt, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, settings.sched, num_epochs=settings.epochs,
-                                       warmup_epochs=settings.warmup_epochs)
-    history, start = [], 0
-    if state is not None:
-        optimizer.load_state_dict(state['optimizer'])
-        if state['settings']['epochs'] == settings.epochs:
-            scheduler.load_state_dict(state['scheduler'])  # else: the schedule is rebuilt for the new total
-        history, start = list(state['metrics']), int(state['epoch'])
+    optimizer, scheduler, history, start = _optimization(model, settings, state)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
         if world > 1 else model
-
-    share = len(range(rank, len(train_set), world))
-    batch_size = min(settings.batch_size, share)  # BatchNorm needs more than one image per batch
-    if settings.mixup > 0 or settings.cutmix > 0:
-        batch_size -= batch_size % 2  # timm's Mixup mixes pairs
-    if batch_size < 2:
-        raise ValueError(f'{len(train_set)} training images are too few for {world} process(es)')
+    batch_size = _batch_size(settings, len(train_set), rank, world)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=settings.seed)
     loader_args = dict(num_workers=workers, pin_memory=device.type == 'cuda')
     train_loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, **loader_args)
     val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), settings.batch_size, **loader_args)
-    loss_fn = LabelSmoothingCrossEntropy(settings.smoothing) if settings.smoothing > 0 else torch.nn.CrossEntropyLoss()
-    mixup = None
-    if settings.mixup > 0 or settings.cutmix > 0:  # timm's Mixup mixes pairs (the batch size must be even) ...
-        mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix, label_smoothing=settings.smoothing,
-                      num_classes=len(train_set.classes))
-        loss_fn = SoftTargetCrossEntropy()  # ... into soft targets, with label smoothing folded in
+    loss_fn, mixup = _loss(settings, len(train_set.classes))
     autocast = _autocast(settings.amp, device)
-    head = _head_prefixes(model)
 
     run = dict(model=settings.model, classes=train_set.classes, settings=asdict(settings), world_size=world,
                batch_size=batch_size * world, device=device.type, train_images=len(train_set), val_images=len(val_set))
@@ -217,48 +199,117 @@ def _fit(model, settings, train_set, val_set, output, state, rank, world, device
         sampler.set_epoch(epoch)
         scheduler.step(epoch)
         lr = optimizer.param_groups[0]['lr']
-        net.train()
-        if settings.freeze_features:  # frozen BatchNorm layers keep their running statistics
-            for name, module in model.named_modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
-                    module.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct top-1, n
+        _train_mode(net, model, settings.freeze_features)
         bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{settings.epochs}', unit='batch',
                    disable=not (progress and rank == 0), leave=False)
-        for images, targets in bar:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            images, soft = mixup(images, targets) if mixup is not None else (images, targets)
-            with autocast():
-                logits = net(images)
-                loss = loss_fn(logits, soft)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = len(targets)
-            sums += torch.tensor([loss.item() * n, accuracy(logits.detach(), targets)[0].item() * n / 100, n],
-                                 dtype=torch.float64, device=device)
-            bar.set_postfix(loss=f'{sums[0] / sums[2]:.3f}', acc=f'{100 * sums[1] / sums[2]:.1f}%')
-        if world > 1:  # every process validates rank 0's model, the one that is saved
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        val = evaluate(model, val_loader, device)
-        if world > 1:
-            dist.all_reduce(sums)
-            dist.all_reduce(val)
-        row = dict(epoch=epoch + 1, lr=lr, train_loss=(sums[0] / sums[2]).item(),
-                   train_top1=(100 * sums[1] / sums[2]).item(), val_loss=(val[0] / val[3]).item(),
-                   val_top1=(100 * val[1] / val[3]).item(), val_top5=(100 * val[2] / val[3]).item(),
-                   seconds=time.perf_counter() - began)
+        sums = _train_epoch(net, bar, optimizer, loss_fn, mixup, autocast, device)
+        val = _validate(model, val_loader, device, world, sums)
+        row = _epoch_row(epoch, lr, sums, val, began)
         best = not history or row['val_top1'] > max(h['val_top1'] for h in history)
         history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
         metrics = _metrics(run, history)
         if rank == 0:
             save_run(output, model, optimizer, scheduler, settings, train_set.classes, history, metrics, best)
-            print(f'epoch {epoch + 1}/{settings.epochs}: train loss {row["train_loss"]:.3f} '
-                  f'top-1 {row["train_top1"]:.1f}%, val loss {row["val_loss"]:.3f} top-1 {row["val_top1"]:.1f}% '
-                  f'top-5 {row["val_top5"]:.1f}%, lr {lr:.2e}, {row["seconds"]:.1f} s'
-                  + (' (best so far: saved as the run\'s model)' if best else ''), flush=True)
+            print(_epoch_line(row, settings.epochs, best), flush=True)
     return _metrics(run, history)
+
+
+def _optimization(model: torch.nn.Module, settings: Settings, state: Optional[dict]):
+    """(optimizer, scheduler, history, first epoch): a resumed run goes on with its optimizer's state and, unless its
+    total of epochs changed, its schedule, so that it ends where an uninterrupted run would."""
+    optimizer = create_optimizer_v2(model, settings.opt, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler, _ = create_scheduler_v2(optimizer, settings.sched, num_epochs=settings.epochs,
+                                       warmup_epochs=settings.warmup_epochs)
+    history, start = [], 0
+    if state is not None:
+        optimizer.load_state_dict(state['optimizer'])
+        if state['settings']['epochs'] == settings.epochs:
+            scheduler.load_state_dict(state['scheduler'])  # else: the schedule is rebuilt for the new total
+        history, start = list(state['metrics']), int(state['epoch'])
+    return optimizer, scheduler, history, start
+
+
+def _batch_size(settings: Settings, images: int, rank: int, world: int) -> int:
+    """The per-process batch: at most this process's share of the ``images``, an even size for Mixup's pairs, and at
+    least 2, since a BatchNorm layer cannot train on a batch of one."""
+    share = len(range(rank, images, world))
+    batch_size = min(settings.batch_size, share)  # BatchNorm needs more than one image per batch
+    if settings.mixup > 0 or settings.cutmix > 0:
+        batch_size -= batch_size % 2  # timm's Mixup mixes pairs
+    if batch_size < 2:
+        raise ValueError(f'{images} training images are too few for {world} process(es)')
+    return batch_size
+
+
+def _loss(settings: Settings, num_classes: int):
+    """(loss, Mixup or None): mixup and cutmix turn labels into soft targets, which need timm's soft-target loss."""
+    loss_fn = LabelSmoothingCrossEntropy(settings.smoothing) if settings.smoothing > 0 else torch.nn.CrossEntropyLoss()
+    mixup = None
+    if settings.mixup > 0 or settings.cutmix > 0:  # timm's Mixup mixes pairs (the batch size must be even) ...
+        mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix, label_smoothing=settings.smoothing,
+                      num_classes=num_classes)
+        loss_fn = SoftTargetCrossEntropy()  # ... into soft targets, with label smoothing folded in
+    return loss_fn, mixup
+
+
+def _train_mode(net: torch.nn.Module, model: torch.nn.Module, freeze_features: bool) -> None:
+    """Training mode, except for frozen features' BatchNorm layers, which keep their running statistics."""
+    net.train()
+    if freeze_features:
+        head = _head_prefixes(model)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+                module.eval()
+
+
+def _train_epoch(net, batches, optimizer, loss_fn, mixup, autocast, device: torch.device) -> torch.Tensor:
+    """One pass over ``batches`` (a tqdm bar, which shows the running figures); returns sums (loss * n, correct top-1,
+    n) rather than means, so that processes can all-reduce them."""
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct top-1, n
+    for images, targets in batches:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, soft = mixup(images, targets) if mixup is not None else (images, targets)
+        with autocast():
+            logits = net(images)
+            loss = loss_fn(logits, soft)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(targets)
+        sums += torch.tensor([loss.item() * n, accuracy(logits.detach(), targets)[0].item() * n / 100, n],
+                             dtype=torch.float64, device=device)
+        batches.set_postfix(loss=f'{sums[0] / sums[2]:.3f}', acc=f'{100 * sums[1] / sums[2]:.1f}%')
+    return sums
+
+
+def _validate(model: torch.nn.Module, loader: DataLoader, device: torch.device, world: int,
+              sums: torch.Tensor) -> torch.Tensor:
+    """The validation sums of rank 0's model, the one that is saved; with several processes, ``sums`` (training's) and
+    the result are all-reduced over them."""
+    if world > 1:  # every process validates rank 0's model, the one that is saved
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+    val = evaluate(model, loader, device)
+    if world > 1:
+        dist.all_reduce(sums)
+        dist.all_reduce(val)
+    return val
+
+
+def _epoch_row(epoch: int, lr: float, sums: torch.Tensor, val: torch.Tensor, began: float) -> dict:
+    """An epoch's line of metrics.json: the means of the summed figures, in percent where they are accuracies."""
+    return dict(epoch=epoch + 1, lr=lr, train_loss=(sums[0] / sums[2]).item(),
+                train_top1=(100 * sums[1] / sums[2]).item(), val_loss=(val[0] / val[3]).item(),
+                val_top1=(100 * val[1] / val[3]).item(), val_top5=(100 * val[2] / val[3]).item(),
+                seconds=time.perf_counter() - began)
+
+
+def _epoch_line(row: dict, epochs: int, best: bool) -> str:
+    """What a user watching the run reads after each epoch, including whether it became the run's model."""
+    return (f'epoch {row["epoch"]}/{epochs}: train loss {row["train_loss"]:.3f} '
+            f'top-1 {row["train_top1"]:.1f}%, val loss {row["val_loss"]:.3f} top-1 {row["val_top1"]:.1f}% '
+            f'top-5 {row["val_top5"]:.1f}%, lr {row["lr"]:.2e}, {row["seconds"]:.1f} s'
+            + (' (best so far: saved as the run\'s model)' if best else ''))
 
 
 def _metrics(run: dict, history: List[dict]) -> dict:

@@ -60,72 +60,35 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
     configurations too and write the best within ``p99_budget_ms`` into ``repository``; returns what serve.json
     holds."""
     ports = ports or {'--http-port': 8000, '--grpc-port': 8001, '--metrics-port': 8002}
-    import torch
-    device = REGISTRY[backend].devices(precision, torch.cuda.is_available())[0]  # TensorRT: cuda; most: cpu
-    spec = Spec(backend, precision, device)
-    reason = spec.unavailable()
-    if reason:
-        raise ValueError(f'{backend} {precision} cannot run here: {reason}')
+    spec = _runnable(backend, precision)
     check_ports(ports)
     output_dir = ensure_writable_dir(output_dir)
     names, x = sample_batch(loaded.model)
     x = x.numpy()
     name = f'{loaded.name}_{backend}_{precision}'
-    report = {'schema_version': SCHEMA, 'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-              'model': {'name': loaded.name, 'classes': loaded.num_classes, 'weights': loaded.source},
-              'served': {'name': name, 'backend': backend, 'precision': precision, 'device': device,
-                         'max_batch_size': batching.max_batch, 'preferred_batch_size': list(batching.preferred),
-                         'max_queue_delay_us': batching.max_queue_delay_us, 'instances': batching.instances,
-                         'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
-              'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False,
-              'perf_analyzer': {'skipped': perf_analyzer.unavailable()}}
+    report = _new_report(loaded, name, spec, batching)
     if report['perf_analyzer']['skipped']:
         progress(f'perf_analyzer: not run ({report["perf_analyzer"]["skipped"]})')
     with tempfile.TemporaryDirectory(prefix='alexnet-zoo-serve-') as workdir, contextlib.ExitStack() as stack:
         workdir = Path(workdir)
-        graphs = graphs_in(onnx_dir, loaded, [spec.graph]) if onnx_dir and spec.graph else {}
-        if spec.graph and spec.graph not in graphs:
-            exported, failed = export_graphs(loaded, Path(onnx_dir) if onnx_dir else workdir, [spec.graph])
-            if spec.graph in failed:
-                raise ValueError(f'the {spec.graph} graph failed its parity gate at export: {failed[spec.graph]}')
-            graphs.update(exported)
-        artifact = artifact_for(spec, loaded.model, graphs, workdir, [batching.max_batch])
-        runner = stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
+        artifact = _artifact(spec, loaded, onnx_dir, workdir, batching.max_batch)
+        runner = stack.enter_context(spec.runner(artifact, precision, spec.device, cpu_threads()))
         variants = [(serve_sweep.variant_name(name, config),
-                     [stack.enter_context(spec.runner(artifact, precision, device, cpu_threads()))
+                     [stack.enter_context(spec.runner(artifact, precision, spec.device, cpu_threads()))
                       for _ in range(config.instances)], config) for config in sweep]
         local = [int(np.argmax(runner.infer(x[i:i + 1])[0])) for i in range(len(x))]
-        progress(f'starting Triton with {name} (dynamic batching up to {batching.max_batch}) ...')
-        started = time.perf_counter()
-        try:
-            formed = stack.enter_context(triton_server(runner, name, x.shape[1:], loaded.num_classes, batching,
-                                                       ports, workdir / 'triton.log', variants))
-        except Exception as e:  # PyTriton's own error types (a server that would not start, a refused binding)
-            raise RuntimeError(f'Triton did not start: {first_line(e, 300)}') from None
-        report['served']['start_seconds'] = round(time.perf_counter() - started, 2)
-        http, grpc = f'127.0.0.1:{ports["--http-port"]}', f'127.0.0.1:{ports["--grpc-port"]}'
+        formed = _start_triton(stack, report, runner, variants, x, loaded.num_classes, batching, ports, workdir,
+                               progress)
+        urls = {'http': f'127.0.0.1:{ports["--http-port"]}', 'grpc': f'127.0.0.1:{ports["--grpc-port"]}'}
         try:
             report['check'] = {protocol: agreement(names, local, classify(url, protocol, name, x, timeout))
-                               for protocol, url in (('http', http), ('grpc', grpc))}
-            report['bad_requests'] = bad_requests(grpc, name, x[0], timeout)
+                               for protocol, url in urls.items()}
+            report['bad_requests'] = bad_requests(urls['grpc'], name, x[0], timeout)
             for clients in concurrency:
-                progress(f'load: {clients} client(s) for {seconds} s ...')
-                level = closed_loop(grpc, name, x, clients, seconds, timeout, formed)
-                report['levels'].append(level)
-                if level['complete'] and not report['perf_analyzer']['skipped']:
-                    progress(f'perf_analyzer: concurrency {clients}, HTTP and gRPC ...')
-                    level['perf_analyzer'] = {protocol: perf_analyzer.measure(
-                        name, url, protocol, clients, x.shape[1:], pa_window_ms(seconds),
-                        getattr(formed, 'access_token', None))
-                        for protocol, url in (('http', http), ('grpc', grpc))}
-                    level['ours_over_perf_analyzer'] = ours_over(level)
-                if not level['complete']:
-                    raise ServerGone(f'the server stopped answering at concurrency {clients} '
-                                     f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '
-                                     f'partial results in {output_dir / "serve.json"}, marked incomplete')
+                _load_level(report, urls, x, clients, seconds, timeout, formed, output_dir, progress)
             if sweep:
-                report['sweep'] = settings_sweep(name, sweep, grpc, max(concurrency), x, seconds, timeout, formed,
-                                                 p99_budget_ms, repository, backend, precision, progress,
+                report['sweep'] = settings_sweep(name, sweep, urls['grpc'], max(concurrency), x, seconds, timeout,
+                                                 formed, p99_budget_ms, repository, backend, precision, progress,
                                                  report['perf_analyzer']['skipped'])
             report['complete'] = True
         except ServerGone:
@@ -139,6 +102,78 @@ def serve_benchmark(loaded, output_dir: PathLike, backend: str = 'openvino', pre
                 report['server_log'] = log_tail([workdir / 'pytriton.log', workdir / 'triton.log'])
             write_serve_report(report, output_dir)
     return report
+
+
+def _runnable(backend: str, precision: str) -> Spec:
+    """The row to serve, on the device its runner uses here; refused with the reason before anything starts, since a
+    server that cannot run it would only fail later and less clearly."""
+    import torch
+    device = REGISTRY[backend].devices(precision, torch.cuda.is_available())[0]  # TensorRT: cuda; most: cpu
+    spec = Spec(backend, precision, device)
+    reason = spec.unavailable()
+    if reason:
+        raise ValueError(f'{backend} {precision} cannot run here: {reason}')
+    return spec
+
+
+def _new_report(loaded, name: str, spec: Spec, batching: Batching) -> dict:
+    """serve.json as it stands before the server starts: marked incomplete, so that a run cut short says so."""
+    return {'schema_version': SCHEMA, 'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+            'model': {'name': loaded.name, 'classes': loaded.num_classes, 'weights': loaded.source},
+            'served': {'name': name, 'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                       'max_batch_size': batching.max_batch, 'preferred_batch_size': list(batching.preferred),
+                       'max_queue_delay_us': batching.max_queue_delay_us, 'instances': batching.instances,
+                       'server': 'Triton Inference Server through PyTriton, on 127.0.0.1'},
+            'machine': {'cpu': cpu_model(), 'threads': cpu_threads()}, 'levels': [], 'complete': False,
+            'perf_analyzer': {'skipped': perf_analyzer.unavailable()}}
+
+
+def _artifact(spec: Spec, loaded, onnx_dir: Optional[PathLike], workdir: Path, max_batch: int):
+    """What the runner loads: the graph export.onnx wrote into ``onnx_dir`` where it is there, else exported now, so
+    that a served graph has always passed its parity gate."""
+    graphs = graphs_in(onnx_dir, loaded, [spec.graph]) if onnx_dir and spec.graph else {}
+    if spec.graph and spec.graph not in graphs:
+        exported, failed = export_graphs(loaded, Path(onnx_dir) if onnx_dir else workdir, [spec.graph])
+        if spec.graph in failed:
+            raise ValueError(f'the {spec.graph} graph failed its parity gate at export: {failed[spec.graph]}')
+        graphs.update(exported)
+    return artifact_for(spec, loaded.model, graphs, workdir, [max_batch])
+
+
+def _start_triton(stack: contextlib.ExitStack, report: dict, runner, variants, x: np.ndarray, num_classes: int,
+                  batching: Batching, ports: Dict[str, int], workdir: Path, progress):
+    """Triton serving ``runner`` (and the sweep's ``variants``) until ``stack`` closes, its start time in ``report``;
+    a start that fails is one line, since PyTriton raises its own error types."""
+    name = report['served']['name']
+    progress(f'starting Triton with {name} (dynamic batching up to {batching.max_batch}) ...')
+    started = time.perf_counter()
+    try:
+        formed = stack.enter_context(triton_server(runner, name, x.shape[1:], num_classes, batching,
+                                                   ports, workdir / 'triton.log', variants))
+    except Exception as e:  # PyTriton's own error types (a server that would not start, a refused binding)
+        raise RuntimeError(f'Triton did not start: {first_line(e, 300)}') from None
+    report['served']['start_seconds'] = round(time.perf_counter() - started, 2)
+    return formed
+
+
+def _load_level(report: dict, urls: Dict[str, str], x: np.ndarray, clients: int, seconds: float, timeout: float,
+                formed, output_dir: Path, progress) -> None:
+    """One concurrency: our closed loop, then perf_analyzer on the same load. The level joins ``report`` first, so
+    that a failure after it leaves what was measured in the partial serve.json."""
+    name = report['served']['name']
+    progress(f'load: {clients} client(s) for {seconds} s ...')
+    level = closed_loop(urls['grpc'], name, x, clients, seconds, timeout, formed)
+    report['levels'].append(level)
+    if level['complete'] and not report['perf_analyzer']['skipped']:
+        progress(f'perf_analyzer: concurrency {clients}, HTTP and gRPC ...')
+        level['perf_analyzer'] = {protocol: perf_analyzer.measure(
+            name, url, protocol, clients, x.shape[1:], pa_window_ms(seconds), getattr(formed, 'access_token', None))
+            for protocol, url in urls.items()}
+        level['ours_over_perf_analyzer'] = ours_over(level)
+    if not level['complete']:
+        raise ServerGone(f'the server stopped answering at concurrency {clients} '
+                         f'({level["first_errors"][0] if level["first_errors"] else "no answer"}); '
+                         f'partial results in {output_dir / "serve.json"}, marked incomplete')
 
 
 def pa_window_ms(seconds: float) -> int:

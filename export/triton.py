@@ -162,8 +162,6 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
         raise FileNotFoundError(f'no exported graph of {", ".join(precisions)} in {onnx_dir} (python -m export.onnx '
                                 f'writes them)')
     result = Repository(repository)
-    served: Dict[str, Served] = {}  # what each model's footprint is measured on, for kserve.yaml
-    files: Dict[str, Tuple[str, object]] = {}  # relative path -> ('copy', source) or ('text', content)
     parsed = {p: read_onnx(path) for p, path in graphs.items()}
     meta = metadata(next(iter(parsed.values())))
     labels = meta.get('label_names')
@@ -173,6 +171,30 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
     if labels is not None and (not isinstance(labels, list) or not all(
             isinstance(label, str) and label and label.isprintable() for label in labels)):
         raise ValueError('the graphs\' label_names are not one printable line each: labels.txt cannot hold them')
+    files, served = _model_files(result, onnx_dir, graphs, listed, parsed, meta, backends, precisions, batching, engines)
+    if not result.models:
+        raise ValueError('nothing to serve: ' + '; '.join(f'{s["backend"]} {s["precision"]}: {s["reason"]}'
+                                                           for s in result.skipped))
+    files['README.md'] = ('text', readme(result, meta, kserve is not None))
+    if kserve is not None:
+        files[KSERVE_FILE] = ('text', manifest_text(str(meta.get('model_name', 'model')), served, kserve))
+    old = set((read_manifest(repository) or {}).get('files', {})) if repository.is_dir() else set()
+    # staged beside the repository: Triton takes every subfolder for a model, a half-written one included
+    save_set(repository, lambda staging: _write_files(staging, files),
+             {'kind': KIND, 'models': result.models, 'skipped': result.skipped}, outside=True)
+    for stale in {relative.split('/')[0] for relative in old - set(files)} - set(result.models) - {'README.md'}:
+        if stale == KSERVE_FILE and (repository / stale).is_file():  # an earlier run's manifest, not this one's
+            (repository / stale).unlink()
+        elif MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
+            shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
+    return result
+
+
+def _model_files(result, onnx_dir, graphs, listed, parsed, meta, backends, precisions, batching, engines):
+    """(files, served) of each backend × precision that can be served; one that cannot goes into ``result.skipped``
+    with the reason, so that the user learns why a model is missing rather than finding it absent."""
+    files, served = {}, {}  # relative path -> ('copy', source) or ('text', content); model -> Served, for kserve.yaml
+    labels = meta.get('label_names')
     for backend in backends:
         for precision in precisions:
             where = {'backend': backend, 'precision': precision}
@@ -196,34 +218,7 @@ def write_repository(onnx_dir: PathLike, repository: PathLike, backends: Sequenc
                 files[f'{name}/{LABELS}'] = ('text', ''.join(f'{label}\n' for label in labels))
             result.models[name] = {**where, 'max_batch_size': config.max_batch_size, 'source': source.name}
             served[name] = Served(source, backend, config.max_batch_size, list(config.input[0].dims))
-    if not result.models:
-        raise ValueError('nothing to serve: ' + '; '.join(f'{s["backend"]} {s["precision"]}: {s["reason"]}'
-                                                           for s in result.skipped))
-    files['README.md'] = ('text', readme(result, meta, kserve is not None))
-    if kserve is not None:
-        files[KSERVE_FILE] = ('text', manifest_text(str(meta.get('model_name', 'model')), served, kserve))
-
-    def write(staging: Path) -> None:
-        for relative, (how, content) in files.items():
-            target = staging / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if how == 'copy':
-                try:
-                    os.link(content, target)  # the same bytes without a copy: export.onnx replaces, never rewrites
-                except OSError:
-                    shutil.copyfile(content, target)
-            else:
-                target.write_text(content)
-
-    old = set((read_manifest(repository) or {}).get('files', {})) if repository.is_dir() else set()
-    # staged beside the repository: Triton takes every subfolder for a model, a half-written one included
-    save_set(repository, write, {'kind': KIND, 'models': result.models, 'skipped': result.skipped}, outside=True)
-    for stale in {relative.split('/')[0] for relative in old - set(files)} - set(result.models) - {'README.md'}:
-        if stale == KSERVE_FILE and (repository / stale).is_file():  # an earlier run's manifest, not this one's
-            (repository / stale).unlink()
-        elif MODEL_NAME.match(stale) and (repository / stale).is_dir():  # only a model folder inside the repository
-            shutil.rmtree(repository / stale, ignore_errors=True)  # of an earlier run, not in this one
-    return result
+    return files, served
 
 
 def update_batching(repository: PathLike, backend: str, precision: str, batching: Batching) -> List[str]:
@@ -254,6 +249,20 @@ def update_batching(repository: PathLike, backend: str, precision: str, batching
     save_set(repository, write, {k: v for k, v in manifest.items() if k != 'files'},
              keep=[f for f in manifest['files'] if f not in changed], outside=True)
     return names
+
+
+def _write_files(staging: Path, files: Dict[str, Tuple[str, object]]) -> None:
+    """A set's files, a graph linked rather than copied where the disk allows: a model file costs no space twice."""
+    for relative, (how, content) in files.items():
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if how == 'copy':
+            try:
+                os.link(content, target)  # the same bytes without a copy: export.onnx replaces, never rewrites
+            except OSError:
+                shutil.copyfile(content, target)
+        else:
+            target.write_text(content)
 
 
 def _check_target(repository: Path) -> None:
