@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +25,6 @@ from alexnet_zoo.cli import UsageError, first_line
 from alexnet_zoo.data import parity_views
 from alexnet_zoo.files import PathLike, ensure_writable_dir
 from alexnet_zoo.samples import PHOTOGRAPHS, Photo, open_rgb
-from alexnet_zoo.stats import flops_per_image
 from export import parity
 from export.contract import GRAPH_PRECISIONS, read_metadata
 from export.runner import BackendUnavailable, Runner
@@ -35,16 +33,16 @@ from export.views import reference_logits
 from .artifacts import artifact_for, export_graphs, graphs_in
 from .ceilings import bytes_moved
 from .compare import compare_reports
-from .environment import cpu_features, cpu_threads, environment
+from .environment import cpu_features, cpu_threads
 from .probes import measure_ceilings
-from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds, timing_dict
+from .latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds
 from .model_bytes import count_activations
 from .registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
 from .report import read_report, write_report
-from .results import SCHEMA_VERSION, read_back
+from .results import Report, read_back
+from .run_inputs import RunInputs, report_dict
 from .stages import model_stages, stage_profile
 from .summary import add_noise, add_roofline, add_speedups, passing_by_latency
-from .uncertainty import median_ci_rank
 
 MIN_ROUNDS = 6  # the fewest rounds whose [min, max] covers the median with at least 95 % (96.9 %)
 DEFAULT_PRECISIONS = ('fp32', 'bf16', 'int8')
@@ -162,6 +160,38 @@ def run_benchmark(
     its rows are measured from the failed file and fail, with ``export_failure`` saying why.
     """
     started = time.perf_counter()
+    run, old_report, output_dir = _checked_inputs(
+        loaded, output_dir, backends, precisions, batch_sizes, images, images_source, calibration_images, data,
+        onnx_dir, threads, quick, compare, timing)
+    specs, reasons, graphs_needed, graphs = _plan_rows(run, devices)
+    torch.set_num_threads(run.threads)
+    bar = tqdm(total=1 + bool(graphs_needed) + len(specs) + run.timing.rounds, desc='references', unit='step',
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    references = References(run.model, run.x, run.labelled)
+    bar.update()
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir:
+        workdir = Path(workdir)
+        graphs_section, export_failures = _export_missing(run, graphs, graphs_needed, workdir, bar)
+        activations = count_activations(graphs)  # the model's, on its first graph: the same at every precision
+        stages = model_stages(run.model)
+        measured = _measure(run, specs, reasons, graphs, export_failures, references, activations, stages, workdir,
+                            bar)
+    bar.close()
+    report = report_dict(run, command, references, activations, stages, graphs_section, measured)
+    add_speedups(report)
+    add_noise(report)
+    add_roofline(report)
+    if old_report is not None:
+        report['comparison'] = compare_reports(old_report, read_back(report), str(compare))
+    report['duration_s'] = round(time.perf_counter() - started, 1)
+    write_report(report, output_dir)
+    return report
+
+
+def _checked_inputs(loaded, output_dir, backends, precisions, batch_sizes, images, images_source, calibration_images,
+                    data, onnx_dir, threads, quick, compare, timing) -> Tuple[RunInputs, Optional[Report], Path]:
+    """Every input checked, and the views made, before any export or timing: a mistake costs seconds, not
+    minutes. --quick only changes the defaults of the lists it is not given."""
     backends = parse_list(backends or (QUICK_BACKENDS if quick else BACKENDS), BACKENDS, 'backend')
     precisions = parse_list(precisions or (QUICK_PRECISIONS if quick else DEFAULT_PRECISIONS), PRECISIONS,
                             'precision')
@@ -175,117 +205,114 @@ def run_benchmark(
     names, x, _ = parity_views(model, images)
     x = x.numpy()
     labelled = labelled_views(data, model, loaded.label_names, loaded.num_classes) if data else None
+    run = RunInputs(loaded, model, names, x, labelled, backends, precisions, batch_sizes, timing,
+                    threads or cpu_threads(), quick, images_source, len(images) if images else len(PHOTOGRAPHS), data,
+                    onnx_dir, calibration_images)
+    return run, old_report, output_dir
 
-    threads = threads or cpu_threads()
-    specs = [s for s in plan(backends, precisions, torch.cuda.is_available())
+
+def _plan_rows(run: RunInputs, devices: Optional[Sequence[str]]) -> Tuple[List[Spec], dict, List[str], dict]:
+    """The rows to run, why any cannot run here, the graphs that the available ones need and those ``onnx_dir``
+    already holds: the baseline stays whatever ``devices`` says, since every speed-up needs it."""
+    specs = [s for s in plan(run.backends, run.precisions, torch.cuda.is_available())
              if devices is None or s.device in devices or tuple(s) == BASELINE]
     reasons = {spec: spec.unavailable() for spec in specs}
     graphs_needed = sorted({s.graph for s in specs if not reasons[s] and s.graph}, key=GRAPH_PRECISIONS.index)
-    graphs = graphs_in(onnx_dir, loaded, graphs_needed) if onnx_dir else {}
-    if onnx_dir:
-        ensure_writable_dir(onnx_dir)
-    torch.set_num_threads(threads)
-    steps = 1 + bool(graphs_needed) + len(specs) + timing.rounds
-    bar = tqdm(total=steps, desc='references', unit='step', file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    graphs = graphs_in(run.onnx_dir, run.loaded, graphs_needed) if run.onnx_dir else {}
+    if run.onnx_dir:
+        ensure_writable_dir(run.onnx_dir)
+    return specs, reasons, graphs_needed, graphs
 
-    references = References(model, x, labelled)
-    bar.update()
-    results, skipped, windows = [], [], []
-    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-bench-') as workdir, ExitStack() as open_runners:
-        workdir = Path(workdir)
-        missing = [p for p in graphs_needed if p not in graphs]
-        reused = sorted(graphs, key=GRAPH_PRECISIONS.index)
-        export_failures = {}
-        if missing:
-            bar.set_description(f'export {",".join(missing)}')
-            exported, export_failures = export_graphs(
-                loaded, Path(onnx_dir) if onnx_dir else workdir, missing, calibration_images, workdir / 'failed',
-                lambda message: bar.set_description(message.split(' (')[0]))
-            graphs.update(exported)
-        bar.update(bool(graphs_needed))
-        activations = count_activations(graphs)  # the model's, on its first graph: the same at every precision
-        stages = model_stages(model)
-        for spec in specs:
-            bar.set_description(f'{spec.backend} {spec.precision}')
-            try:
-                if reasons[spec]:
-                    raise BackendUnavailable(reasons[spec])
-                artifact = artifact_for(spec, model, graphs, workdir, batch_sizes, calibration_images)
-                runner = open_runners.enter_context(spec.runner(artifact, spec.precision, spec.device, threads))
-            except BackendUnavailable as e:
-                skipped.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                                'reason': str(e)})
-                bar.update()
-                continue
-            common = {**_parity(runner, spec, x, references, batch_sizes, loaded.trained),
-                      **graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))}
-            common['weight_bytes'] = runner.weight_bytes()  # reads the graph: once per runner
-            for batch_size in batch_sizes:
-                windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
-                                      runner.prepare(tile(x, batch_size))))
-                results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                                'batch_size': batch_size, **common})
-            bar.update()
+
+def _export_missing(run: RunInputs, graphs: dict, graphs_needed: List[str], workdir: Path,
+                    bar: tqdm) -> Tuple[dict, dict]:
+    """Only the needed graphs that ``onnx_dir`` lacks are exported (into it, else into ``workdir``), so a kept
+    folder spares the next run its exports; returns the report's ``graphs`` section and the exports that failed
+    their gate (their rows are measured from the failed file, and fail)."""
+    missing = [p for p in graphs_needed if p not in graphs]
+    reused = sorted(graphs, key=GRAPH_PRECISIONS.index)
+    export_failures = {}
+    if missing:
+        bar.set_description(f'export {",".join(missing)}')
+        exported, export_failures = export_graphs(
+            run.loaded, Path(run.onnx_dir) if run.onnx_dir else workdir, missing, run.calibration_images,
+            workdir / 'failed', lambda message: bar.set_description(message.split(' (')[0]))
+        graphs.update(exported)
+    bar.update(bool(graphs_needed))
+    section = {'folder': str(run.onnx_dir) if run.onnx_dir else None, 'reused': reused, 'exported': missing,
+               'calibration_images': str(run.calibration_images) if run.calibration_images else None}
+    return section, export_failures
+
+
+def _measure(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, export_failures: dict,
+             references: 'References', activations: dict, stages: List[dict], workdir: Path, bar: tqdm) -> dict:
+    """The report's measured sections. Every row is opened before any is timed, then all are timed together in
+    interleaved rounds, so that a row and its baseline meet the same minute of a shared machine; the runners close
+    before the temporary graphs go."""
+    with ExitStack() as open_runners:
+        results, skipped, windows = _open_rows(run, specs, reasons, graphs, export_failures, references, workdir,
+                                               open_runners, bar)
         bar.set_description('the machine\'s ceilings')
-        try:  # the ceilings and per-layer times add to the report; a failure there must not cost the timed rows
-            moved = [bytes_moved(r, activations['activation_bytes'] or 0) for r in results
-                     if r['device'] == 'cpu' and r['weight_bytes']]
-            ceilings = measure_ceilings(
-                threads, cpu_features(), moved,
-                gpu=any(r['device'] != 'cpu' for r in results), quick=quick,
-                openvino=importlib.util.find_spec('openvino') is not None)
-        except Exception as e:
-            ceilings = {'error': first_line(e)}
-        bar.set_description(f'timing {len(windows)} rows in {timing.rounds} rounds')
-        rounds = time_rounds(windows, timing, lambda _: bar.update())
+        ceilings = _ceilings(run, results, activations)
+        bar.set_description(f'timing {len(windows)} rows in {run.timing.rounds} rounds')
+        rounds = time_rounds(windows, run.timing, lambda _: bar.update())
         for row, times in zip(results, rounds.times_ms):
-            row.update(round_figures(times, row['batch_size'], timing.run_to_run))
+            row.update(round_figures(times, row['batch_size'], run.timing.run_to_run))
         bar.set_description('per-layer times of the fastest rows')
         try:
-            profiles = layer_profiles(results, windows, x, stages)
+            profiles = layer_profiles(results, windows, run.x, stages)
         except Exception as e:
             profiles = [{'error': first_line(e)}]
         windows.clear()  # the prepared inputs go before their runners close
-    bar.close()
+    return {'results': results, 'skipped': skipped,
+            'timing': {'rows': rounds.labels, 'order': rounds.order, 'steal_per_round': rounds.steal,
+                       'steal': rounds.steal_total},
+            'ceilings': ceilings, 'layer_profiles': profiles}
 
-    report = {
-        'schema_version': SCHEMA_VERSION,
-        'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        'command': command,
-        'environment': environment(threads),
-        'model': {'name': loaded.name, 'num_classes': loaded.num_classes, 'source': loaded.source,
-                  'trained': loaded.trained, 'gates_judged': loaded.trained,
-                  'margin_std': parity.margin_std(references.fp32), 'flops_per_image': flops_per_image(model),
-                  'parameters': sum(p.numel() for p in model.parameters()),
-                  **activations, 'stages': stages},
-        'images': {'source': images_source, 'count': len(images) if images else len(PHOTOGRAPHS), 'views': len(x),
-                   'names': names},
-        'graphs': {'folder': str(onnx_dir) if onnx_dir else None, 'reused': reused, 'exported': missing,
-                   'calibration_images': str(calibration_images) if calibration_images else None},
-        'data': None if labelled is None else {'path': str(data), 'count': labelled[3], 'views': int(len(labelled[1])),
-                                                'classes': labelled[2],
-                                                'reference_accuracy': references.accuracy},
-        'settings': {'backends': list(backends), 'precisions': list(precisions), 'batch_sizes': list(batch_sizes),
-                     'quick': quick, 'timing': {**timing_dict(timing),
-                                                'interval_coverage': round(median_ci_rank(timing.rounds)[1], 4)},
-                     'gates': parity.GATES,
-                     'accuracy_min_ratio': parity.ACCURACY_MIN_RATIO},
-        'results': results,
-        'skipped': skipped,
-        'timing': {'rows': rounds.labels, 'order': rounds.order, 'steal_per_round': rounds.steal,
-                   'steal': rounds.steal_total},
-        'ceilings': ceilings,
-        'layer_profiles': profiles,
-    }
-    add_speedups(report)
-    add_noise(report)
-    add_roofline(report)
-    if old_report is not None:
-        report['comparison'] = compare_reports(old_report, read_back(report), str(compare))
-    report['duration_s'] = round(time.perf_counter() - started, 1)
-    write_report(report, output_dir)
-    return report
+
+def _open_rows(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, export_failures: dict,
+               references: 'References', workdir: Path, open_runners: ExitStack,
+               bar: tqdm) -> Tuple[List[dict], List[dict], List[Window]]:
+    """Each runner opened, its parity taken once (the same at every batch size) and its inputs prepared at each
+    batch size, so that nothing but inference is left for the timed rounds; a backend that cannot run here is
+    skipped, saying why."""
+    results, skipped, windows = [], [], []
+    for spec in specs:
+        bar.set_description(f'{spec.backend} {spec.precision}')
+        try:
+            if reasons[spec]:
+                raise BackendUnavailable(reasons[spec])
+            artifact = artifact_for(spec, run.model, graphs, workdir, run.batch_sizes, run.calibration_images)
+            runner = open_runners.enter_context(spec.runner(artifact, spec.precision, spec.device, run.threads))
+        except BackendUnavailable as e:
+            skipped.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                            'reason': str(e)})
+            bar.update()
+            continue
+        common = {**_parity(runner, spec, run.x, references, run.batch_sizes, run.loaded.trained),
+                  **graph_notes(graphs.get(spec.graph), export_failures.get(spec.graph))}
+        common['weight_bytes'] = runner.weight_bytes()  # reads the graph: once per runner
+        for batch_size in run.batch_sizes:
+            windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
+                                  runner.prepare(tile(run.x, batch_size))))
+            results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
+                            'batch_size': batch_size, **common})
+        bar.update()
+    return results, skipped, windows
+
+
+def _ceilings(run: RunInputs, results: List[dict], activations: dict) -> dict:
+    """The machine's ceilings, or why they are missing: they add to the report, and a failure there must not cost
+    the timed rows."""
+    try:
+        moved = [bytes_moved(r, activations['activation_bytes'] or 0) for r in results
+                 if r['device'] == 'cpu' and r['weight_bytes']]
+        return measure_ceilings(
+            run.threads, cpu_features(), moved,
+            gpu=any(r['device'] != 'cpu' for r in results), quick=run.quick,
+            openvino=importlib.util.find_spec('openvino') is not None)
+    except Exception as e:
+        return {'error': first_line(e)}
 
 
 class References:

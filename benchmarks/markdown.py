@@ -83,8 +83,22 @@ def _graphs_line(graphs: dict) -> str:
 def render_markdown(report: dict) -> str:
     """report.md: the run, every row against its gates, the fastest passing rows, noise, limits, what was skipped
     and what is timed."""
+    lines = _run_lines(report)
+    lines += _results_lines(report)
+    lines += _fastest_lines(report)
+    lines += _noise_lines(report)
+    lines += _ceilings_lines(report)
+    lines += _skipped_lines(report)
+    lines += comparison_lines(report.get('comparison'))
+    lines += _timed_lines(report)
+    return '\n'.join(lines)
+
+
+def _run_lines(report: dict) -> list:
+    """The page's head: what ran, on what and from which command, so that a reader can judge (and repeat) every
+    figure below it."""
     env, model, images = report['environment'], report['model'], report['images']
-    settings, timing = report['settings'], report['settings']['timing']
+    settings = report['settings']
     cpu = env['cpu']
     features = ', '.join(k for k, v in cpu['features'].items() if v) or 'none of AVX2/AVX-512/VNNI/AMX'
     gpu = env['gpu']['name'] if env.get('gpu') else 'none'
@@ -112,34 +126,30 @@ def render_markdown(report: dict) -> str:
                      f'labelled images, {len(data["classes"])} classes' +
                      (f'; PyTorch fp32 top-1 {reference:.1%}, a row must keep '
                       f'{report["settings"].get("accuracy_min_ratio", 0.99):.0%} of it' if reference is not None else ''))
-    lines += ['', '## Results', '',
-              f'Latency in ms per batch: the median over {timing["rounds"]} interleaved rounds of each round\'s median, '
-              'with its 95 % interval in brackets (the rounds\' interval widened by a stated run-to-run term of '
-              f'{timing.get("run_to_run", 0):.0%}, for what persists over a whole run); CV = its coefficient of '
-              'variation across rounds; p99 over every '
-              'timed run. Speed-up = the median over rounds of PyTorch eager fp32\'s latency / this row\'s, both timed '
-              'in the same round, at the same batch size, with its 95 % interval. Parity against PyTorch fp32 (SQNR; '
-              'top-1 agreement on the decisive views, with the near-ties set aside and counted; max error relative '
-              'to the largest logit) and against an fp64 PyTorch reference (SQNR). docs/export.md explains the '
-              'gates; docs/benchmarks.md the rounds and intervals.', '']
+    return lines
+
+
+def _results_lines(report: dict) -> list:
+    """Every row against its gates, fastest first at each batch size, and below the table what its cells cannot
+    say: a row's notes, and the rows whose latencies cannot be ranked."""
+    timing, data = report['settings']['timing'], report.get('data')
+    lines = ['', '## Results', '',
+             f'Latency in ms per batch: the median over {timing["rounds"]} interleaved rounds of each round\'s median, '
+             'with its 95 % interval in brackets (the rounds\' interval widened by a stated run-to-run term of '
+             f'{timing.get("run_to_run", 0):.0%}, for what persists over a whole run); CV = its coefficient of '
+             'variation across rounds; p99 over every '
+             'timed run. Speed-up = the median over rounds of PyTorch eager fp32\'s latency / this row\'s, both timed '
+             'in the same round, at the same batch size, with its 95 % interval. Parity against PyTorch fp32 (SQNR; '
+             'top-1 agreement on the decisive views, with the near-ties set aside and counted; max error relative '
+             'to the largest logit) and against an fp64 PyTorch reference (SQNR). docs/export.md explains the '
+             'gates; docs/benchmarks.md the rounds and intervals.', '']
     header = ['backend', 'precision', 'device', 'batch', 'median ms (95 % CI)', 'CV', 'p99 ms', 'images/s',
               'speed-up (95 % CI)', 'SQNR dB', 'top-1', 'near-ties', 'max rel err', 'SQNR fp64 dB']
     if data:
         header += ['acc top-1', 'acc top-5']
     header.append('gate')
     lines += ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
-    for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
-        lat, p = r['latency_ms'], r['parity']
-        cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']),
-                 f'{r["median_ms"]:.2f} ({_interval(r["median_ci95_ms"], "", 2)})', f'{r["cv"]:.0%}', _fmt(lat['p99']),
-                 _fmt(r['throughput_ips'], 1), speedup_text(r['speedup_vs_torch_fp32'], r.get('speedup_ci95')),
-                 sqnr_text(p), _percent(p.get('decisive_top1_agreement')), f'{p.get("near_ties", "–")}',
-                 _fmt(p['max_rel_err'], 1, 'e'), sqnr_text(r['parity_fp64'])]
-        if data:
-            acc = r.get('accuracy') or {}
-            cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
-        cells.append(_gate(r))
-        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += [_result_row(r, data) for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms']))]
     notes = [f'- {r["backend"]} {r["precision"]} ({r["device"]}): {note}'
              for r in first_per_label(report['results']).values() for note in _row_notes(r)]
     notes += [f'- batch {t["batch_size"]}: {t["rows"][0]} and {t["rows"][1]} cannot be ranked: the interval of '
@@ -147,10 +157,30 @@ def render_markdown(report: dict) -> str:
               for t in report['summary'].get('ties', [])]
     if notes:
         lines += ['', *notes]
+    return lines
 
+
+def _result_row(r: dict, data: Optional[dict]) -> str:
+    """One row of the results table; the accuracy cells only where the run had labelled data, as in its header."""
+    lat, p = r['latency_ms'], r['parity']
+    cells = [r['backend'], r['precision'], r['device'], str(r['batch_size']),
+             f'{r["median_ms"]:.2f} ({_interval(r["median_ci95_ms"], "", 2)})', f'{r["cv"]:.0%}', _fmt(lat['p99']),
+             _fmt(r['throughput_ips'], 1), speedup_text(r['speedup_vs_torch_fp32'], r.get('speedup_ci95')),
+             sqnr_text(p), _percent(p.get('decisive_top1_agreement')), f'{p.get("near_ties", "–")}',
+             _fmt(p['max_rel_err'], 1, 'e'), sqnr_text(r['parity_fp64'])]
+    if data:
+        acc = r.get('accuracy') or {}
+        cells += [f'{acc["top1"]:.0%}' if acc else '–', f'{acc["top5"]:.0%}' if acc else '–']
+    cells.append(_gate(r))
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+def _fastest_lines(report: dict) -> list:
+    """The answer most readers come for, at each batch size, with whether it is told apart from the runner-up and
+    what bounds it; a row that fails its gates is no answer."""
     summary = report['summary']
-    lines += ['', '## Fastest row that passes its gates' if summary['gates_judged']
-              else '## Fastest row (gates not judged)', '']
+    lines = ['', '## Fastest row that passes its gates' if summary['gates_judged']
+             else '## Fastest row (gates not judged)', '']
     for f in summary['fastest_passing']:
         speed = f['speedup_vs_torch_fp32']
         against = (f'{speedup_text(speed, f["speedup_ci95"])} PyTorch eager fp32 ({f["baseline_median_ms"]:.2f} ms)'
@@ -163,39 +193,44 @@ def render_markdown(report: dict) -> str:
             lines.append(f'  - what bounds it now: {f["bound"]}')
     if summary['gates_judged']:
         lines.append(f'- gates: {"all judged rows pass" if summary["passed"] else str(summary["rows_failed"]) + " row(s) FAIL"}')
-    lines += _noise_lines(report)
-    lines += _ceilings_lines(report)
+    return lines
 
-    lines += ['', '## Skipped', '']
+
+def _skipped_lines(report: dict) -> list:
+    """What was asked for and did not run, with why: a missing row must not read as a slow or failing one."""
+    lines = ['', '## Skipped', '']
     if report['skipped']:
         lines += ['| backend | precision | device | reason |', '| --- | --- | --- | --- |']
         lines += [f'| {s["backend"]} | {s["precision"]} | {s["device"]} | {s["reason"]} |' for s in report['skipped']]
     else:
         lines.append('Nothing: every requested combination ran.')
+    return lines
 
-    lines += comparison_lines(report.get('comparison'))
 
-    lines += ['', '## What is timed', '',
-              f'- timed region: {timing["timed_region"]}.',
-              f'- every row warmed up once (at least {timing["warmup_iters"]} runs and {timing["warmup_s"]} s), then '
-              f'{timing["rounds"]} rounds, each visiting every row once in an order shuffled by a generator seeded '
-              f'with {timing["seed"]} (recorded in report.json): {timing["window_warmup_iters"]} untimed run, then '
-              f'timed runs until at least {timing["min_iters"]} runs and {timing["seconds_per_row"]} s; one '
-              f'perf_counter pair per run, garbage collector paused.',
-              f'- intervals: {timing["interval"]}; the rounds\' interval covers the median with '
-              f'{timing.get("interval_coverage", 0.95):.1%} at {timing["rounds"]} rounds; run-to-run relative SD: '
-              f'{timing.get("run_to_run", 0):.0%}.',
-              f'- {env["threads"]} compute threads for every backend, one stream: PyTorch set_num_threads, ONNX '
-              f'Runtime intra-op threads (sequential), OpenVINO INFERENCE_NUM_THREADS with the LATENCY hint.',
-              '- throughput = images per second over the summed timed runs.',
-              '', '## Plots', '',
-              '![latency per backend and precision](latency.png)', '',
-              '![speed-up over PyTorch eager fp32](speedup.png)', '',
-              '![latency vs batch size](latency_vs_batch.png)', '',
-              '![parity](parity.png)', '',
-              '## Software', '',
-              ', '.join(f'{k} {v}' for k, v in env['packages'].items()), '']
-    return '\n'.join(lines)
+def _timed_lines(report: dict) -> list:
+    """What is inside the timed region and how the rounds ran, then the plots and software: a latency means
+    nothing without them."""
+    env, timing = report['environment'], report['settings']['timing']
+    return ['', '## What is timed', '',
+            f'- timed region: {timing["timed_region"]}.',
+            f'- every row warmed up once (at least {timing["warmup_iters"]} runs and {timing["warmup_s"]} s), then '
+            f'{timing["rounds"]} rounds, each visiting every row once in an order shuffled by a generator seeded '
+            f'with {timing["seed"]} (recorded in report.json): {timing["window_warmup_iters"]} untimed run, then '
+            f'timed runs until at least {timing["min_iters"]} runs and {timing["seconds_per_row"]} s; one '
+            f'perf_counter pair per run, garbage collector paused.',
+            f'- intervals: {timing["interval"]}; the rounds\' interval covers the median with '
+            f'{timing.get("interval_coverage", 0.95):.1%} at {timing["rounds"]} rounds; run-to-run relative SD: '
+            f'{timing.get("run_to_run", 0):.0%}.',
+            f'- {env["threads"]} compute threads for every backend, one stream: PyTorch set_num_threads, ONNX '
+            f'Runtime intra-op threads (sequential), OpenVINO INFERENCE_NUM_THREADS with the LATENCY hint.',
+            '- throughput = images per second over the summed timed runs.',
+            '', '## Plots', '',
+            '![latency per backend and precision](latency.png)', '',
+            '![speed-up over PyTorch eager fp32](speedup.png)', '',
+            '![latency vs batch size](latency_vs_batch.png)', '',
+            '![parity](parity.png)', '',
+            '## Software', '',
+            ', '.join(f'{k} {v}' for k, v in env['packages'].items()), '']
 
 
 def _interval(ci, unit: str = '', digits: int = 1) -> str:
@@ -214,6 +249,8 @@ def _tops(value: Optional[float]) -> str:
 
 
 def _ceilings_lines(report: dict) -> list:
+    """Each row's speed against what this machine can reach, measured in the same run, then where the fastest rows
+    spend their time: a speed-up alone does not say how much is left."""
     ceilings = report.get('ceilings')
     if not ceilings:
         return []
@@ -222,30 +259,43 @@ def _ceilings_lines(report: dict) -> list:
         return [*title, f'Not measured: {ceilings["error"]}']
     lines = title
     for device, c in ceilings.items():
-        clock = (f', clock {c["clock_ghz"]} GHz under load ({c["clock_method"]}; the system reports '
-                 f'{c["nominal_ghz"]} GHz)' if c.get('clock_ghz') else '')
-        lines += [f'{c["name"]} ({device}{clock}), measured in the same run ({c["seconds"]} s). Compute in TOP/s '
-                  '(a multiply-add is 2):', '', '| precision | documented | how | attainable | best probe | every probe |',
-                  '| --- | --- | --- | --- | --- | --- |']
-        for precision, f in c['compute'].items():
-            probes = '; '.join(f'{name}: {value / 1e12:.2f}' for name, value in f['measured'].items())
-            lines.append(f'| {precision} | {_tops(f["documented"])} | {f["documented_basis"]} | '
-                         f'{_tops(f["attainable"])} | {f["attainable_method"] or "–"} | {probes} |')
-        memory = c['memory']
-        reads = [f'DRAM {memory["dram"]["bytes_per_s"] / 1e9:.1f} GB/s ({memory["dram"]["method"]})'] if memory['dram'] else []
-        reads += [f'last-level cache at {f["working_set"] / 1e6:.1f} MB {f["bytes_per_s"] / 1e9:.1f} GB/s'
-                  for f in {f['working_set']: f for f in memory['llc'].values()}.values()]
-        llc = f'{memory["llc_bytes"] / 2 ** 20:.0f} MiB' if memory.get('llc_bytes') else 'unknown'
-        lines += ['', f'Memory read: {"; ".join(reads) or "not measured"} (last-level cache {llc}).']
-        lines += [f'- not measured: {what}: {reason}' for what, reason in c['skipped'].items()]
-        lines.append('')
-    lines += [f'The model: {_model_bytes_text(report["model"])}. A row\'s bound is the longer of computing its '
-              'FLOPs at the attainable rate of its precision and moving its bytes (its weights once, and the batch\'s '
-              'activations at its precision: 4 bytes an element in fp32, 2 in fp16 and bf16, 1 in int8) at the read '
-              'rate of where they fit (the last-level cache, else DRAM); "× bound" is its median latency over that, '
-              '"of documented" its rate over the documented one.', '',
-              '| backend | precision | batch | median ms | TOP/s | of documented | weights MB | bytes MB | GB/s | '
-              'ops per byte | bound | bound ms | × bound |', '|' + ' --- |' * 13]
+        lines += _device_ceiling_lines(device, c)
+    return lines + _roofline_lines(report) + _layer_profile_lines(report)
+
+
+def _device_ceiling_lines(device: str, c: dict) -> list:
+    """A device's documented, attainable and probed compute rates and its memory read rates, every probe shown, so
+    that a reader can see how far the attainable rate falls short of the documented one."""
+    clock = (f', clock {c["clock_ghz"]} GHz under load ({c["clock_method"]}; the system reports '
+             f'{c["nominal_ghz"]} GHz)' if c.get('clock_ghz') else '')
+    lines = [f'{c["name"]} ({device}{clock}), measured in the same run ({c["seconds"]} s). Compute in TOP/s '
+             '(a multiply-add is 2):', '', '| precision | documented | how | attainable | best probe | every probe |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for precision, f in c['compute'].items():
+        probes = '; '.join(f'{name}: {value / 1e12:.2f}' for name, value in f['measured'].items())
+        lines.append(f'| {precision} | {_tops(f["documented"])} | {f["documented_basis"]} | '
+                     f'{_tops(f["attainable"])} | {f["attainable_method"] or "–"} | {probes} |')
+    memory = c['memory']
+    reads = [f'DRAM {memory["dram"]["bytes_per_s"] / 1e9:.1f} GB/s ({memory["dram"]["method"]})'] if memory['dram'] else []
+    reads += [f'last-level cache at {f["working_set"] / 1e6:.1f} MB {f["bytes_per_s"] / 1e9:.1f} GB/s'
+              for f in {f['working_set']: f for f in memory['llc'].values()}.values()]
+    llc = f'{memory["llc_bytes"] / 2 ** 20:.0f} MiB' if memory.get('llc_bytes') else 'unknown'
+    lines += ['', f'Memory read: {"; ".join(reads) or "not measured"} (last-level cache {llc}).']
+    lines += [f'- not measured: {what}: {reason}' for what, reason in c['skipped'].items()]
+    lines.append('')
+    return lines
+
+
+def _roofline_lines(report: dict) -> list:
+    """Every row against the longer of its compute and its memory bound, so that a slow row reads as compute- or
+    memory-bound, or as far from both."""
+    lines = [f'The model: {_model_bytes_text(report["model"])}. A row\'s bound is the longer of computing its '
+             'FLOPs at the attainable rate of its precision and moving its bytes (its weights once, and the batch\'s '
+             'activations at its precision: 4 bytes an element in fp32, 2 in fp16 and bf16, 1 in int8) at the read '
+             'rate of where they fit (the last-level cache, else DRAM); "× bound" is its median latency over that, '
+             '"of documented" its rate over the documented one.', '',
+             '| backend | precision | batch | median ms | TOP/s | of documented | weights MB | bytes MB | GB/s | '
+             'ops per byte | bound | bound ms | × bound |', '|' + ' --- |' * 13]
     for r in sorted(report['results'], key=lambda r: (r['batch_size'], r['median_ms'])):
         f = r.get('roofline')
         if not f:
@@ -257,7 +307,13 @@ def _ceilings_lines(report: dict) -> list:
                      f'{_tops(f["ops_per_s"])} | {share} | {r["weight_bytes"] / 1e6:.1f} | {f["bytes"] / 1e6:.1f} | '
                      f'{f["bytes_per_s"] / 1e9:.1f} | {f["intensity"]:.1f} | {bound} | '
                      f'{f["bound_ms"] or 0:.2f} | {f["times_bound"] or 0:.1f}× |')
-    lines += ['', '![roofline](roofline.png)']
+    return lines + ['', '![roofline](roofline.png)']
+
+
+def _layer_profile_lines(report: dict) -> list:
+    """Where the fastest row at each batch size spends its time, by layer and by stage of the model: what to
+    optimise next."""
+    lines = []
     stages = ', '.join(s['module'] + (f' (÷{s["reduction"]})' if s['reduction'] else '')
                        for s in report['model'].get('stages') or [])
     for p in report.get('layer_profiles') or []:
