@@ -5,6 +5,7 @@ import numpy as np
 
 from export.contract import OUTPUT_NAME, weight_bytes
 from export.runner import GraphRunner
+from export.uint8 import cpu_graph
 
 from .environment import cpu_threads
 
@@ -12,7 +13,8 @@ from .environment import cpu_threads
 class OpenVINORunner(GraphRunner):
     """fp32: the fp32 graph with ``INFERENCE_PRECISION_HINT`` f32 (else OpenVINO may pick bf16 on AMX CPUs);
     bf16: the fp32 graph with the hint bf16 (only on CPUs with native bf16, else OpenVINO silently runs f32);
-    fp16 and int8: their graphs (int8 from the Q/DQ nodes), hint f32 for whatever stays in float.
+    fp16 and int8: their graphs (int8 from the Q/DQ nodes, its activations on uint8 as ``export.uint8`` writes
+    them), hint f32 for whatever stays in float.
     The model is compiled once per batch size with a static shape (what ``benchmark_app -shape`` does), latency
     hint (one stream), and the input tensor shares the prepared array's memory.
     """
@@ -23,7 +25,8 @@ class OpenVINORunner(GraphRunner):
         import openvino as ov
         self.precision, self.device, self.graph = precision, str(device), onnx_path
         self.core = ov.Core()
-        self.model = self.core.read_model(str(onnx_path))
+        source = cpu_graph(onnx_path, precision)  # int8: on uint8 activations, as ONNX Runtime runs it
+        self.model = self.core.read_model(source if isinstance(source, bytes) else str(source))
         self.config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads or cpu_threads(),
                        'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'}
         self.compiled: Dict[Tuple[int, ...], Any] = {}

@@ -40,6 +40,9 @@ class PhotoCalibrationReader(CalibrationDataReader):
     def rewind(self) -> None:
         self._next = 0
 
+    def with_batch_size(self, batch_size: int) -> 'PhotoCalibrationReader':
+        return PhotoCalibrationReader(self.crops, batch_size, self.input_name)
+
     def __len__(self) -> int:
         return len(self.crops)
 

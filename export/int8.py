@@ -2,7 +2,8 @@
 
 Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the gate fails (or ``explain`` asks),
 diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
-(function-preserving, full int8 speed), then the most damaging tensors kept in float, one more at a time, re-judged
+(function-preserving, full int8 speed), then other range estimates (percentile, and NNCF's mean of each crop's
+min and max: full int8 speed too), then the most damaging tensors kept in float, one more at a time, re-judged
 each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted layers, at least
 MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
 """
@@ -20,10 +21,11 @@ from .contract import INPUT_NAME
 from .diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from .equalize import equalize
 from .parity import decisive_views, gate_misses
-from .precision import Int8Quantizer
+from .precision import METHOD_WORDS, Int8Quantizer
 
 MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
 FLOAT_SHARE = 0.1  # a 50-convolution network may keep 5 in float: most of its int8 speed is left
+RANGE_METHODS = ('percentile', 'mean')  # the remedy's other range estimates (export.precision.CALIBRATION_METHODS)
 
 Judge = Callable[[onnx.ModelProto], dict]  # a graph -> its parity figures with 'judged' and 'passed'
 
@@ -88,17 +90,47 @@ def make_int8(
     if not failed or fallback == 'none':
         return result
 
+    repaired = _equalized(result, model, export, crops, reader, judge_graph, workdir, method, say)
+    if repaired is None and cache is None:  # ranges read from --calibration-cache stay those ranges
+        repaired = _other_ranges(result, fp32, reader, judge_graph, workdir, method, say)
+    return repaired or _float_layers(result, quantizer, reader, judge_graph, say)
+
+
+def _equalized(result: Int8Result, model, export, crops, reader, judge_graph: Judge, workdir: Path, method: str,
+               say) -> Optional[Int8Result]:
+    """The first remedy: activation equalization (function-preserving, full int8 speed); ``result`` if it passes."""
     say('int8 missed its gate: trying activation equalization')
     rescaled, equalized = equalize(model, torch.from_numpy(crops))
-    if equalized:
-        eq_quantizer = Int8Quantizer(export(rescaled), workdir / 'equalized', method)
-        eq_graph = eq_quantizer.quantize(reader)
-        figures = judge_graph(eq_graph)
-        _attempt(result, f'equalized {", ".join(e["layer"] for e in equalized)}', figures)
-        if figures['passed']:
-            result.graph, result.figures, result.quantizer, result.equalized = eq_graph, figures, eq_quantizer, equalized
-            return result
+    if not equalized:
+        return None
+    eq_quantizer = Int8Quantizer(export(rescaled), workdir / 'equalized', method)
+    eq_graph = eq_quantizer.quantize(reader)
+    figures = judge_graph(eq_graph)
+    _attempt(result, f'equalized {", ".join(e["layer"] for e in equalized)}', figures)
+    if not figures['passed']:
+        return None
+    result.graph, result.figures, result.quantizer, result.equalized = eq_graph, figures, eq_quantizer, equalized
+    return result
 
+
+def _other_ranges(result: Int8Result, fp32: onnx.ModelProto, reader, judge_graph: Judge, workdir: Path,
+                  method: str, say) -> Optional[Int8Result]:
+    """The second remedy: the same graph calibrated with the other range estimates (RANGE_METHODS), which clip
+    what one outlying crop or value stretched; full int8 speed. ``result`` with the first that passes."""
+    for other in (m for m in RANGE_METHODS if m != method):
+        say(f'int8 missed its gate: trying {METHOD_WORDS[other]} ranges')
+        quantizer = Int8Quantizer(fp32, workdir / other, other)
+        graph = quantizer.quantize(reader)
+        figures = judge_graph(graph)
+        _attempt(result, f'{other} ranges', figures)
+        if figures['passed']:
+            result.graph, result.figures, result.quantizer = graph, figures, quantizer
+            return result
+    return None
+
+
+def _float_layers(result: Int8Result, quantizer: Int8Quantizer, reader, judge_graph: Judge, say) -> Int8Result:
+    """The last remedy: the most damaging tensors' layers kept in float, one more at a time, up to the budget."""
     layers: dict = {}
     budget = float_budget(quantizer.prepared)
     for row in result.diagnosis:

@@ -138,7 +138,9 @@ def gate_misses(precision: str, figures: Dict[str, float]) -> list:
     by_labels = reference_accuracy is not None and figures.get('accuracy_views') is not None
     counted = (figures['accuracy_views'] if by_labels else decisive_views(figures)) if reduced else None
     if decisive is None:
-        misses.append('no decisive view: every view is a near-tie')
+        sqnr = figures.get('sqnr_db')
+        misses.append(f'0 of {figures["views"]} views decisive: the error'
+                      + (f' (SQNR {sqnr:.1f} dB)' if sqnr is not None else '') + ' reaches every one of fp32\'s margins')
     elif reduced and counted < min_decisive(figures['views']):
         misses.append(f'{counted} of {figures["views"]} {"labelled " if by_labels else ""}'
                       f'views decisive (< '

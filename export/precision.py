@@ -28,7 +28,12 @@ from alexnet_zoo.files import PathLike
 CALIBRATION_METHODS = {
     'minmax': CalibrationMethod.MinMax,  # the range seen on the calibration crops
     'percentile': CalibrationMethod.Percentile,  # ORT's default 99.999th percentile of |x|, outliers clipped
+    # NNCF's default activation range (its MEAN_MINMAX): each crop's own min and max, averaged over the crops. ORT's
+    # MinMax with CalibMovingAverage averages the ranges of its feeds, so the crops are fed one at a time
+    'mean': CalibrationMethod.MinMax,
 }
+METHOD_OPTIONS = {'mean': {'CalibMovingAverage': True}}
+METHOD_WORDS = {'minmax': 'minmax', 'percentile': 'percentile (99.999th)', 'mean': "mean of each crop's min and max"}
 
 # Ops that get Q/DQ: those with int8 kernels in ONNX Runtime (QLinearConv, QLinearAdd, QLinearMul,
 # QLinearGlobalAveragePool, QLinearSigmoid, ...) and OpenVINO's low-precision transformations, so that residual adds,
@@ -122,6 +127,8 @@ class Int8Quantizer:
         output = self.workdir / 'int8.onnx'
         if reader is not None and hasattr(reader, 'rewind'):
             reader.rewind()  # the reader may have fed another quantizer
+        if reader is not None and self.method == 'mean' and hasattr(reader, 'with_batch_size'):
+            reader = reader.with_batch_size(1)  # one range per crop, then their mean
         with quiet():
             quantize_static(
                 self.prepared_path, output, reader,
@@ -132,7 +139,7 @@ class Int8Quantizer:
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=list(exclude),
                 calibrate_method=CALIBRATION_METHODS[self.method],
-                extra_options=dict(INT8_OPTIONS),
+                extra_options={**INT8_OPTIONS, **METHOD_OPTIONS.get(self.method, {})},
                 calibration_cache_path=self.cache,
             )
         return onnx.load(str(output))
@@ -145,7 +152,7 @@ class Int8Quantizer:
                 'activations': f'int8, {symmetric[INT8_OPTIONS["ActivationSymmetric"]]}, per tensor',
                 'weights': f'int8, {symmetric[INT8_OPTIONS["WeightSymmetric"]]}, per channel',
                 'biases': 'int32' if INT8_OPTIONS['QuantizeBias'] else 'float',
-                'calibration': f'{self.method} over {crops} crops', 'op_types': list(self.op_types)}
+                'calibration': f'{METHOD_WORDS[self.method]} over {crops} crops', 'op_types': list(self.op_types)}
 
     def calibration_file(self, about: dict) -> bytes:
         """ORT's calibration cache (which ``--calibration-cache`` and ORT's own ``quantize_static`` read back), with

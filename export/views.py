@@ -18,6 +18,7 @@ from .contract import INPUT_NAME, OUTPUT_NAME
 from .ort_session import ort_session
 from .parity import accuracy_figures, compare, judge, margin_std
 from .timing import time_calls
+from .uint8 import cpu_graph
 
 
 @dataclass
@@ -51,10 +52,13 @@ class ParityViews:
             figures.update(accuracy_figures(self.reference, logits, self.labels))
         return figures
 
-    def judge_graph(self, precision: str, trained: bool):
-        """A graph -> its figures on these views, judged (ONNX Runtime on the CPU)."""
+    def judge_graph(self, precision: str, trained: bool, as_cpu_runs: bool = True):
+        """A graph -> its figures on these views, judged on ONNX Runtime's CPU provider, in the form the CPU
+        runtimes run it (``export.uint8.cpu_graph``) unless ``as_cpu_runs`` is False (another tool's graph, run as
+        that tool wrote it)."""
         def judge_graph(graph: onnx.ModelProto) -> dict:
-            figures = self.figures(run_onnx(graph.SerializeToString(), self.x))
+            source = cpu_graph(graph, precision) if as_cpu_runs else graph.SerializeToString()
+            figures = self.figures(run_onnx(source, self.x))
             return {**figures, **judge(precision, figures, trained)}
         return judge_graph
 

@@ -325,7 +325,7 @@ def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batc
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from benchmarks.onnxruntime_runner import uint8_activations
+    from export.uint8 import uint8_activations
     from export.ort_session import ort_session
     before = hashlib.sha256(graphs['int8'].read_bytes()).hexdigest()
     disk = onnx.load(str(graphs['int8']))
@@ -344,6 +344,20 @@ def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batc
     figures = parity.compare(plain, fast)
     assert figures['sqnr_db'] > 30 and figures['top1_agreement'] == 1.0, figures
     assert hashlib.sha256(graphs['int8'].read_bytes()).hexdigest() == before
+
+
+def test_openvino_runs_the_int8_graph_as_onnx_runtime_does(graphs, photo_batch):
+    """OpenVINO gets the same uint8-activation form of the int8 graph as ONNX Runtime (export.uint8.cpu_graph),
+    so the parity a row reports for either runtime is that of one graph: OpenVINO's logits lie nearer that form's
+    than the symmetric file's (whose ReLU outputs have half the steps)."""
+    from export.ort_session import ort_session
+    from export.uint8 import cpu_graph
+    uint8 = ort_session(cpu_graph(graphs['int8'], 'int8'), 2).run(['logits'], {'input': photo_batch})[0]
+    symmetric = ort_session(str(graphs['int8']), 2).run(['logits'], {'input': photo_batch})[0]
+    with OpenVINORunner(graphs['int8'], 'int8', threads=2) as runner:
+        ov = runner.infer(photo_batch)
+    near, far = parity.compare(uint8, ov)['sqnr_db'], parity.compare(symmetric, ov)['sqnr_db']
+    assert near > far + 3 and near > 30, (near, far)
 
 
 @pytest.mark.parametrize('precision', ['fp32', 'int8'])

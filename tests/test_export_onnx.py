@@ -63,6 +63,10 @@ def test_result_rows_and_files(exported):
         assert {'max_abs_err', 'max_rel_err', 'sqnr_db', 'cosine_min', 'top1_agreement'} <= set(row)
     sizes = {r['precision']: r['size_bytes'] for r in result.rows}
     assert sizes['int8'] < sizes['fp16'] < sizes['fp32']
+    int8, = [r for r in result.rows if r['precision'] == 'int8']
+    # judged as ONNX Runtime and OpenVINO run it (export.uint8): each ReLU's output on 255 steps, not the file's 127
+    # (alexnet_bn's convolutions read BatchNorm outputs, which can be negative: 37.7 against 36.9 dB here)
+    assert int8['sqnr_db'] > int8['symmetric_sqnr_db'] > 25, int8
     written = {*FILENAMES.values(), CALIBRATION_FILE, EXPORT_MANIFEST, '.lock'}  # no temporary files left
     assert not [p for p in out.iterdir() if p.name not in written]
 

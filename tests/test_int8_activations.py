@@ -112,7 +112,7 @@ def test_onnxruntime_runs_relu6_on_the_uint8_range_without_the_clip(kind_int8):
     [0, 6] in 255 steps: its range is the clip, so no Clip stays between a convolution and its Quantize (with one
     there, ONNX Runtime ran the convolution in float). The logits stay those of the file within int8's noise."""
     import copy
-    from benchmarks.onnxruntime_runner import uint8_activations
+    from export.uint8 import uint8_activations
     from export.ort_session import ort_session
     kind, graph, _ = kind_int8
     if kind != 'relu6':

@@ -27,7 +27,8 @@ def test_a_failing_nncf_is_one_line_and_the_export_goes_on(tmp_path, monkeypatch
     import torch
     from alexnet_zoo.checkpoint import LoadedModel
     from alexnet_zoo.samples import PHOTOGRAPHS
-    from export.onnx import _print_result, export_onnx
+    from export.onnx import export_onnx
+    from export.onnx.cli import _print_result
 
     def fails(*args):
         raise RuntimeError('cannot quantize this graph\n  a traceback-like second line')
