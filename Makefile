@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	# Triton's perf_analyzer (no binary on the index: from tritonclient 2.48's wheel, with libb64 and libcudart 12);
 	# where it cannot be installed, the reason goes into $(VENV)/perf-analyzer/not-installed.txt and serving measures
 	# with its own closed loop (docs/serving.md); a failure that recorded no reason stops the setup
-	$(PY) -m benchmarks.perf_analyzer --install $(VENV)/perf-analyzer || test -s $(VENV)/perf-analyzer/not-installed.txt
+	$(PY) -m benchmarks.serve.perf_analyzer --install $(VENV)/perf-analyzer || test -s $(VENV)/perf-analyzer/not-installed.txt
 	touch $@
 
 setup: $(VENV)/.installed

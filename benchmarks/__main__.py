@@ -11,11 +11,11 @@ from alexnet_zoo.checkpoint import load_model
 from alexnet_zoo.cli import ArgumentParser, add_model_arguments, bounded, positive, run_cli, seed
 from alexnet_zoo.samples import folder_images
 
-from .harness import run_benchmark, timing_config
-from .latency import DEFAULT_TIMING, QUICK_TIMING
-from .registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
-from .report import read_report
-from .summary import exit_code
+from benchmarks.run.harness import run_benchmark, timing_config
+from benchmarks.measure.latency import DEFAULT_TIMING, QUICK_TIMING
+from benchmarks.backends.registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
+from benchmarks.report.files import read_report
+from benchmarks.report.summary import exit_code
 
 
 def build_parser() -> ArgumentParser:

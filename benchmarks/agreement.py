@@ -13,8 +13,8 @@ import numpy as np
 
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, UsageError, positive, run_cli
 
-from .report import read_report
-from .results import Report
+from benchmarks.report.files import read_report
+from benchmarks.report.schema import Report
 
 TOLERANCE = 0.15
 

@@ -22,9 +22,9 @@ from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 from export.contract import read_metadata
 from export.timing import time_calls
 
-from .environment import cpu_threads
-from .latency import summarize, time_runner
-from .openvino_runner import OpenVINORunner
+from benchmarks.measure.environment import cpu_threads
+from benchmarks.measure.latency import summarize, time_runner
+from benchmarks.backends.openvino_runner import OpenVINORunner
 
 
 def benchmark_app_path() -> str:
@@ -67,7 +67,7 @@ def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) 
     median of (wall-clock time of ``run`` - OpenVINO's own latency of that request), the harness's overhead,
     which a busy machine disturbs far less than either latency."""
     from alexnet_zoo.data import sample_batch
-    from .harness import tile
+    from benchmarks.run.harness import tile
     with OpenVINORunner(onnx_path, 'int8', threads=threads) as runner:
         x = tile(sample_batch(graph_model(onnx_path)[0])[1].numpy(), batch_size)
         prepared = runner.prepare(x)

@@ -57,8 +57,8 @@ def train_one_epoch(out: Path) -> dict:
 
 def benchmark_cuda_rows(out: Path) -> dict:
     from alexnet_zoo.checkpoint import load_model
-    from .harness import run_benchmark
-    from .summary import exit_code
+    from benchmarks.run.harness import run_benchmark
+    from benchmarks.report.summary import exit_code
     report = run_benchmark(load_model(checkpoint=out / 'run'), out / 'report', backends='torch,torch-compile',
                            precisions='fp32,fp16,bf16', batch_sizes=(1, 32), devices=('cuda',), progress=False,
                            command='python -m benchmarks.gpu_check')

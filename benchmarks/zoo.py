@@ -15,9 +15,9 @@ from alexnet_zoo.files import write_text_atomic
 from alexnet_zoo.packaged import PACKAGED
 from export.contract import FILENAMES, read_metadata
 
-from .model_bytes import count_activations
-from .report import read_report
-from .summary import add_roofline, label
+from benchmarks.roofline.model_bytes import count_activations
+from benchmarks.report.files import read_report
+from benchmarks.report.summary import add_roofline, label
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 SPEEDUPS = (('openvino', 1), ('openvino', 32), ('onnxruntime', 1), ('onnxruntime', 32))

@@ -1,6 +1,6 @@
 """``export.json``: which graphs an export wrote into a folder, and the check every reader makes before using them.
 
-``export.onnx`` writes it last, after the graphs; ``export.trt``, ``export.triton`` and the benchmark refuse a
+``export.onnx`` writes it last, after the graphs; ``export.trt``, ``export.triton.repository`` and the benchmark refuse a
 graph it does not vouch for. Imports neither torch nor timm.
 """
 import json
@@ -11,7 +11,7 @@ from alexnet_zoo.cli import first_line
 from alexnet_zoo.files import PathLike, write_text_atomic
 from alexnet_zoo.manifest import locked, sha256_file
 
-from .contract import FILENAMES
+from export.contract import FILENAMES
 
 EXPORT_MANIFEST = 'export.json'  # what export.onnx wrote into a folder: each file's sha256, weights and settings
 

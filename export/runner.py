@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .contract import GRAPH_PRECISIONS, weight_bytes
+from export.contract import GRAPH_PRECISIONS, weight_bytes
 
 
 class BackendUnavailable(RuntimeError):

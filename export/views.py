@@ -14,11 +14,11 @@ from alexnet_zoo.data import parity_views
 from alexnet_zoo.files import PathLike
 from alexnet_zoo.samples import folder_images
 
-from .contract import INPUT_NAME, OUTPUT_NAME
-from .ort_session import ort_session
-from .parity import accuracy_figures, compare, judge, margin_std
-from .timing import time_calls
-from .uint8 import cpu_graph
+from export.contract import INPUT_NAME, OUTPUT_NAME
+from export.ort_session import ort_session
+from export.parity import accuracy_figures, compare, judge, margin_std
+from export.timing import time_calls
+from export.int8.uint8 import cpu_graph
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ParityViews:
 
     def judge_graph(self, precision: str, trained: bool, as_cpu_runs: bool = True):
         """A graph -> its figures on these views, judged on ONNX Runtime's CPU provider, in the form the CPU
-        runtimes run it (``export.uint8.cpu_graph``) unless ``as_cpu_runs`` is False (another tool's graph, run as
+        runtimes run it (``export.int8.uint8.cpu_graph``) unless ``as_cpu_runs`` is False (another tool's graph, run as
         that tool wrote it)."""
         def judge_graph(graph: onnx.ModelProto) -> dict:
             source = cpu_graph(graph, precision) if as_cpu_runs else graph.SerializeToString()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.registry import BACKENDS, PRECISIONS, REGISTRY, Spec, plan
+from benchmarks.backends.registry import BACKENDS, PRECISIONS, REGISTRY, Spec, plan
 from export.contract import GRAPH_PRECISIONS
 from export.runner import Runner
 
@@ -31,6 +31,28 @@ def test_the_layers_contract_catches_an_arrow_back_up(tmp_path):
                           cwd=tmp_path, env={'PYTHONPATH': str(tmp_path), 'PATH': ''}, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert 'export is not allowed to import benchmarks' in proc.stdout
+
+
+MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 400  # docs/architecture.md's size rules
+
+
+def _sizes():
+    """(module, its line count, its functions over MAX_FUNCTION_LINES as 'name: lines') for the three packages."""
+    import ast
+    for path in sorted(p for package in ('alexnet_zoo', 'export', 'benchmarks') for p in (REPO / package).rglob('*.py')):
+        text = path.read_text()
+        long = [f'{node.name}: {node.end_lineno - node.lineno + 1}' for node in ast.walk(ast.parse(text))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+        yield path.relative_to(REPO), len(text.splitlines()), long
+
+
+def test_no_long_function_and_no_long_module():
+    """A long orchestrator reads as its order of work, each step a function; a module has one duty."""
+    sizes = list(_sizes())
+    assert len(sizes) > 60  # every module of the three packages was read
+    assert [f'{path}: {long}' for path, _, long in sizes if long] == []
+    assert [f'{path}: {lines} lines' for path, lines, _ in sizes if lines > MAX_MODULE_LINES] == []
 
 
 def _heavy_modules_after(code: str) -> list:

@@ -16,16 +16,16 @@ from alexnet_zoo.data import parity_views, sample_batch
 from alexnet_zoo.samples import PHOTOGRAPHS, photographs
 from benchmarks.__main__ import main
 from alexnet_zoo.stats import flops_per_image
-from benchmarks.environment import cpu_has_amx
-from benchmarks.harness import infer_in_batches, tile
-from benchmarks.latency import summarize, time_runner
-from benchmarks.onnxruntime_runner import OnnxRuntimeRunner
-from benchmarks.openvino_runner import OpenVINORunner
-from benchmarks.registry import Spec, parse_batch_sizes, parse_list, plan
-from benchmarks.plots import PLOTS
-from benchmarks.report import read_report
-from benchmarks.results import SCHEMA_VERSION
-from benchmarks.torch_runner import TorchRunner
+from benchmarks.measure.environment import cpu_has_amx
+from benchmarks.run.harness import infer_in_batches, tile
+from benchmarks.measure.latency import summarize, time_runner
+from benchmarks.backends.onnxruntime_runner import OnnxRuntimeRunner
+from benchmarks.backends.openvino_runner import OpenVINORunner
+from benchmarks.backends.registry import Spec, parse_batch_sizes, parse_list, plan
+from benchmarks.report.plots import PLOTS
+from benchmarks.report.files import read_report
+from benchmarks.report.schema import SCHEMA_VERSION
+from benchmarks.backends.torch_runner import TorchRunner
 from export import parity
 from export.runner import BackendUnavailable, Runner
 
@@ -325,7 +325,7 @@ def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batc
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from export.uint8 import uint8_activations
+    from export.int8.uint8 import uint8_activations
     from export.ort_session import ort_session
     before = hashlib.sha256(graphs['int8'].read_bytes()).hexdigest()
     disk = onnx.load(str(graphs['int8']))
@@ -347,11 +347,11 @@ def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batc
 
 
 def test_openvino_runs_the_int8_graph_as_onnx_runtime_does(graphs, photo_batch):
-    """OpenVINO gets the same uint8-activation form of the int8 graph as ONNX Runtime (export.uint8.cpu_graph),
+    """OpenVINO gets the same uint8-activation form of the int8 graph as ONNX Runtime (export.int8.uint8.cpu_graph),
     so the parity a row reports for either runtime is that of one graph: OpenVINO's logits lie nearer that form's
     than the symmetric file's (whose ReLU outputs have half the steps)."""
     from export.ort_session import ort_session
-    from export.uint8 import cpu_graph
+    from export.int8.uint8 import cpu_graph
     uint8 = ort_session(cpu_graph(graphs['int8'], 'int8'), 2).run(['logits'], {'input': photo_batch})[0]
     symmetric = ort_session(str(graphs['int8']), 2).run(['logits'], {'input': photo_batch})[0]
     with OpenVINORunner(graphs['int8'], 'int8', threads=2) as runner:
@@ -404,7 +404,7 @@ def test_onnxruntime_cuda_unavailable_without_gpu(graphs):
 def test_tensorrt_runner(graphs, photo_batch, reference, tmp_path):
     pytest.importorskip('tensorrt', reason='TensorRT is not installed')
     from export.trt.build import BatchProfile, build_engine
-    from benchmarks.tensorrt_runner import TensorRTRunner
+    from benchmarks.backends.tensorrt_runner import TensorRTRunner
     built = build_engine(graphs['fp32'], tmp_path / 'model.fp32.plan', BatchProfile(1, 32, 32))
     with TensorRTRunner(built.plan) as runner:
         _check_runner(runner, photo_batch, reference, 'fp32')
@@ -588,9 +588,9 @@ def test_quick_run_files(quick_run):
 
 def test_non_finite_rows_read_non_finite_everywhere(quick_run):
     """A row whose logits had NaN: 'non-finite' in report.md and report.csv, never 'exact'; a failed gate."""
-    from benchmarks.plots import render_plots
-    from benchmarks.markdown import render_csv, render_markdown
-    from benchmarks.summary import add_speedups
+    from benchmarks.report.plots import render_plots
+    from benchmarks.report.markdown import render_csv, render_markdown
+    from benchmarks.report.summary import add_speedups
     _, out, _ = quick_run
     report = json.loads((out / 'report.json').read_text())
     row = next(r for r in report['results'] if (r['backend'], r['precision']) == ('onnxruntime', 'int8'))
@@ -658,7 +658,7 @@ def test_graphs_of_other_weights_are_refused(exported_graphs, tmp_path, capsys):
 def no_ceilings(monkeypatch):
     """In-process whole runs skip measuring the machine's ceilings (seconds each): the --quick run measures and
     checks them."""
-    from benchmarks import harness
+    import benchmarks.run.harness as harness
     monkeypatch.setattr(harness, 'measure_ceilings', lambda *args, **kwargs: {'error': 'not measured in this test'})
 
 
@@ -668,13 +668,13 @@ def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, expor
     """int8 misses a gate nothing can pass: its rows are measured from the failed graph and fail, with the reason;
     the fp32 rows (export.onnx's graph, reused from --onnx-dir) run and pass; the exit code says a gate failed."""
     import shutil
-    import export.int8
+    import export.int8.remedy
     graphs = tmp_path / 'graphs'
     shutil.copytree(exported_graphs[1], graphs, ignore=shutil.ignore_patterns('model.int8.*', 'model.fp16.*'))
     monkeypatch.setitem(parity.GATES['int8'], 'top1_min', 1.01)  # a gate nothing passes
-    monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))  # the remedies fail as the plain
-    monkeypatch.setattr(export.int8, 'float_budget', lambda graph: 0)  # graph does (tests/test_int8.py tries them for real)
-    monkeypatch.setattr(export.int8, 'diagnose', lambda *args: [])  # the diagnosis: tests/test_int8.py
+    monkeypatch.setattr(export.int8.remedy, 'equalize', lambda model, crops: (model, []))  # the remedies fail as the plain
+    monkeypatch.setattr(export.int8.remedy, 'float_budget', lambda graph: 0)  # graph does (tests/test_int8.py tries them for real)
+    monkeypatch.setattr(export.int8.remedy, 'diagnose', lambda *args: [])  # the diagnosis: tests/test_int8.py
     code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
                  'fp32,int8', '--onnx-dir', str(graphs), '--output-dir', str(tmp_path / 'out'), '--no-progress'])
     assert code == 1
@@ -772,7 +772,7 @@ TINY_TIMING = dict(rounds=6, seconds_per_row=0.0)
 def test_random_weights_end_to_end(tmp_path, no_ceilings):
     """Random weights: every row is measured, no gate is judged ("not judged" in the report), exit 0."""
     from benchmarks import exit_code, run_benchmark
-    from benchmarks.harness import timing_config
+    from benchmarks.run.harness import timing_config
     import timm
     from alexnet_zoo.checkpoint import LoadedModel
     # any timm CNN: the report's "not judged" does not depend on the model (timm's small test network here)
@@ -790,7 +790,7 @@ def test_random_weights_end_to_end(tmp_path, no_ceilings):
 # --- CUDA paths, checked on the CPU ------------------------------------------------------------------------------
 
 def test_fp32_on_a_gpu_switches_tf32_off_only_inside_the_runner():
-    from benchmarks.torch_runner import exact_fp32
+    from benchmarks.backends.torch_runner import exact_fp32
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -803,7 +803,7 @@ def test_fp32_on_a_gpu_switches_tf32_off_only_inside_the_runner():
 
 
 def test_device_indices_are_honoured_or_refused_in_one_line(monkeypatch):
-    from benchmarks.tensorrt_runner import current_device
+    from benchmarks.backends.tensorrt_runner import current_device
     from export.runner import cuda_index
     assert (cuda_index('cpu'), cuda_index('cuda'), cuda_index('cuda:3')) == (0, 0, 3)
     with pytest.raises(ValueError, match="not a device: 'cuda:x'"):
@@ -815,7 +815,7 @@ def test_device_indices_are_honoured_or_refused_in_one_line(monkeypatch):
 
 
 def test_engine_inspector_formats_name_their_data_type():
-    from benchmarks.tensorrt_runner import datatype_of
+    from benchmarks.backends.tensorrt_runner import datatype_of
     assert datatype_of('Row major linear FP32') == datatype_of('Float') == 'float'
     assert datatype_of('Channel major FP16 format where channel % 8 == 0') == datatype_of('Half') == 'half'
     assert datatype_of('Thirty-two wide channel vectorized row major Int8 format') == 'int8'
@@ -823,7 +823,7 @@ def test_engine_inspector_formats_name_their_data_type():
 
 
 def test_roofline_plot_with_many_batch_sizes():
-    from benchmarks.plots import _plot_roofline
+    from benchmarks.report.plots import _plot_roofline
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

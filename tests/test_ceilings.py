@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.ceilings import datasheet, documented_rate, memory_ceiling, place, what_bounds
+from benchmarks.roofline.ceilings import datasheet, documented_rate, memory_ceiling, place, what_bounds
 
 AMX = {'amx': True, 'avx512_vnni': True, 'avx512_bf16': True, 'avx512': True, 'avx2': True}
 CASCADE_LAKE = {'avx512_vnni': True, 'avx512': True, 'avx2': True}
@@ -98,7 +98,7 @@ def test_what_bounds_the_fastest_row():
 def test_a_failing_probe_is_a_skipped_figure_with_its_reason(monkeypatch):
     """One library failing (OpenVINO here) leaves the other's figures; a precision the CPU has no unit for is
     skipped with the reason; the memory probes still run."""
-    from benchmarks import probes
+    import benchmarks.roofline.probes as probes
 
     def broken(precision, shape, threads):
         raise RuntimeError(f'no {precision} MatMul here\nsecond line')
@@ -122,8 +122,8 @@ def test_pytorch_int8_says_why_it_cannot_run(monkeypatch):
 
     import torch
 
-    from benchmarks.torch_runner import EAGER_INT8, TorchCompileRunner, TorchRunner
-    from export import torch_int8
+    from benchmarks.backends.torch_runner import EAGER_INT8, TorchCompileRunner, TorchRunner
+    import export.int8.torch_int8 as torch_int8
     assert TorchRunner.available('int8', 'cpu') == EAGER_INT8 and TorchRunner.devices('int8', gpu=True) == ('cpu',)
     assert 'CPU path' in TorchCompileRunner.available('int8', 'cuda')
     real = importlib.util.find_spec
@@ -139,7 +139,7 @@ def test_pytorch_rows_profile_their_operators():
     first, summing to about the time of a call."""
     import numpy as np
 
-    from benchmarks.torch_runner import TorchRunner
+    from benchmarks.backends.torch_runner import TorchRunner
     from conftest import FIXTURE_SIZE, fixture_alexnet_bn
     x = np.random.default_rng(0).standard_normal((2, 3, FIXTURE_SIZE, FIXTURE_SIZE)).astype(np.float32)
     with TorchRunner(fixture_alexnet_bn().eval(), 'fp32', 'cpu', threads=1) as runner:
@@ -156,7 +156,7 @@ def test_the_clock_is_timed_under_load():
     a VM holds the hypervisor's figure; it is a plausible clock, and the documented rates are reckoned with it."""
     import platform
 
-    from benchmarks.probes import clock_ghz, nominal_ghz
+    from benchmarks.roofline.probes import clock_ghz, nominal_ghz
     ghz, method = clock_ghz(2)
     if platform.machine() != 'x86_64':
         assert (ghz, method) == nominal_ghz()
@@ -171,7 +171,7 @@ def test_gpu_ceilings_where_rows_ran_on_one():
     and the read bandwidth of its memory."""
     import torch
 
-    from benchmarks.probes import measure_ceilings
+    from benchmarks.roofline.probes import measure_ceilings
     gpu = measure_ceilings(1, {'avx2': True}, gpu=True, quick=True)['cuda']
     assert gpu['name'] == torch.cuda.get_device_name()
     assert gpu['compute']['fp16']['attainable'] > gpu['compute']['fp32']['attainable'] > 0
@@ -209,7 +209,7 @@ def depthwise_block(int8_weights: bool = False):
 def test_activations_of_a_depthwise_block_counted_by_hand():
     """Each convolution's input read and output written, per image; the batch norm and the ReLU fused into the
     convolutions (no traffic of their own), the weights (and the int8 graph's dequantized weights) not counted."""
-    from benchmarks.model_bytes import activation_elements
+    from benchmarks.roofline.model_bytes import activation_elements
     image = 8 * 10 * 10                     # 1 × 8 × 10 × 10
     depthwise = image + image               # reads the image, writes 8 × 10 × 10
     pointwise = image + 16 * 10 * 10        # reads 8 channels, writes 16
@@ -241,7 +241,7 @@ def test_per_layer_times_grouped_by_stage(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from benchmarks.stages import graph_stages, model_stages, stage_profile, stage_times
+    from benchmarks.roofline.stages import graph_stages, model_stages, stage_profile, stage_times
 
     def node(name, op, inputs, output, *scopes):
         made = helper.make_node(op, inputs, [output], name=name)

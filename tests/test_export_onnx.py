@@ -25,7 +25,7 @@ from export.contract import GRAPH_PRECISIONS as PRECISIONS
 from export.export_manifest import EXPORT_MANIFEST
 from export.onnx import ParityGateError, export_onnx
 from export.parity import GATES, compare, judge
-from export.torch_export import fold_batchnorm
+from export.onnx.torch_export import fold_batchnorm
 from export.trt.preflight import zero_points
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_result_rows_and_files(exported):
     sizes = {r['precision']: r['size_bytes'] for r in result.rows}
     assert sizes['int8'] < sizes['fp16'] < sizes['fp32']
     int8, = [r for r in result.rows if r['precision'] == 'int8']
-    # judged as ONNX Runtime and OpenVINO run it (export.uint8): each ReLU's output on 255 steps, not the file's 127
+    # judged as ONNX Runtime and OpenVINO run it (export.int8.uint8): each ReLU's output on 255 steps, not the file's 127
     # (alexnet_bn's convolutions read BatchNorm outputs, which can be negative: 37.7 against 36.9 dB here)
     assert int8['sqnr_db'] > int8['symmetric_sqnr_db'] > 25, int8
     written = {*FILENAMES.values(), CALIBRATION_FILE, EXPORT_MANIFEST, '.lock'}  # no temporary files left
@@ -192,7 +192,7 @@ def test_library_rejects_bad_arguments_before_writing(as_loaded, trained_model, 
 @pytest.mark.slow
 def test_calibration_crops_from_a_folder(trained_model, tmp_path):
     from alexnet_zoo.samples import write_image_folder
-    from export.calibration import PhotoCalibrationReader, calibration_crops
+    from export.int8.calibration import PhotoCalibrationReader, calibration_crops
     folder = write_image_folder(tmp_path / 'photos', names=['coffee', 'rocket'], train_per_class=2, val_per_class=0)
     crops, source = calibration_crops(trained_model, folder / 'train', count=10)
     assert crops.shape == (10, *SIZE) and crops.dtype == np.float32 and '4 image(s)' in source
@@ -349,7 +349,7 @@ def test_export_the_other_alexnets(name, size, tmp_path):
     are not judged)."""
     from alexnet_zoo.checkpoint import LoadedModel, load_model
     if size is None:  # the full size: the export alone, checked directly (no parity views at 227 x 227)
-        from export.torch_export import torch_to_onnx
+        from export.onnx.torch_export import torch_to_onnx
         model = load_model(name, num_classes=10).model
         graph = torch_to_onnx(model, model.pretrained_cfg['input_size'])
         x = sample_batch(model)[1][:2]
@@ -400,7 +400,7 @@ class _DataDependent(torch.nn.Module):
 def test_a_model_the_exporter_cannot_take_is_one_line_saying_why(model, opset, why):
     """Not the exporter's own first line ("Failed to export ... step 1/3 ... Next steps:"), which says where, not
     why: its innermost cause, naming the model."""
-    from export.torch_export import torch_to_onnx
+    from export.onnx.torch_export import torch_to_onnx
     with pytest.raises(RuntimeError) as error:
         torch_to_onnx(model.eval(), (3, 4, 4), opset)
     message = str(error.value)

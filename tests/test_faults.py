@@ -209,19 +209,19 @@ def test_benchmark_killed_at_random_moments(trained_checkpoint, tmp_path, fault_
 
 
 def test_triton_repository_killed_at_random_moments(exported_graphs, tmp_path, fault_log):
-    """export.triton killed at any moment leaves a repository Triton's own server takes as it is: nothing but model
+    """export.triton.repository killed at any moment leaves a repository Triton's own server takes as it is: nothing but model
     folders inside it (the save stages beside it), each config accepted (docs/serving.md)."""
-    from export.triton_check import check_repository
+    from export.triton.check import check_repository
     pytest.importorskip('pytriton', reason='Triton\'s server binary comes with PyTriton (the serve extra)')
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
-    argv = command('export.triton', '--onnx-dir', graphs, '--repository', repo, '--backends', 'onnxruntime,openvino',
+    argv = command('export.triton.repository', '--onnx-dir', graphs, '--repository', repo, '--backends', 'onnxruntime,openvino',
                    '--precisions', 'fp32,int8')
     duration = timed_run(argv)
     states = []
-    for i, t in enumerate(moments('export.triton', duration, start_up('export.triton'))):
+    for i, t in enumerate(moments('export.triton.repository', duration, start_up('export.triton.repository'))):
         if i % 2:  # every other kill meets a repository with other models in it: the rewrite is killed
-            subprocess.run(command('export.triton', '--onnx-dir', graphs, '--repository', repo, '--backends',
+            subprocess.run(command('export.triton.repository', '--onnx-dir', graphs, '--repository', repo, '--backends',
                                    'openvino', '--precisions', 'int8'), capture_output=True, env=ENV, check=True)
         killed = kill_after(argv, t)
         check_files(repo)
@@ -233,7 +233,7 @@ def test_triton_repository_killed_at_random_moments(exported_graphs, tmp_path, f
         states.append(f'{len(models)} model(s) accepted' + ('' if killed else ' (finished)'))
     timed_run(argv)
     assert not leftovers(repo) and not (tmp_path / '.repo.staging').exists()
-    fault_log.append(f'export.triton: {len(states)} kills over a {duration:.1f} s run; Triton\'s server after each: '
+    fault_log.append(f'export.triton.repository: {len(states)} kills over a {duration:.1f} s run; Triton\'s server after each: '
                      f'{", ".join(states)}')
 
 

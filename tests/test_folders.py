@@ -22,9 +22,9 @@ from alexnet_zoo.files import (DiskFullError, atomic_path, disk_full, ensure_wri
                                stale_temporaries)
 from alexnet_zoo.manifest import STAGING, sha256_file, staging_dirs, verify
 from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
-from benchmarks.artifacts import graphs_in
-from benchmarks.plots import PLOTS
-from benchmarks.report import read_report, write_report
+from benchmarks.backends.artifacts import graphs_in
+from benchmarks.report.plots import PLOTS
+from benchmarks.report.files import read_report, write_report
 from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, read_metadata
 from export.export_manifest import EXPORT_MANIFEST, check_export, write_export_manifest
 from test_timing import complete, synthetic_report, synthetic_rounds

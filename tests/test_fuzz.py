@@ -303,10 +303,10 @@ def _valid_report() -> dict:
 @example(data=None)
 @example(data='hostile names')
 def test_reports_given_to_compare(data, tmp_path_factory):
-    from benchmarks.compare import compare_reports
-    from benchmarks.markdown import comparison_lines
-    from benchmarks.report import read_report
-    from benchmarks.results import read_back
+    from benchmarks.report.compare import compare_reports
+    from benchmarks.report.markdown import comparison_lines
+    from benchmarks.report.files import read_report
+    from benchmarks.report.schema import read_back
     folder = tmp_path_factory.mktemp('report')
     path = folder / 'old.json'
     if data is None:  # NaN where a figure is read
@@ -399,16 +399,18 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 # ------------------------------------------------------------------------------------------------ numeric arguments
 def _parsers():
     from alexnet_zoo import samples, train
-    from benchmarks import __main__ as bench, agreement, crosscheck, serve
-    from export import onnx as export_onnx, triton
+    from benchmarks import __main__ as bench, agreement, crosscheck
+    import benchmarks.serve.benchmark as serve
+    from export import onnx as export_onnx
+    import export.triton.repository as triton
     from export.trt import __main__ as trt
     required = {'train': ['--data', 'd', '--output', 'o'], 'export.onnx': ['--output-dir', 'o'],
                 'benchmarks': ['--output-dir', 'o'], 'export.trt': ['--onnx', 'g'], 'samples': [],
-                'agreement': ['r.json'], 'crosscheck': ['--onnx', 'g'], 'export.triton': ['--onnx-dir', 'o',
-                '--repository', 'r'], 'benchmarks.serve': ['--output-dir', 'o']}
+                'agreement': ['r.json'], 'crosscheck': ['--onnx', 'g'], 'export.triton.repository': ['--onnx-dir', 'o',
+                '--repository', 'r'], 'benchmarks.serve.benchmark': ['--output-dir', 'o']}
     modules = {'train': train, 'export.onnx': export_onnx, 'benchmarks': bench, 'export.trt': trt,
-               'samples': samples, 'agreement': agreement, 'crosscheck': crosscheck, 'export.triton': triton,
-               'benchmarks.serve': serve}
+               'samples': samples, 'agreement': agreement, 'crosscheck': crosscheck, 'export.triton.repository': triton,
+               'benchmarks.serve.benchmark': serve}
     return {name: (module.build_parser(), required[name]) for name, module in modules.items()}
 
 
@@ -469,7 +471,7 @@ def in_range(parse, text: str):
 def test_list_arguments(text):
     """--batch-sizes, --backends, --precisions: an empty or junk list is a usage error; a read one is in range."""
     from alexnet_zoo.cli import MAX_BATCH, UsageError
-    from benchmarks.registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
+    from benchmarks.backends.registry import BACKENDS, PRECISIONS, parse_batch_sizes, parse_list
     from export.onnx import parse_precisions
     for parse, check in ((parse_batch_sizes, lambda v: v and all(1 <= b <= MAX_BATCH for b in v)),
                          (lambda t: parse_list(t, BACKENDS, 'backend'), lambda v: v and set(v) <= set(BACKENDS)),

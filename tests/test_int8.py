@@ -111,7 +111,7 @@ def test_a_named_layer_is_kept_in_float(as_loaded, outlier_model, tmp_path):
 
 
 def test_a_named_layer_that_is_not_there_lists_those_that_are(exported_graphs):
-    from export.diagnose import resolve_layers  # what export_onnx checks a named layer against, before quantizing
+    from export.int8.diagnose import resolve_layers  # what export_onnx checks a named layer against, before quantizing
     import onnx
     fp32 = onnx.load(str(exported_graphs[0].paths['fp32']), load_external_data=False)
     assert resolve_layers(fp32, ['features.8'])['features.8']
@@ -140,7 +140,7 @@ def test_relus_hand_quantized_tensors_to_the_next_layer(exported_graphs):
 def test_the_float_budget_is_a_tenth_of_the_weighted_layers_at_least_four():
     """--int8-fallback auto keeps at most max(4, ceil(weighted / 10)) layers in float (Conv, Gemm, MatMul)."""
     import onnx
-    from export.int8 import float_budget
+    from export.int8.remedy import float_budget
 
     def graph(**counts):
         nodes = [onnx.helper.make_node(op, ['x'], ['y'], name=f'{op}{i}') for op, n in counts.items() for i in range(n)]
@@ -153,8 +153,8 @@ def test_the_float_budget_is_a_tenth_of_the_weighted_layers_at_least_four():
 def test_where_equalization_cannot_help_the_worst_layer_stays_float(as_loaded, outlier_model, tmp_path, monkeypatch):
     """The remedy's second step: with equalization finding nothing to rescale, ``auto`` keeps the most damaging
     tensor's layers in float, guided by the diagnosis, and passes."""
-    import export.int8
-    monkeypatch.setattr(export.int8, 'equalize', lambda model, crops: (model, []))
+    import export.int8.remedy
+    monkeypatch.setattr(export.int8.remedy, 'equalize', lambda model, crops: (model, []))
     result = export_onnx(as_loaded(outlier_model), tmp_path, precisions=('int8',))
     row, = result.rows
     assert row['passed'] is True and row['equalized'] == []
@@ -169,10 +169,10 @@ def test_ranges_stretched_by_one_crop_are_repaired_by_another_range_estimate(as_
     remedy's range estimates are tried after equalization (which finds no channel to blame): percentile keeps the
     crop (it is 1 % of the values, not 0.001 %), NNCF's mean of each crop's min and max does not, and passes; the
     graph, its settings and its calibration record say the ranges were the mean's."""
-    from export.calibration import calibration_crops
-    from export.int8 import int8_settings, make_int8
-    from export.precision import read_calibration_record
-    from export.torch_export import torch_to_onnx
+    from export.int8.calibration import calibration_crops
+    from export.int8.remedy import int8_settings, make_int8
+    from export.int8.quantizer import read_calibration_record
+    from export.onnx.torch_export import torch_to_onnx
     from export.views import ParityViews
     loaded = as_loaded(trained_model)
     crops, _ = calibration_crops(trained_model)

@@ -112,7 +112,7 @@ def test_onnxruntime_runs_relu6_on_the_uint8_range_without_the_clip(kind_int8):
     [0, 6] in 255 steps: its range is the clip, so no Clip stays between a convolution and its Quantize (with one
     there, ONNX Runtime ran the convolution in float). The logits stay those of the file within int8's noise."""
     import copy
-    from export.uint8 import uint8_activations
+    from export.int8.uint8 import uint8_activations
     from export.ort_session import ort_session
     kind, graph, _ = kind_int8
     if kind != 'relu6':
@@ -139,7 +139,7 @@ def test_attention_runs_its_weighted_layers_and_products_in_int8_and_the_rest_in
     producer = {o: n for n in graph.graph.node for o in n.output}
     matmuls = [n for n in graph.graph.node if n.op_type == 'MatMul']
     assert matmuls and all(producer[i].op_type == 'DequantizeLinear' for n in matmuls for i in n.input)
-    float_ops = {'LayerNormalization', 'Softmax', 'Erf'}  # left in float on purpose (export/precision.py says why)
+    float_ops = {'LayerNormalization', 'Softmax', 'Erf'}  # left in float on purpose (export/int8/quantizer.py says why)
     assert float_ops <= {n.op_type for n in graph.graph.node}
     # only what the weighted layers read is quantized (NNCF's TRANSFORMER choice): no step on the residual stream
     quantized = {producer[n.input[0]].op_type for n in graph.graph.node

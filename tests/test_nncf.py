@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from export import nncf_int8
-from export.precision import INT8_OP_TYPES
+import export.int8.nncf_int8 as nncf_int8
+from export.int8.quantizer import INT8_OP_TYPES
 
 pytestmark = pytest.mark.slow  # the exported fixture, and an export with --explain
 

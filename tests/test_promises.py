@@ -181,7 +181,7 @@ def test_explain_diagnoses_a_passing_int8_graph(int8_exports, small_checkpoint):
 def test_explain_judges_nncf_beside_ours(int8_exports):
     """--explain also quantizes the same fp32 graph with NNCF (each of NNCF_SETTINGS, for real) on the same crops,
     and judges every graph on the same views: printed, and in model.int8.layers.json with the settings of each."""
-    from export.nncf_int8 import NNCF_SETTINGS, nncf_version
+    from export.int8.nncf_int8 import NNCF_SETTINGS, nncf_version
     code, out, err, folder = int8_exports['explained']
     assert code == 0, err[-2000:]
     compared = json.loads((folder / 'model.int8.layers.json').read_text())['compared']
@@ -254,12 +254,12 @@ def test_full_benchmark_at_batch_32_with_torch_compile(small_checkpoint, tmp_pat
     (paired by round), all in report.json and report.md. int8 is PyTorch's own (PT2E, x86 Inductor quantizer,
     compiled), held to the int8 gates; eager int8 is skipped saying where PyTorch's int8 is. (The machine's
     ceilings, measured and checked by the --quick run's tests in tests/test_benchmarks.py, are not measured here.)"""
-    import benchmarks.harness as harness
+    import benchmarks.run.harness as harness
     from benchmarks.__main__ import main
-    from benchmarks.harness import MIN_ROUNDS
-    from benchmarks.torch_runner import EAGER_INT8
+    from benchmarks.run.harness import MIN_ROUNDS
+    from benchmarks.backends.torch_runner import EAGER_INT8
     from export.parity import GATES
-    from export.torch_int8 import torch_int8_unavailable
+    from export.int8.torch_int8 import torch_int8_unavailable
     monkeypatch.setattr(harness, 'measure_ceilings', lambda *args, **kwargs: {'error': 'not measured in this test'})
     out = tmp_path / 'report'
     with one_torch_thread():  # --threads 1 sets PyTorch's threads for the process: restored after

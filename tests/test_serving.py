@@ -22,7 +22,7 @@ from alexnet_zoo.cli import run_cli
 from alexnet_zoo.manifest import sha256_file, verify
 from export.contract import FILENAMES, dims, graph_inputs, metadata, read_onnx
 from export.export_manifest import write_export_manifest
-from export.triton import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
+from export.triton.repository import BACKENDS, LABELS, Batching, main as triton_main, parse_config, write_repository
 from export.trt.build import BatchProfile
 from test_trt import fake_engine
 
@@ -86,7 +86,7 @@ def test_triton_accepts_every_config_we_write(exported_graphs, tmp_path, capsys)
     """Triton's own server (PyTriton's binary, explicit model control, auto-complete off) loads the repository of
     every backend and precision: each model fails only for its own backend library, which PyTriton's server lacks.
     ``--check`` says so and exits 0."""
-    from export.triton_check import check_repository
+    from export.triton.check import check_repository
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
     written = write_repository(graphs, repo, engines=fake_engines(graphs, tmp_path / 'engines'))
@@ -107,8 +107,8 @@ def test_triton_refuses_what_protobuf_accepts(exported_graphs, tmp_path, monkeyp
     """The check can fail: a preferred batch above the max parses as a ModelConfig, Triton refuses it, and so does
     a folder in the repository that is not a model (a save's staging folder, were one left inside); --check then
     exits 1 naming Triton's reason."""
-    from export import triton
-    from export.triton_check import check_repository
+    import export.triton.repository as triton
+    from export.triton.check import check_repository
     _, graphs = exported_graphs
     repo = tmp_path / 'repo'
     written = write_repository(graphs, repo, backends=('onnxruntime',), precisions=('int8',))
@@ -204,7 +204,8 @@ def test_kserve_for_tensorrt_asks_for_a_gpu_and_a_placeholder_uri(exported_graph
     it (and the README says where the manifest goes), one GPU is requested and limited, and the memory holds the
     engines' bytes and Triton's own server (its measurement stood in for: no model loads on a CPU here)."""
     import yaml
-    from export import kserve, triton_check
+    import export.triton.kserve as kserve
+    import export.triton.check as triton_check
     _, graphs = exported_graphs
     engines = fake_engines(graphs, tmp_path / 'engines')
     monkeypatch.setattr(triton_check, 'server_footprint', lambda empty: 300 << 20)
@@ -311,7 +312,7 @@ def test_repository_bad_input_is_one_line(case, exported_graphs, tmp_path, capsy
     if case == 'foreign folder':
         repo.mkdir()
         (repo / 'somebody_elses_model').mkdir()
-        message = 'not written by export.triton'
+        message = 'not written by export.triton.repository'
     elif case == 'graph not in export.json':
         copy = tmp_path / 'onnx'
         copy.mkdir()
@@ -350,7 +351,7 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     server itself reports is the one asked for, and 4 clients are batched up to --max-batch and no further;
     perf_analyzer measures the same level over HTTP and gRPC and agrees with our loop; a sweep of two settings
     (max batch 1 and 4) picks the faster and writes it into a repository's config."""
-    import benchmarks.serve as serve
+    import benchmarks.serve.benchmark as serve
     import tritonclient.grpc as grpc_client
     _, graphs = exported_graphs
     http, grpc, metrics = free_ports()
@@ -394,7 +395,7 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
     assert set(report['levels'][0]['batches']) <= {'1', '2'} and '2' in report['levels'][0]['batches']
     assert (out / 'serve.png').read_bytes()[:4] == b'\x89PNG'
     assert 'dynamic batching up to 2' in (out / 'serve.md').read_text()
-    from benchmarks import perf_analyzer
+    import benchmarks.serve.perf_analyzer as perf_analyzer
     reason = perf_analyzer.unavailable()
     if reason:  # missing only where make setup recorded why; then the sweep below is our closed loop's
         assert perf_analyzer.recorded_reason(), f'perf_analyzer is missing and make setup recorded no reason: {reason}'
@@ -433,13 +434,14 @@ def test_served_answers_and_a_short_load(trained_checkpoint, exported_graphs, tm
 
 def test_serve_exports_its_own_graph_and_sweeps_with_the_closed_loop(trained_checkpoint, exported_graphs, tmp_path,
                                                                      capsys, monkeypatch):
-    """benchmarks.serve without --onnx-dir exports the graph it serves into a temporary folder (gone afterwards), loads
+    """benchmarks.serve.benchmark without --onnx-dir exports the graph it serves into a temporary folder (gone afterwards), loads
     each --concurrency level in order, and where perf_analyzer is missing (its install recorded why) the sweep
     measures each configuration with the closed loop and writes the best into the repository. In-process: the
     server, the loop and the export are stand-ins (the real ones run in test_served_answers_and_a_short_load and
     export.onnx's tests); the runners, the sweep's choice, the write-back and the report are real."""
-    import benchmarks.serve as serve
-    from benchmarks import perf_analyzer, serve_sweep
+    import benchmarks.serve.benchmark as serve
+    import benchmarks.serve.perf_analyzer as perf_analyzer
+    import benchmarks.serve.sweep as serve_sweep
     _, graphs = exported_graphs
     served, exported, loads = {}, [], []
 
@@ -500,8 +502,8 @@ def test_serve_exports_its_own_graph_and_sweeps_with_the_closed_loop(trained_che
 def test_a_budget_no_configuration_meets_keeps_the_repository(exported_graphs, tmp_path):
     """The sweep's choice: the highest throughput within the p99 budget; none within it is said, and nothing is
     written; update_batching writes a choice into the models of one backend and precision only, as one set."""
-    from benchmarks.serve_sweep import choose, grid
-    from export.triton import update_batching
+    from benchmarks.serve.sweep import choose, grid
+    from export.triton.repository import update_batching
     rows = [{'max_batch': b, 'preferred': [b], 'max_queue_delay_us': 0, 'instances': 1, 'throughput_ips': t,
              'latency_ms': {'p99': p99}} for b, t, p99 in ((1, 100.0, 12.0), (4, 180.0, 30.0), (8, 200.0, 80.0))]
     best, verdict = choose(rows + [{'max_batch': 16, 'error': 'perf_analyzer failed'}], 50)
@@ -527,7 +529,7 @@ def test_a_budget_no_configuration_meets_keeps_the_repository(exported_graphs, t
 def test_perf_analyzer_report_and_its_absence(monkeypatch, tmp_path):
     """perf_analyzer's CSV (µs) read as ms with the server's queue and compute times apart; without perf_analyzer a
     measurement is one line saying how to install it."""
-    from benchmarks import perf_analyzer
+    import benchmarks.serve.perf_analyzer as perf_analyzer
     text = ('Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,'
             'Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency,'
             'Avg latency,request/response,response wait\n'
@@ -541,7 +543,7 @@ def test_perf_analyzer_report_and_its_absence(monkeypatch, tmp_path):
     monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
     monkeypatch.setattr(perf_analyzer, 'install_dir', lambda: tmp_path / 'perf-analyzer')
     reason = perf_analyzer.unavailable()
-    assert reason.startswith('perf_analyzer is not installed (python -m benchmarks.perf_analyzer --install ')
+    assert reason.startswith('perf_analyzer is not installed (python -m benchmarks.serve.perf_analyzer --install ')
     assert perf_analyzer.measure('m', 'localhost:8001', 'grpc', 1, (3, 8, 8)) == {'error': reason}
 
 
@@ -549,7 +551,7 @@ def test_perf_analyzer_install_records_why_it_failed(tmp_path, monkeypatch, caps
     """make setup's install step: a failure is one line, exit 1, and its reason in the install folder, which
     unavailable() then says (the serving test fails where perf_analyzer is missing without one); an install that
     works removes an earlier reason."""
-    from benchmarks import perf_analyzer
+    import benchmarks.serve.perf_analyzer as perf_analyzer
     folder = tmp_path / 'perf-analyzer'
     monkeypatch.setattr(perf_analyzer, 'install_dir', lambda: folder)
     monkeypatch.setattr(perf_analyzer, 'find', lambda: None)
@@ -577,7 +579,7 @@ def test_a_server_gone_under_load_is_one_line_and_a_partial_report(trained_check
     """The same promise as the real server killed under load (``make fuzz``), in-process: the checks pass, then the
     load meets a port nobody answers on. The clients give up, the command ends with one line and exit 1, and the
     partial report keeps the server's last log line."""
-    import benchmarks.serve as serve
+    import benchmarks.serve.benchmark as serve
     _, graphs = exported_graphs
 
     @contextlib.contextmanager
@@ -670,7 +672,7 @@ def test_a_server_killed_under_load_is_one_line_and_a_partial_report(trained_che
 
 def test_port_in_use_is_one_line(tmp_path, capsys):
     """Named before any work: the checkpoint named here does not exist."""
-    from benchmarks.serve import main as serve_main
+    from benchmarks.serve.benchmark import main as serve_main
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
         taken.listen()
@@ -696,7 +698,7 @@ SERVE_MISTAKES = {  # the command line -> what the one line must name
     'backend not served': (['--backend', 'torch-compile'], "argument --backend: invalid choice: 'torch-compile'"),
     'repository without a sweep': (['--repository', 'repo'], '--repository is for the sweep (--sweep-max-batch)'),
     'not a repository': (['--sweep-max-batch', '4', '--repository', '.'],
-                         '--repository . is not a repository written by export.triton'),
+                         '--repository . is not a repository written by export.triton.repository'),
     'negative queue delay': (['--sweep-max-batch', '4', '--sweep-queue-delay-us', '0,-5'],
                              '--sweep-queue-delay-us must be 0 to 10000000, got -5'),
     'no instances': (['--sweep-max-batch', '4', '--sweep-instances', '0'], '--sweep-instances must be 1 to 64, got 0'),
@@ -706,7 +708,7 @@ SERVE_MISTAKES = {  # the command line -> what the one line must name
 @pytest.mark.parametrize('case', SERVE_MISTAKES)
 def test_serve_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
     """Each mistake named in one line, before a model is loaded (the checkpoint named here does not exist)."""
-    from benchmarks.serve import main as serve_main
+    from benchmarks.serve.benchmark import main as serve_main
     argv, message = SERVE_MISTAKES[case]
     weights = [] if case == 'no weights' else ['--checkpoint', str(tmp_path / 'run')]
     with pytest.raises(SystemExit) as exit_:

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from alexnet_zoo.cli import UsageError
-from benchmarks.harness import timing_config
-from benchmarks.latency import QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds
-from benchmarks.compare import compare_reports
-from benchmarks.markdown import render_markdown
-from benchmarks.report import read_report
-from benchmarks.results import SCHEMA_VERSION, decode, encode, read_back
-from benchmarks.summary import add_noise, add_speedups
-from benchmarks.uncertainty import (change, cpu_times, median_ci, median_ci_rank, noise_warnings, paired_ratios,
+from benchmarks.run.harness import timing_config
+from benchmarks.measure.latency import QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds
+from benchmarks.report.compare import compare_reports
+from benchmarks.report.markdown import render_markdown
+from benchmarks.report.files import read_report
+from benchmarks.report.schema import SCHEMA_VERSION, decode, encode, read_back
+from benchmarks.report.summary import add_noise, add_speedups
+from benchmarks.measure.uncertainty import (change, cpu_times, median_ci, median_ci_rank, noise_warnings, paired_ratios,
                                     robust_cv, round_noise, steal_fraction, widen)
 from export.runner import Runner
 

@@ -344,7 +344,7 @@ def test_verify_cli_reports_a_record_mismatch_in_one_line(tmp_path, capsys):
 
 
 def test_runner_without_gpu_is_unavailable_with_the_reason(tmp_path):
-    from benchmarks.tensorrt_runner import TensorRTRunner
+    from benchmarks.backends.tensorrt_runner import TensorRTRunner
     with pytest.raises(BackendUnavailable, match='CUDA devices only'):
         TensorRTRunner(fake_engine(tmp_path), device='cpu')
     if not torch.cuda.is_available():
@@ -535,7 +535,7 @@ def test_build_sequence_writes_engine_record_and_timing_cache(tmp_path, recordin
 def test_a_reduced_precision_engine_keeps_tf32_and_says_so(tmp_path, recording_build):
     calls = recording_build()
     fp16 = tmp_path / 'model.fp16.onnx'
-    from export.precision import to_fp16
+    from export.onnx.fp16 import to_fp16
     onnx.save(to_fp16(onnx.load(str(tiny_convnet(tmp_path)))), str(fp16))
     result = build_engine(fp16, tmp_path / 'out' / 'model.fp16.plan', BatchProfile(1, 1, 2))
     assert result.record['precision'] == 'fp16' and result.record['tf32'] is True
@@ -589,8 +589,8 @@ def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, pr
     of the photographs, and its layers' data types read back from the engine inspector: an int8 engine that
     silently ran in fp32 (or an fp32 engine in TF32) fails here."""
     from alexnet_zoo.data import parity_views
-    from benchmarks.harness import infer_in_batches
-    from benchmarks.tensorrt_runner import TensorRTRunner
+    from benchmarks.run.harness import infer_in_batches
+    from benchmarks.backends.tensorrt_runner import TensorRTRunner
     from export.parity import compare, judge
 
     onnx_path, plan, cache = real_graphs[precision], tmp_path / f'model.{precision}.plan', tmp_path / 'timing.cache'
@@ -632,7 +632,7 @@ def test_engine_build_record_and_runner(real_graphs, trained_model, tmp_path, pr
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not HAVE_GPU_TRT, reason='needs an NVIDIA GPU and TensorRT (pip install .[trt])')
 def test_runner_refuses_another_device_in_one_line(real_graphs, tmp_path):
-    from benchmarks.tensorrt_runner import TensorRTRunner
+    from benchmarks.backends.tensorrt_runner import TensorRTRunner
     plan = build_engine(real_graphs['fp32'], tmp_path / 'model.fp32.plan', BatchProfile(1, 1, 1)).plan
     other = torch.cuda.current_device() + 1
     with pytest.raises(ValueError, match=f'runs on the current CUDA device .*CUDA_VISIBLE_DEVICES={other}'):
@@ -669,7 +669,7 @@ def float_quantized_layers(graph: onnx.ModelProto, layers: list) -> list:
     """What the engine inspector's layers (detailed verbosity, JSON) say against the graph's int8 promise: each
     quantized weighted node lands in a layer whose weights are Int8 (a layer that holds no weights of its own, such
     as a matrix product fed by a constant, must read Int8 inputs). Returns one line per node that does not."""
-    from benchmarks.tensorrt_runner import datatype_of
+    from benchmarks.backends.tensorrt_runner import datatype_of
     problems = []
     for node in quantized_weighted_nodes(graph):
         covering = [layer for layer in layers if isinstance(layer, dict) and node in _onnx_names(layer)]
@@ -717,7 +717,7 @@ def test_the_int8_engine_check_can_fail(real_graphs):
 
 # ------------------------------------------------------------------------- type check against TensorRT's stubs
 
-TYPE_CHECKED = ['export/trt/build.py', 'export/trt/runtime.py', 'benchmarks/tensorrt_runner.py']
+TYPE_CHECKED = ['export/trt/build.py', 'export/trt/runtime.py', 'benchmarks/backends/tensorrt_runner.py']
 
 
 def loadable_stubs(tmp_path: Path) -> Path:

@@ -12,14 +12,14 @@ import torch
 
 from alexnet_zoo.checkpoint import load_model, save_checkpoint_dir
 from alexnet_zoo.samples import PHOTOGRAPHS
-from benchmarks import harness
+import benchmarks.run.harness as harness
 from benchmarks.__main__ import main as benchmark_main
 from conftest import trained_once
 from export.contract import FILENAMES, read_metadata
-from export.equalize import equalization_pairs
+from export.int8.equalize import equalization_pairs
 from export.parity import GATES, MIN_DECISIVE_VIEWS
 from export.onnx import ParityGateError, export_onnx
-from export.triton import parse_config, write_repository
+from export.triton.repository import parse_config, write_repository
 from test_serving import free_ports, needs_pytriton
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,7 @@ def test_triton_repository_takes_the_models_shape(zoo, tmp_path):
 def test_served_by_triton(zoo, tmp_path, capsys):
     """The last step, as a user runs it: the model behind a real Triton server answers with the same top-1 as
     the graph, over HTTP and gRPC, and a short load completes without errors (make fuzz: a server per model)."""
-    import benchmarks.serve as serve
+    import benchmarks.serve.benchmark as serve
     model, checkpoint, graphs, result, _ = zoo
     precision = 'int8' if all(r['passed'] for r in result.rows) else 'fp32'
     http, grpc, metrics = free_ports()
@@ -225,7 +225,7 @@ def test_equalization_finds_pairs_in_timm_blocks_and_keeps_the_function(name):
     modules = dict(model.named_modules())
     for pair in pairs:  # every pair reads through nothing but ReLU/pooling/dropout: checked by the function below
         assert pair.producer in modules and pair.consumer in modules
-    from export.equalize import equalize
+    from export.int8.equalize import equalize
     x = torch.randn(4, *model.pretrained_cfg['input_size'])
     rescaled, equalized = equalize(model, x)
     assert equalized, 'no pair was rescaled'

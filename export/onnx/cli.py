@@ -5,14 +5,14 @@ from typing import Sequence
 from alexnet_zoo.checkpoint import LoadedModel, load_model
 from alexnet_zoo.cli import ArgumentParser, UsageError, add_model_arguments, bounded
 
-from ..contract import CALIBRATION_FILE, DEFAULT_OPSET, GRAPH_PRECISIONS, MAX_OPSET, MIN_OPSET
-from ..diagnose import TOP
-from ..diagnose import table as diagnosis_table
-from ..int8 import parse_fallback, settings_line
-from ..nncf_int8 import format_comparison
-from ..parity import sqnr_text, verdict
-from ..precision import CALIBRATION_METHODS
-from .graphs import ExportResult, ParityGateError, export_onnx, parse_precisions
+from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, GRAPH_PRECISIONS, MAX_OPSET, MIN_OPSET
+from export.int8.diagnose import TOP
+from export.int8.diagnose import table as diagnosis_table
+from export.int8.remedy import parse_fallback, settings_line
+from export.int8.nncf_int8 import format_comparison
+from export.parity import sqnr_text, verdict
+from export.int8.quantizer import CALIBRATION_METHODS
+from export.onnx.graphs import ExportResult, ParityGateError, export_onnx, parse_precisions
 
 
 def format_table(result: ExportResult) -> str:

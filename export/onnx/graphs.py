@@ -14,16 +14,17 @@ from alexnet_zoo.cli import UsageError
 from alexnet_zoo.data import data_config
 from alexnet_zoo.files import PathLike, check_writable_dir, ensure_writable_dir
 
-from ..calibration import calibration_crops
-from ..contract import DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSET, MIN_OPSET, check_graph, set_metadata
-from ..int8 import Int8Result, int8_settings, make_int8, parse_fallback
-from ..nncf_int8 import compare_with_nncf
-from ..parity import gate_failure
-from ..precision import CALIBRATION_METHODS, read_calibration_record, to_fp16
-from ..torch_export import base_metadata, torch_to_onnx
-from ..trt.preflight import zero_point_problems
-from ..views import ParityViews
-from .written import checkpoint_sha256, record_export, write_checked, write_int8_extras
+from export.int8.calibration import calibration_crops
+from export.contract import DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSET, MIN_OPSET, check_graph, set_metadata
+from export.int8.remedy import Int8Result, int8_settings, make_int8, parse_fallback
+from export.int8.nncf_int8 import compare_with_nncf
+from export.parity import gate_failure
+from export.int8.quantizer import CALIBRATION_METHODS, read_calibration_record
+from export.onnx.fp16 import to_fp16
+from export.onnx.torch_export import base_metadata, torch_to_onnx
+from export.trt.preflight import zero_point_problems
+from export.views import ParityViews
+from export.onnx.written import checkpoint_sha256, record_export, write_checked, write_int8_extras
 
 Progress = Optional[Callable[[str], None]]
 
@@ -66,7 +67,7 @@ def export_onnx(
     """Export ``loaded`` to ONNX in each of ``precisions`` under ``output_dir``; returns paths and parity rows.
 
     Parity is judged on ``parity_views`` (at least 256: the photographs', or ``parity_images``', centre crops plus
-    random crops and flips). int8: see ``export.int8`` for ``int8_fallback`` and ``explain``; its ranges are
+    random crops and flips). int8: see ``export.int8.remedy`` for ``int8_fallback`` and ``explain``; its ranges are
     written to ``model.int8.calibration.json``, which ``calibration_cache`` reads back instead of calibrating.
     A graph that fails its gate is not written to ``output_dir`` (a stale one is removed); with ``failed_dir``
     it is written there, for a benchmark to measure. Raises ValueError / FileNotFoundError / PermissionError
@@ -193,7 +194,7 @@ def _export_precision(job: _Job, precision: str, workdir: Path, softmax: bool) -
 
 
 def _make_int8(job: _Job, workdir: Path) -> Int8Result:
-    """The int8 graph (``export.int8``), its calibration record following the ranges the remedy settled on."""
+    """The int8 graph (``export.int8.remedy``), its calibration record following the ranges the remedy settled on."""
     job.say(f'quantizing to int8 ({job.result.calibration})')
     int8 = make_int8(job.model, job.fp32, job.export, job.crops, job.views.judge_graph('int8', job.loaded.trained),
                      job.views.x, workdir, job.calibration['method'], job.fallback, job.explain, job.cache, job.say)

@@ -12,18 +12,18 @@ import onnx
 from alexnet_zoo.files import atomic_path, write_bytes_atomic
 from alexnet_zoo.manifest import sha256_file
 
-from ..contract import CALIBRATION_FILE
-from ..diagnose import DIAGNOSIS_VIEWS
-from ..diagnose import render as render_diagnosis
-from ..export_manifest import write_export_manifest
-from ..int8 import Int8Result
-from ..nncf_int8 import format_comparison
-from ..parity import judge
-from ..uint8 import cpu_graph
-from ..views import ParityViews, ort_ms_b1, run_onnx
+from export.contract import CALIBRATION_FILE
+from export.int8.diagnose import DIAGNOSIS_VIEWS
+from export.int8.diagnose import render as render_diagnosis
+from export.export_manifest import write_export_manifest
+from export.int8.remedy import Int8Result
+from export.int8.nncf_int8 import format_comparison
+from export.parity import judge
+from export.int8.uint8 import cpu_graph
+from export.views import ParityViews, ort_ms_b1, run_onnx
 
 if TYPE_CHECKING:
-    from .graphs import ExportResult
+    from export.onnx.graphs import ExportResult
 
 
 def record_export(output_dir: Path, result: ExportResult, weights: str, settings: dict) -> None:
@@ -60,7 +60,7 @@ def write_checked(graph: onnx.ModelProto, path: Path, precision: str, views: Par
             onnx.save_model(graph, str(tmp))
             row['size_bytes'] = tmp.stat().st_size
             row['sha256'] = sha256_file(tmp)  # the bytes this export wrote, whatever replaces the file later
-            source = cpu_graph(tmp, precision)  # int8: what ONNX Runtime and OpenVINO run (export.uint8)
+            source = cpu_graph(tmp, precision)  # int8: what ONNX Runtime and OpenVINO run (export.int8.uint8)
             row.update(views.figures(run_onnx(source, views.x)))
             row.update(judge(precision, row, trained))
             row['ms_b1'] = ort_ms_b1(source, views.x)

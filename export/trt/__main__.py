@@ -10,11 +10,11 @@ from typing import Sequence
 
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 
-from . import __doc__ as package_doc
-from ..export_manifest import check_export
-from .build import BatchProfile, build_engine
-from .preflight import check_onnx
-from .runtime import load_engine
+from export.trt import __doc__ as package_doc
+from export.export_manifest import check_export
+from export.trt.build import BatchProfile, build_engine
+from export.trt.preflight import check_onnx
+from export.trt.runtime import load_engine
 
 
 def build_parser() -> ArgumentParser:

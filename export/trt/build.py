@@ -17,9 +17,9 @@ import onnx
 from alexnet_zoo.cli import UsageError
 from alexnet_zoo.files import PathLike, atomic_path, ensure_writable_dir
 
-from ..contract import graph_precision, input_chw, read_onnx
-from . import runtime
-from .record import record_path
+from export.contract import graph_precision, input_chw, read_onnx
+from export.trt import runtime
+from export.trt.record import record_path
 
 if TYPE_CHECKING:  # TensorRT's published stubs (tensorrt-stubs): the tests type-check the calls below against them
     import tensorrt

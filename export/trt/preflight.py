@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from alexnet_zoo.cli import first_line, printable
 from alexnet_zoo.files import PathLike
 
-from ..contract import QDQ_OPS, input_chw, read_onnx
+from export.contract import QDQ_OPS, input_chw, read_onnx
 
 # Opsets TensorRT's ONNX parser accepts (onnx-tensorrt docs/operators.md): TensorRT 10.0 takes opset 9 to 20,
 # TensorRT 10.15 and the 11.x parsers take 9 to 24. The preflight accepts the newest range.

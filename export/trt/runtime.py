@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Tuple
 
 from alexnet_zoo.files import PathLike
 
-from ..runner import BackendUnavailable
-from .record import EngineRecordError, check_record, read_record
+from export.runner import BackendUnavailable
+from export.trt.record import EngineRecordError, check_record, read_record
 
 if TYPE_CHECKING:  # TensorRT's published stubs: the tests type-check the calls below against them
     import tensorrt

@@ -1,0 +1,1 @@
+"""Every backend behind the one runner interface (export.runner), their registry, and the graphs they run."""

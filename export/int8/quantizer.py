@@ -1,0 +1,180 @@
+"""int8 of an fp32 ONNX graph, made by ONNX Runtime's quantizer, never by hand-edited graphs: static quantization
+in Q/DQ form after its pre-processing step, with symmetric int8 activations and per-channel symmetric int8 weights,
+so every zero point is 0 (TensorRT's parser requires it)."""
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import onnxruntime
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from alexnet_zoo.files import PathLike
+
+# Entropy is not offered: quantize_static cannot set its histogram size, and with the default (128 bins for 128
+# quantized bins) there is one candidate threshold, the full range, so it gives exactly what minmax gives, slower.
+# Distribution is meant for float8.
+CALIBRATION_METHODS = {
+    'minmax': CalibrationMethod.MinMax,  # the range seen on the calibration crops
+    'percentile': CalibrationMethod.Percentile,  # ORT's default 99.999th percentile of |x|, outliers clipped
+    # NNCF's default activation range (its MEAN_MINMAX): each crop's own min and max, averaged over the crops. ORT's
+    # MinMax with CalibMovingAverage averages the ranges of its feeds, so the crops are fed one at a time
+    'mean': CalibrationMethod.MinMax,
+}
+METHOD_OPTIONS = {'mean': {'CalibMovingAverage': True}}
+METHOD_WORDS = {'minmax': 'minmax', 'percentile': 'percentile (99.999th)', 'mean': "mean of each crop's min and max"}
+
+# Ops that get Q/DQ: those with int8 kernels in ONNX Runtime (QLinearConv, QLinearAdd, QLinearMul,
+# QLinearGlobalAveragePool, QLinearSigmoid, ...) and OpenVINO's low-precision transformations, so that residual adds,
+# squeeze-excitation multiplies and global pooling run in int8 between the convolutions instead of dequantizing
+# around each. Every activation a weighted layer reads is among them, so that its Q/DQ sits after the activation,
+# on the range the next layer reads: ReLU6 exports as Clip (without it, a convolution's output was quantized over
+# its pre-activation range and the six units that matter got a handful of steps), hard-swish as HardSwish (ORT's
+# pre-processing splits it into HardSigmoid and Mul), SiLU as Sigmoid and Mul, squeeze-excitation as
+# GlobalAveragePool, Conv, Sigmoid/HardSigmoid and Mul; attention's products are MatMul.
+# Left in float, on purpose: BatchNormalization and LayerNormalization (ORT would quantize their scale through a
+# DequantizeLinear, which costs accuracy, and OpenVINO computes normalization in float/bf16 whatever the graph
+# says), Softmax (probabilities in symmetric int8 steps of 1/127 lose the small ones that attention sums up), Erf
+# (GELU's core: no int8 kernel in ONNX Runtime or OpenVINO, so Q/DQ around it would only add a rounding).
+INT8_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'MaxPool', 'AveragePool', 'GlobalAveragePool', 'Relu', 'Clip',
+                 'HardSwish', 'HardSigmoid', 'Reshape', 'Flatten', 'Add', 'Mul', 'Sigmoid', 'Concat')
+
+# A graph with attention (Softmax and LayerNormalization: a transformer) gets Q/DQ on its weighted layers only, as
+# NNCF's ModelType.TRANSFORMER does: its residual stream's adds carry the outliers that LayerNorm absorbs, and one
+# per-tensor int8 step over them costs the whole network (timm's test_vit at 64 x 64, the photographs' 256 views:
+# 21.9 dB with every op above quantized, 34.3 with the weighted layers only; NNCF's TRANSFORMER graph 34.4), while
+# its elementwise ops gain little from int8. Its attention products (MatMul) stay int8.
+ATTENTION_OPS = frozenset({'Softmax', 'LayerNormalization'})
+TRANSFORMER_OP_TYPES = ('Conv', 'Gemm', 'MatMul')
+
+
+def int8_op_types(graph: onnx.ModelProto) -> tuple:
+    """The op types that get Q/DQ in ``graph``: INT8_OP_TYPES, or TRANSFORMER_OP_TYPES where it has attention."""
+    found = {node.op_type for node in graph.graph.node}
+    return TRANSFORMER_OP_TYPES if ATTENTION_OPS <= found else INT8_OP_TYPES
+
+
+INT8_OPTIONS = {
+    'ActivationSymmetric': True,  # activation zero points 0
+    'WeightSymmetric': True,  # weight zero points 0 (ORT's default, stated because TensorRT depends on it)
+    'QuantizeBias': False,  # biases stay float: TensorRT's DequantizeLinear takes int8, not the int32 ORT would use
+}
+
+
+class Int8Quantizer:
+    """ONNX Runtime's static Q/DQ quantization of one fp32 graph: prepared once (``quant_pre_process``), calibrated
+    once (the tensor ranges kept in ORT's calibration cache), then quantized as often as a remedy asks, with some
+    nodes kept in float (``nodes_to_exclude``)."""
+
+    def __init__(self, fp32: onnx.ModelProto, workdir: Path, method: str = 'minmax'):
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(f'unknown calibration method {method!r} (choose from {", ".join(CALIBRATION_METHODS)})')
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.method, self.workdir = method, workdir
+        self.prepared_path, self.cache = workdir / 'prepared.onnx', workdir / 'calibration.json'
+        with quiet():
+            quant_pre_process(fp32, self.prepared_path)
+        self.prepared = onnx.load(str(self.prepared_path))
+        if _keep_node_metadata(fp32, self.prepared):
+            onnx.save(self.prepared, str(self.prepared_path))
+        self.graph_sha256 = hashlib.sha256(self.prepared_path.read_bytes()).hexdigest()
+        self.op_types = int8_op_types(self.prepared)
+
+    def use_cache(self, path: Path) -> None:
+        """Ranges from an earlier export's calibration file instead of calibrating: it must be this graph's."""
+        record = read_calibration_record(path)
+        made_for, method = record['graph_sha256'], record['method']
+        if made_for != self.graph_sha256:
+            raise ValueError(f'--calibration-cache {path} was computed for another graph (other weights, opset or '
+                             f'exporter); calibrate again without it')
+        if method != self.method:
+            raise ValueError(f'--calibration-cache {path} holds {method} ranges, not {self.method}')
+        shutil.copyfile(path, self.cache)
+
+    def quantize(self, reader: Optional[CalibrationDataReader] = None, exclude: Sequence[str] = ()) -> onnx.ModelProto:
+        """The Q/DQ graph, ``exclude``'s nodes in float; calibrates on ``reader`` the first time only."""
+        if reader is None and not self.cache.is_file():
+            raise ValueError('int8 needs calibration images or a --calibration-cache')
+        output = self.workdir / 'int8.onnx'
+        if reader is not None and hasattr(reader, 'rewind'):
+            reader.rewind()  # the reader may have fed another quantizer
+        if reader is not None and self.method == 'mean' and hasattr(reader, 'with_batch_size'):
+            reader = reader.with_batch_size(1)  # one range per crop, then their mean
+        with quiet():
+            quantize_static(
+                self.prepared_path, output, reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(self.op_types),
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                calibrate_method=CALIBRATION_METHODS[self.method],
+                extra_options={**INT8_OPTIONS, **METHOD_OPTIONS.get(self.method, {})},
+                calibration_cache_path=self.cache,
+            )
+        return onnx.load(str(output))
+
+    def settings(self, crops: int) -> dict:
+        """What makes this quantizer's graphs, in words (the record every int8 export keeps beside its graph): the
+        tool, the Q/DQ format, the number formats, the calibration (``crops`` crops) and the op types given Q/DQ."""
+        symmetric = {True: 'symmetric', False: 'asymmetric'}
+        return {'tool': f'onnxruntime {onnxruntime.__version__} quantize_static', 'format': 'QDQ',
+                'activations': f'int8, {symmetric[INT8_OPTIONS["ActivationSymmetric"]]}, per tensor',
+                'weights': f'int8, {symmetric[INT8_OPTIONS["WeightSymmetric"]]}, per channel',
+                'biases': 'int32' if INT8_OPTIONS['QuantizeBias'] else 'float',
+                'calibration': f'{METHOD_WORDS[self.method]} over {crops} crops', 'op_types': list(self.op_types)}
+
+    def calibration_file(self, about: dict) -> bytes:
+        """ORT's calibration cache (which ``--calibration-cache`` and ORT's own ``quantize_static`` read back), with
+        what it was computed from: the method, the images, the graph."""
+        saved = json.loads(self.cache.read_text())
+        saved['alexnet_zoo'] = {'method': self.method, 'graph_sha256': self.graph_sha256, **about}
+        return (json.dumps(saved, indent=1, sort_keys=True) + '\n').encode()
+
+
+def _keep_node_metadata(source: onnx.ModelProto, prepared: onnx.ModelProto) -> bool:
+    """Give ``prepared``'s nodes the exporter's metadata (the PyTorch module each came from) that ORT's
+    pre-processing drops when its optimizer rewrites the graph; matched by node name, else by output name (a node
+    that ORT split, such as HardSwish into HardSigmoid and Mul, keeps its output's name on the last part)."""
+    by_name = {n.name: n for n in source.graph.node if n.name}
+    by_output = {out: n for n in source.graph.node for out in n.output}
+    changed = False
+    for node in prepared.graph.node:
+        if node.metadata_props:
+            continue
+        origin = by_name.get(node.name) or next((by_output[o] for o in node.output if o in by_output), None)
+        if origin is not None and origin.metadata_props:
+            node.metadata_props.extend(origin.metadata_props)
+            changed = True
+    return changed
+
+
+def read_calibration_record(path: PathLike) -> dict:
+    """What an export's calibration file says it was computed from (method, crops, source, graph); one line if it
+    is not such a file."""
+    try:
+        record = json.loads(Path(path).read_text())['alexnet_zoo']
+        for key in ('method', 'crops', 'source', 'graph_sha256'):
+            record[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'--calibration-cache {path} is not a calibration file of export.onnx '
+                         f'({type(e).__name__}: {e})') from None
+    return record
+
+
+@contextlib.contextmanager
+def quiet():
+    """ORT's quantizer prints calibration progress to stdout and warnings to the root logger; keep the CLI clean."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)

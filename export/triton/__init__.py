@@ -1,0 +1,1 @@
+"""Triton model repository (python -m export.triton), its check by Triton itself, the KServe manifest."""
