@@ -1,7 +1,8 @@
 """The report's PNG plots (matplotlib, rendered in memory): latency per backend and speed-up, each with its 95 %
 interval, latency against batch size, parity."""
 import io
-from typing import Dict, List
+import math
+from typing import Dict, List, Tuple
 
 from export.parity import sqnr_text
 
@@ -9,6 +10,7 @@ from benchmarks.report.summary import label, row_passed
 
 
 PLOTS = ('latency.png', 'speedup.png', 'latency_vs_batch.png', 'parity.png', 'roofline.png')
+DPI = 90  # the PNGs' resolution; the roofline is drawn at it too, so that its labels are placed where they land
 
 
 def first_per_label(rows: List[dict]) -> Dict[str, dict]:
@@ -30,7 +32,7 @@ def pyplot():
 def png(fig, description: str) -> bytes:
     """``fig`` as PNG bytes (saved with the rest of its set, atomically, by the caller), then closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=90, metadata={'Description': description})
+    fig.savefig(buffer, format='png', dpi=DPI, metadata={'Description': description})
     pyplot().close(fig)
     return buffer.getvalue()
 
@@ -97,9 +99,8 @@ def _plot_latency_vs_batch(plt, report: dict):
     sizes = sorted({r['batch_size'] for r in report['results']})
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_yscale('log')
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}')
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}'))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: _minor_label(ax, value)))
     ax.set_xlabel('batch size')
     ax.set_ylabel('median latency per image, ms')
     ax.grid(True, which='both', alpha=0.3)
@@ -108,6 +109,15 @@ def _plot_latency_vs_batch(plt, report: dict):
     ax.set_title(_title(report), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _minor_label(ax, value: float) -> str:
+    """A minor tick's label on the log latency axis, only where labels have room: every one within half a decade,
+    2 and 5 times a power of ten within three decades, none beyond (9 and 10 would lie on top of each other)."""
+    low, high = ax.get_ylim()
+    decades = abs(math.log10(high / low))
+    mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+    return f'{value:g}' if decades <= 0.5 or (decades <= 3 and mantissa in (2, 5)) else ''
 
 
 def _plot_parity(plt, report: dict):
@@ -146,28 +156,17 @@ def _plot_parity(plt, report: dict):
 def _plot_roofline(plt, report: dict):
     """Log-log: arithmetic intensity (operations per byte moved: weights and activations) against the rate
     achieved, one point per CPU row; the three ceilings drawn: DRAM and last-level-cache bandwidth as slopes, each
-    precision's attainable rate as a solid level and its documented rate as a dotted one."""
-    import numpy as np
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    precision's attainable rate as a solid level and its documented rate as a dotted one. Rows drawn at one point
+    share a label; no label is drawn over another (``_place_labels``)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=DPI)
     cpu = (report.get('ceilings') or {}).get('cpu')
     rows = [r for r in report['results'] if r.get('roofline') and r['device'] == 'cpu']
     if cpu and rows:
-        x = np.geomspace(min(r['roofline']['intensity'] for r in rows) / 3, max(r['roofline']['intensity'] for r in rows) * 3)
-        slopes = [('DRAM', cpu['memory']['dram']['bytes_per_s'])] if cpu['memory'].get('dram') else []
-        sets = {f['working_set']: f['bytes_per_s'] for f in cpu['memory']['llc'].values()}
-        slopes += [(f'LLC at {size / 1e6:.0f} MB', bandwidth) for size, bandwidth in sets.items()]
-        for (name, bandwidth), style in zip(slopes, ('-', '--', ':', '-.', '-')):
-            ax.plot(x, bandwidth * x, color='grey', linestyle=style, linewidth=1, label=f'{name} read {bandwidth / 1e9:.0f} GB/s')
-        for (precision, f), color in zip(cpu['compute'].items(), ('tab:blue', 'tab:orange', 'tab:green')):
-            for rate, style, kind in ((f['attainable'], '-', 'attainable'), (f['documented'], ':', 'documented')):
-                if rate:
-                    ax.axhline(rate, color=color, linestyle=style, linewidth=1,
-                               label=f'{precision} {kind} {rate / 1e12:.2f} TOP/s')
+        _draw_ceilings(ax, cpu, rows)
         markers = {size: 'os^Dv<>ph*'[i % 9] for i, size in enumerate(sorted({r['batch_size'] for r in rows}))}
         for r in rows:
-            f = r['roofline']
-            ax.scatter(f['intensity'], f['ops_per_s'], marker=markers[r['batch_size']], zorder=3)
-            ax.annotate(f' {label(r)} b{r["batch_size"]}', (f['intensity'], f['ops_per_s']), fontsize=7)
+            ax.scatter(r['roofline']['intensity'], r['roofline']['ops_per_s'], marker=markers[r['batch_size']],
+                       zorder=3)
         levels = [rate for f in cpu['compute'].values() for rate in (f['attainable'], f['documented']) if rate]
         ax.set_ylim(min(r['roofline']['ops_per_s'] for r in rows) / 2,
                     2 * max(levels + [r['roofline']['ops_per_s'] for r in rows]))
@@ -179,4 +178,80 @@ def _plot_roofline(plt, report: dict):
     ax.grid(True, which='both', alpha=0.3)
     ax.set_title(f'roofline: {_title(report)}', fontsize=9)
     fig.tight_layout()
+    if cpu and rows:  # once the axes have their final size: labels are placed where they are drawn
+        fig.canvas.draw()
+        _place_labels(ax, _coinciding(ax, rows))
     return fig
+
+
+def _draw_ceilings(ax, cpu: dict, rows: List[dict]) -> None:
+    """The memory ceilings as slopes over the rows' intensities, each precision's compute ceilings as levels."""
+    import numpy as np
+    intensities = [r['roofline']['intensity'] for r in rows]
+    x = np.geomspace(min(intensities) / 3, max(intensities) * 3)
+    slopes = [('DRAM', cpu['memory']['dram']['bytes_per_s'])] if cpu['memory'].get('dram') else []
+    sets = {f['working_set']: f['bytes_per_s'] for f in cpu['memory']['llc'].values()}
+    slopes += [(f'LLC at {size / 1e6:.0f} MB', bandwidth) for size, bandwidth in sets.items()]
+    for (name, bandwidth), style in zip(slopes, ('-', '--', ':', '-.', '-')):
+        ax.plot(x, bandwidth * x, color='grey', linestyle=style, linewidth=1,
+                label=f'{name} read {bandwidth / 1e9:.0f} GB/s')
+    for (precision, f), color in zip(cpu['compute'].items(), ('tab:blue', 'tab:orange', 'tab:green')):
+        for rate, style, kind in ((f['attainable'], '-', 'attainable'), (f['documented'], ':', 'documented')):
+            if rate:
+                ax.axhline(rate, color=color, linestyle=style, linewidth=1,
+                           label=f'{precision} {kind} {rate / 1e12:.2f} TOP/s')
+
+
+def _coinciding(ax, rows: List[dict], within_pt: float = 3.0) -> List[Tuple[Tuple[float, float], str]]:
+    """The rows' points as drawn, those within ``within_pt`` points of one already seen joined to it: each point
+    with its one label, e.g. 'onnxruntime, openvino int8 b1' (backends that share precision and batch size named
+    once, other rows at the point after a '; ')."""
+    points: List[Tuple[Tuple[float, float], Dict[str, List[str]]]] = []
+    for r in rows:
+        xy = (r['roofline']['intensity'], r['roofline']['ops_per_s'])
+        at = ax.transData.transform(xy)
+        names = next((names for seen, names in points
+                      if math.dist(ax.transData.transform(seen), at) * 72 / ax.figure.dpi < within_pt), None)
+        if names is None:
+            names = {}
+            points.append((xy, names))
+        names.setdefault(f'{label(r)[len(r["backend"]) + 1:]} b{r["batch_size"]}', []).append(r['backend'])
+    return [(xy, '; '.join(f'{", ".join(backends)} {rest}' for rest, backends in names.items()))
+            for xy, names in points]
+
+
+def _place_labels(ax, points: List[Tuple[Tuple[float, float], str]], step_pt: float = 4.0) -> None:
+    """Each label beside its point: right of it, else left, at the first height (level, then ``step_pt`` points
+    up, down, further up...) where its text's box, measured with the figure's renderer and a point wider all
+    round, meets no label placed before it, no point and not the legend, and stays inside the axes; failing that,
+    the first place that meets no other label. A label moved off its point's level gets a leader line to it."""
+    from matplotlib.transforms import Bbox
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    pad = ax.figure.dpi / 72  # a point, in pixels
+    marker = 6 * pad  # scatter's default marker: 6 points across
+    dots = [ax.transData.transform(xy) - marker / 2 for xy, _ in points]
+    avoid = [Bbox.from_bounds(x, y, marker, marker) for x, y in dots]
+    avoid += [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+    heights = [0.0] + [sign * step_pt * k for k in range(1, 16) for sign in (1, -1)]
+    tries = [(side * 5.0, dy, 'left' if side > 0 else 'right') for dy in heights for side in (1, -1)]  # off its dot
+    labels: List = []
+    for xy, text in points:
+        note = ax.annotate(text, xy, xytext=(0, 0), textcoords='offset points', va='center', fontsize=7)
+        measured = []
+        for dx, dy, align in tries:
+            note.xyann = (dx, dy)
+            note.set_ha(align)
+            box = note.get_window_extent(renderer).padded(pad)
+            measured.append(((dx, dy, align), box))
+            if inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1 \
+                    and not any(box.overlaps(other) for other in labels + avoid):
+                break
+        else:  # nowhere free inside the axes: the first place that meets no other label, else beside the point
+            measured.append(next((m for m in measured if not any(m[1].overlaps(other) for other in labels)),
+                                 measured[0]))
+        (dx, dy, align), box = measured[-1]
+        note.remove()
+        ax.annotate(text, xy, xytext=(dx, dy), textcoords='offset points', ha=align, va='center', fontsize=7,
+                    arrowprops=dict(arrowstyle='-', color='grey', linewidth=0.5) if dy else None)
+        labels.append(box)
