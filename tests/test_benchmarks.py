@@ -346,6 +346,35 @@ def test_onnxruntime_runs_the_int8_graph_on_uint8_activations(graphs, photo_batc
     assert hashlib.sha256(graphs['int8'].read_bytes()).hexdigest() == before
 
 
+@pytest.mark.slow  # a real process: what is checked is that it does not die
+def test_openvino_runners_closed_in_any_order_leave_signal_handlers_working(tmp_path):
+    """Two OpenVINO runners compiled, then closed and freed first-made first: a Python signal handler still runs
+    (Ctrl-C's is one). With a Core per runner, OpenVINO's CPU plugin left the thread's signal stack on the first
+    Core's freed stack, and the next handler died with SIGSEGV: a pytest-xdist worker died so, on SIGCHLD."""
+    from onnx import TensorProto, helper, save
+    graph = tmp_path / 'relu.onnx'
+    save(helper.make_model(helper.make_graph(
+        [helper.make_node('Relu', ['input'], ['logits'])], 'relu',
+        [helper.make_tensor_value_info('input', TensorProto.FLOAT, ['batch', 3])],
+        [helper.make_tensor_value_info('logits', TensorProto.FLOAT, ['batch', 3])]),
+        opset_imports=[helper.make_opsetid('', 17)]), str(graph))
+    script = f"""
+import gc, os, signal
+import numpy as np
+from benchmarks.backends.openvino_runner import OpenVINORunner
+first, second = OpenVINORunner({str(graph)!r}, threads=1), OpenVINORunner({str(graph)!r}, threads=1)
+for runner in (first, second):
+    runner.infer(np.ones((2, 3), np.float32))
+first.close(); del first; gc.collect()
+second.close(); del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print('handled', flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+    proc = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == 'handled\n', (proc.returncode, proc.stderr[-2000:])
+
+
 def test_openvino_runs_the_int8_graph_as_onnx_runtime_does(graphs, photo_batch):
     """OpenVINO gets the same uint8-activation form of the int8 graph as ONNX Runtime (export.int8.uint8.cpu_graph),
     so the parity a row reports for either runtime is that of one graph: OpenVINO's logits lie nearer that form's

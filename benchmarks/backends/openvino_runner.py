@@ -1,4 +1,5 @@
 """OpenVINO behind the one runner interface, on the CPU, reading the exported ONNX graph directly."""
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -8,6 +9,17 @@ from export.runner import GraphRunner
 from export.int8.uint8 import cpu_graph
 
 from benchmarks.measure.environment import cpu_threads
+
+
+@functools.lru_cache(maxsize=None)
+def openvino_core():
+    """The process's one ``ov.Core`` (OpenVINO's own advice: one Core per application). Its CPU plugin points the
+    compiling thread's signal stack (sigaltstack) at a stack of its own and puts the previous one back when the Core
+    is destroyed: two Cores destroyed in the order they were made leave the thread on the freed stack of the first,
+    and the next Python signal handler that runs there (Ctrl-C's, or a SIGCHLD handler) kills the process with
+    SIGSEGV. One Core, never destroyed, never hands a freed stack back."""
+    import openvino as ov
+    return ov.Core()
 
 
 class OpenVINORunner(GraphRunner):
@@ -22,9 +34,8 @@ class OpenVINORunner(GraphRunner):
 
     def __init__(self, onnx_path, precision: str = 'fp32', device: str = 'cpu', threads: Optional[int] = None):
         self.require(precision, device)
-        import openvino as ov
         self.precision, self.device, self.graph = precision, str(device), onnx_path
-        self.core = ov.Core()
+        self.core = openvino_core()
         source = cpu_graph(onnx_path, precision)  # int8: on uint8 activations, as ONNX Runtime runs it
         self.model = self.core.read_model(source if isinstance(source, bytes) else str(source))
         self.config = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads or cpu_threads(),
@@ -40,10 +51,10 @@ class OpenVINORunner(GraphRunner):
         if device != 'cpu':
             return f'the benchmark runs OpenVINO on the CPU only, not {device!r}'
         try:
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError:
             return 'openvino is not installed'
-        if precision == 'bf16' and 'BF16' not in ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
+        if precision == 'bf16' and 'BF16' not in openvino_core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
             return 'bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); OpenVINO would silently run f32 here'
         return super().available(precision, device)
 
@@ -94,4 +105,4 @@ class OpenVINORunner(GraphRunner):
 
     def close(self) -> None:
         self.compiled.clear()
-        self.model = None
+        self.model = self.core = None  # the shared Core itself lives on (openvino_core)

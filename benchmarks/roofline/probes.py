@@ -66,8 +66,9 @@ def torch_gemm(precision: str, shape: Tuple[int, int, int], device: str = 'cpu')
 
 def openvino_gemm(precision: str, shape: Tuple[int, int, int], threads: int) -> float:
     """Operations per second of one MatMul layer compiled by OpenVINO (int8: Q/DQ around it, as in our graphs)."""
-    import openvino as ov
     from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.backends.openvino_runner import openvino_core
     m, k, n = shape
     rng = np.random.default_rng(0)
     if precision == 'int8':
@@ -85,7 +86,7 @@ def openvino_gemm(precision: str, shape: Tuple[int, int, int], threads: int) -> 
     graph = helper.make_graph(nodes, f'{precision}_matmul', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info('y', TensorProto.FLOAT, [m, n])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
-    core = ov.Core()
+    core = openvino_core()  # the process's one Core (benchmarks.backends.openvino_runner says why)
     compiled = core.compile_model(core.read_model(model.SerializeToString(), b''), 'CPU', {
         'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_NUM_THREADS': threads,
         'INFERENCE_PRECISION_HINT': 'bf16' if precision == 'bf16' else 'f32'})
