@@ -70,7 +70,7 @@ def main(argv: Sequence[str] = None) -> int:
         calibration_images=args.images, onnx_dir=args.onnx_dir, threads=args.threads,
         quick=args.quick, compare=args.compare, timing=timing, progress=not args.no_progress,
         command=' '.join(['python -m benchmarks'] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]))
-    print(f'wrote {args.output_dir}/report.md ({len(report["results"])} rows, {len(report["skipped"])} skipped)')
+    print(f'wrote {args.output_dir}/report.md ({len(report.results)} rows, {len(report.skipped)} skipped)')
     return exit_code(report)
 
 

@@ -58,15 +58,16 @@ def train_one_epoch(out: Path) -> dict:
 def benchmark_cuda_rows(out: Path) -> dict:
     from alexnet_zoo.checkpoint import load_model
     from benchmarks.run.harness import run_benchmark
+    from benchmarks.report.schema import plain
     from benchmarks.report.summary import exit_code
     report = run_benchmark(load_model(checkpoint=out / 'run'), out / 'report', backends='torch,torch-compile',
                            precisions='fp32,fp16,bf16', batch_sizes=(1, 32), devices=('cuda',), progress=False,
                            command='python -m benchmarks.gpu_check')
-    rows = [{'backend': r['backend'], 'precision': r['precision'], 'device': r['device'], 'batch': r['batch_size'],
-             'median_ms': round(r['median_ms'], 3), 'speedup': r['speedup_vs_torch_fp32'],
-             'sqnr_db': r['parity'].get('sqnr_db'), 'passed': r['parity']['passed']} for r in report['results']]
-    return {'rows': rows, 'skipped': report['skipped'], 'exit_code': exit_code(report),
-            'seconds': report['duration_s']}
+    rows = [{'backend': r.backend, 'precision': r.precision, 'device': r.device, 'batch': r.batch_size,
+             'median_ms': round(r.median_ms, 3), 'speedup': r.speedup_vs_torch_fp32,
+             'sqnr_db': r.parity.sqnr_db, 'passed': r.parity.passed} for r in report.results]
+    return {'rows': rows, 'skipped': plain(report.skipped), 'exit_code': exit_code(report),
+            'seconds': report.duration_s}
 
 
 def gpu_tests(out: Path) -> dict:

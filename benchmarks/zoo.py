@@ -5,6 +5,7 @@ int8 beside fp32's labelled top-1 and NNCF's best graph, and its speed-up over i
 The figures are only comparable when the reports come from one machine in one sitting: the table names the CPU of
 each report and refuses reports from different CPUs.
 """
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,14 +18,21 @@ from export.contract import FILENAMES, read_metadata
 
 from benchmarks.roofline.model_bytes import count_activations
 from benchmarks.report.files import read_report
+from benchmarks.report.schema import Report, plain
 from benchmarks.report.summary import add_roofline, label
 
 PRECISIONS = ('fp32', 'fp16', 'int8')
 SPEEDUPS = (('openvino', 1), ('openvino', 32), ('onnxruntime', 1), ('onnxruntime', 32))
 
 
-def zoo_row(report: dict) -> dict:
-    """What the table shows for one model's report."""
+def zoo_row(read: Report) -> dict:
+    """What the table shows for one model's report: every row placed again with the bytes this version counts on
+    the report's graphs (so that reports written before a change of the count are held to the same one), then read
+    as report.json's plain values."""
+    folder = (read.graphs or {}).get('folder')
+    graphs = {p: Path(folder) / FILENAMES[p] for p in PRECISIONS if folder and (Path(folder) / FILENAMES[p]).is_file()}
+    counted = {'activation_bytes': count_activations(graphs)['activation_bytes'] or read.model.get('activation_bytes')}
+    report = plain(add_roofline(dataclasses.replace(read, model={**read.model, **counted})))
     model = report['model']
     rows = report['results']
     parity = {}
@@ -37,19 +45,13 @@ def zoo_row(report: dict) -> dict:
         row = _timed_row(rows, backend, 'int8', batch)
         if row is not None and row.get('speedup_vs_torch_fp32') is not None:  # PyTorch eager was benchmarked
             speedups[(backend, batch)] = (row['speedup_vs_torch_fp32'], row['speedup_ci95'], row['parity']['passed'])
-    folder = report['graphs'].get('folder')
-    graphs = {p: Path(folder) / FILENAMES[p] for p in PRECISIONS if folder and (Path(folder) / FILENAMES[p]).is_file()}
-    # every row placed again with the bytes this version counts on the report's graphs, so that reports written
-    # before a change of the count are held to the same one
-    model['activation_bytes'] = count_activations(graphs)['activation_bytes'] or model.get('activation_bytes')
-    add_roofline(report)
     int8 = read_metadata(graphs['int8']) if 'int8' in graphs else None
     return {'name': model['name'], 'params': _params(report), 'int8_table': int8_figures(report, folder),
             'gflops': model['flops_per_image'] / 1e9, 'parity': parity, 'speedups': speedups,
             'int8_written': int8 is not None,
             'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
             'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
-                        for f in report['summary'].get('fastest_passing', [])],
+                        for f in (report['summary'] or {}).get('fastest_passing', [])],
             'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
 
 
@@ -82,10 +84,6 @@ def _timed_row(rows: List[dict], backend: str, precision: str, batch: Optional[i
                  and batch in (None, r['batch_size']) and r.get('median_ms')), None)
 
 
-def _read(path: str) -> dict:
-    """report.json as written, after ``read_report`` has checked it is one (and whole)."""
-    read_report(path, 'report')
-    return json.loads(Path(path).read_text())
 
 
 def _params(report: dict) -> Optional[int]:
@@ -190,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('reports', nargs='+', help='report.json files written by python -m benchmarks')
     parser.add_argument('--output', help='Markdown file to write (default: print the table)')
     args = parser.parse_args(argv)
-    rows = [zoo_row(_read(path)) for path in args.reports]
+    rows = [zoo_row(read_report(path, 'report')) for path in args.reports]
     check_one_cpu(rows)
     table = markdown(rows) + '\n' + int8_markdown(rows)
     if args.output:

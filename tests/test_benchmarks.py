@@ -619,6 +619,7 @@ def test_non_finite_rows_read_non_finite_everywhere(quick_run):
     """A row whose logits had NaN: 'non-finite' in report.md and report.csv, never 'exact'; a failed gate."""
     from benchmarks.report.plots import render_plots
     from benchmarks.report.markdown import render_csv, render_markdown
+    from benchmarks.report.schema import plain, read_back
     from benchmarks.report.summary import add_speedups
     _, out, _ = quick_run
     report = json.loads((out / 'report.json').read_text())
@@ -629,7 +630,7 @@ def test_non_finite_rows_read_non_finite_everywhere(quick_run):
     for key in ('parity', 'parity_fp64'):
         row[key].update(parity.compare(ref, nan), **parity.judge('int8', parity.compare(ref, nan), True))
         row[key]['sqnr_db'] = None  # as JSON stores NaN
-    add_speedups(report)
+    report = plain(add_speedups(read_back(report)))
     markdown = render_markdown(report)
     line = next(text for text in markdown.splitlines() if text.startswith('| onnxruntime | int8 |'))
     assert 'non-finite' in line and 'exact' not in line and '**FAIL**' in line
@@ -809,9 +810,9 @@ def test_random_weights_end_to_end(tmp_path, no_ceilings):
                          'random weights', None)
     report = run_benchmark(random, tmp_path, backends='torch,onnxruntime',
                            precisions='fp32', batch_sizes='1', timing=timing_config(**TINY_TIMING), progress=False)
-    assert not report['model']['trained'] and not report['model']['gates_judged']
-    assert len(report['results']) == 2 and all(r['parity']['judged'] is False for r in report['results'])
-    assert report['summary']['passed'] is None and report['summary']['rows_failed'] == 0 and exit_code(report) == 0
+    assert not report.model['trained'] and not report.model['gates_judged']
+    assert len(report.results) == 2 and all(r.parity.judged is False for r in report.results)
+    assert report.summary.passed is None and report.summary.rows_failed == 0 and exit_code(report) == 0
     table = [line for line in (tmp_path / 'report.md').read_text().splitlines() if line.startswith('| torch | fp32 | cpu |')]
     assert table and all(line.rstrip(' |').endswith('not judged') for line in table)
 

@@ -24,7 +24,8 @@ from alexnet_zoo.manifest import STAGING, sha256_file, staging_dirs, verify
 from alexnet_zoo.run import Settings, last_checkpoint, read_run_state, save_run
 from benchmarks.backends.artifacts import graphs_in
 from benchmarks.report.plots import PLOTS
-from benchmarks.report.files import read_report, write_report
+from benchmarks.report.files import new_run_id, read_report, write_report
+from benchmarks.report.schema import read_back
 from export.contract import CALIBRATION_FILE, DEFAULT_OPSET, read_metadata
 from export.export_manifest import EXPORT_MANIFEST, check_export, write_export_manifest
 from test_timing import complete, synthetic_report, synthetic_rounds
@@ -62,7 +63,7 @@ def leftovers(folder):
 def report(scale=1.0):
     base, fast = synthetic_rounds(slow=())
     rows = [('torch', 'fp32', base), ('openvino', 'int8', (np.array(fast) * scale).tolist())]
-    return {**complete(synthetic_report(rows)), 'schema_version': 3}
+    return read_back({**complete(synthetic_report(rows)), 'schema_version': 3, 'run_id': new_run_id()})
 
 
 def test_report_files_carry_one_run_id(tmp_path, monkeypatch):
@@ -71,7 +72,7 @@ def test_report_files_carry_one_run_id(tmp_path, monkeypatch):
     paths = write_report(r, tmp_path)
     monkeypatch.undo()
     assert calls[0] == REPLACES_PER_REPORT  # every file move of a save is one case of the interrupted-save test
-    run_id = r['run_id']
+    run_id = r.run_id
     assert json.loads(paths['report.json'].read_text())['run_id'] == run_id
     assert run_id in paths['report.md'].read_text()
     assert all(line.endswith(run_id) for line in paths['report.csv'].read_text().splitlines()[1:])
@@ -89,7 +90,7 @@ def test_interrupted_report_is_the_old_one_or_the_new_one(tmp_path, monkeypatch,
     monkeypatch.undo()
     assert calls[0] == k
     seen = read_report(tmp_path / 'report.json')  # a reader finishes a save that had staged everything
-    assert seen.run_id == (old['run_id'] if k == 1 else new['run_id'])
+    assert seen.run_id == (old.run_id if k == 1 else new.run_id)
     assert seen.run_id in (tmp_path / 'report.md').read_text()
     assert verify(tmp_path) and leftovers(tmp_path) == []
 
@@ -226,7 +227,7 @@ def test_a_reader_waits_for_the_writer_it_meets(tmp_path, monkeypatch):
     release.set()
     writer.join(10)
     thread.join(10)
-    assert seen['report'].run_id == new['run_id'] and leftovers(tmp_path) == []
+    assert seen['report'].run_id == new.run_id and leftovers(tmp_path) == []
 
 
 def test_a_pending_save_is_finished_before_the_next(tmp_path, monkeypatch):

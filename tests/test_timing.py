@@ -14,7 +14,7 @@ from benchmarks.measure.latency import QUICK_TIMING, TimingConfig, Window, round
 from benchmarks.report.compare import compare_reports
 from benchmarks.report.markdown import render_markdown
 from benchmarks.report.files import read_report
-from benchmarks.report.schema import SCHEMA_VERSION, decode, encode, read_back
+from benchmarks.report.schema import SCHEMA_VERSION, Report, decode, encode, make_row, plain, read_back, updated
 from benchmarks.report.summary import add_noise, add_speedups
 from benchmarks.measure.uncertainty import (change, cpu_times, median_ci, median_ci_rank, noise_warnings, paired_ratios,
                                     robust_cv, round_noise, steal_fraction, widen)
@@ -167,17 +167,16 @@ def test_round_figures_from_known_windows():
 
 
 def synthetic_report(rows, run_to_run=0.0):
-    """A report from (backend, precision, per-round medians) at batch 1; gates passed."""
-    results = []
-    for backend, precision, medians in rows:
-        results.append({'backend': backend, 'precision': precision, 'device': 'cpu', 'batch_size': 1,
-                        'parity': {'passed': True}, 'parity_fp64': {'passed': True},
-                        **round_figures([[m] for m in medians], 1, run_to_run)})
-    report = {'schema_version': SCHEMA_VERSION, 'results': results, 'timing': {'steal': 0.0},
-              'settings': {'timing': {'run_to_run': run_to_run}}}
-    add_speedups(report)
-    add_noise(report)
-    return report
+    """A report from (backend, precision, per-round medians) at batch 1, gates passed, as report.json holds it:
+    each row made and timed as the harness does, the summary's steps each returning a new report."""
+    results = [updated(make_row(backend, precision, 'cpu', 1, {'passed': True}, {'passed': True}, None),
+                       **round_figures([[m] for m in medians], 1, run_to_run))
+               for backend, precision, medians in rows]
+    report = Report(schema_version=SCHEMA_VERSION, results=results, timing={'steal': 0.0},
+                    settings={'timing': {'run_to_run': run_to_run}})
+    enriched = add_noise(add_speedups(report))
+    assert report.summary is None and report.results[0].speedup_vs_torch_fp32 is None  # the input is left as it was
+    return plain(enriched)
 
 
 def test_speedups_rankings_and_fastest_row():

@@ -4,6 +4,7 @@ Everything is rendered in memory first, every file carries the same run id, and 
 with a manifest (``alexnet_zoo.manifest``): after an interrupted run this project's readers see the previous
 report or the new one, never a mix, and ``--compare`` refuses a folder whose files do not belong together.
 """
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -14,27 +15,35 @@ from alexnet_zoo.manifest import save_set, verify
 
 from benchmarks.report.markdown import render_csv, render_markdown
 from benchmarks.report.plots import PLOTS, render_plots
-from benchmarks.report.schema import Report, decode, encode, finite
+from benchmarks.report.schema import Report, decode, encode, plain
 
 REPORT_FILES = ('report.md', 'report.csv', *PLOTS)
 
 
-def write_report(report: dict, output_dir: PathLike) -> Dict[str, Path]:
-    """Render every file in memory with one run id, then save them as one set; returns name -> path."""
+def new_run_id() -> str:
+    """The id every file of one report carries."""
+    return uuid.uuid4().hex[:12]
+
+
+def write_report(report: Report, output_dir: PathLike) -> Dict[str, Path]:
+    """Render every file in memory with the report's run id (a new one if it has none), then save them as one set;
+    returns name -> path. report.json is the schema's encoding of ``report``; the other files are rendered from
+    the same plain values."""
     output_dir = Path(output_dir)
-    report.setdefault('run_id', uuid.uuid4().hex[:12])
-    report = finite(report)
+    if report.run_id is None:
+        report = dataclasses.replace(report, run_id=new_run_id())
+    values = plain(report)
     files = {'report.json': encode(report).encode(),
-             'report.md': render_markdown(report).encode(),
-             'report.csv': render_csv(report).encode()}
-    files.update(render_plots(report))
+             'report.md': render_markdown(values).encode(),
+             'report.csv': render_csv(values).encode()}
+    files.update(render_plots(values))
 
     def write(staging: Path) -> None:
         for name, data in files.items():
             (staging / name).write_bytes(data)
 
-    save_set(output_dir, write, {'kind': 'benchmark report', 'run_id': report['run_id'],
-                                 'created_at': report.get('created_at')})
+    save_set(output_dir, write, {'kind': 'benchmark report', 'run_id': report.run_id,
+                                 'created_at': report.created_at})
     return {name: output_dir / name for name in files}
 
 

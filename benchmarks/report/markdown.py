@@ -1,6 +1,6 @@
 """report.md and report.csv: the report rendered as text, the page a person reads and its rows for a spreadsheet.
 
-Both render the report as the harness built it (or as its report.json holds it), the same figures in each.
+Both render a report as report.json holds it (its plain values, ``schema.plain``), the same figures in each.
 """
 import csv
 import io

@@ -38,9 +38,9 @@ from benchmarks.roofline.probes import measure_ceilings
 from benchmarks.measure.latency import DEFAULT_TIMING, QUICK_TIMING, TimingConfig, Window, round_figures, time_rounds
 from benchmarks.roofline.model_bytes import count_activations
 from benchmarks.backends.registry import BACKENDS, BASELINE, PRECISIONS, Spec, parse_batch_sizes, parse_list, plan
-from benchmarks.report.files import read_report, write_report
-from benchmarks.report.schema import Report, read_back
-from benchmarks.run.inputs import RunInputs, report_dict
+from benchmarks.report.files import new_run_id, read_report, write_report
+from benchmarks.report.schema import Report, Row, make_row, plain, updated
+from benchmarks.run.inputs import RunInputs, make_report
 from benchmarks.roofline.stages import model_stages, stage_profile
 from benchmarks.report.summary import add_noise, add_roofline, add_speedups, passing_by_latency
 
@@ -145,9 +145,10 @@ def run_benchmark(
         progress: bool = True,
         command: Optional[str] = None,
         devices: Optional[Sequence[str]] = None,
-) -> dict:
+) -> Report:
     """Benchmark ``loaded`` on every requested backend and precision; write the report files into
-    ``output_dir``; return the report. ``--quick`` changes the defaults of the lists it is not given.
+    ``output_dir``; return the report (a ``schema.Report``: what report.json holds). ``--quick`` changes the
+    defaults of the lists it is not given.
 
     ``images`` (default: the sample photographs) are the parity images and, repeated, the timed batches;
     ``calibration_images`` a folder for int8 calibration (default: export.onnx's, the sample photographs);
@@ -177,13 +178,11 @@ def run_benchmark(
         measured = _measure(run, specs, reasons, graphs, export_failures, references, activations, stages, workdir,
                             bar)
     bar.close()
-    report = report_dict(run, command, references, activations, stages, graphs_section, measured)
-    add_speedups(report)
-    add_noise(report)
-    add_roofline(report)
+    report = make_report(run, command, references, activations, stages, graphs_section, measured)
+    report = add_roofline(add_noise(add_speedups(report)))
     if old_report is not None:
-        report['comparison'] = compare_reports(old_report, read_back(report), str(compare))
-    report['duration_s'] = round(time.perf_counter() - started, 1)
+        report = updated(report, comparison=compare_reports(old_report, report, str(compare)))
+    report = updated(report, duration_s=round(time.perf_counter() - started, 1), run_id=new_run_id())
     write_report(report, output_dir)
     return report
 
@@ -256,8 +255,8 @@ def _measure(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, exp
         ceilings = _ceilings(run, results, activations)
         bar.set_description(f'timing {len(windows)} rows in {run.timing.rounds} rounds')
         rounds = time_rounds(windows, run.timing, lambda _: bar.update())
-        for row, times in zip(results, rounds.times_ms):
-            row.update(round_figures(times, row['batch_size'], run.timing.run_to_run))
+        results = [updated(row, **round_figures(times, row.batch_size, run.timing.run_to_run))
+                   for row, times in zip(results, rounds.times_ms)]
         bar.set_description('per-layer times of the fastest rows')
         try:
             profiles = layer_profiles(results, windows, run.x, stages)
@@ -272,7 +271,7 @@ def _measure(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, exp
 
 def _open_rows(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, export_failures: dict,
                references: 'References', workdir: Path, open_runners: ExitStack,
-               bar: tqdm) -> Tuple[List[dict], List[dict], List[Window]]:
+               bar: tqdm) -> Tuple[List[Row], List[dict], List[Window]]:
     """Each runner opened, its parity taken once (the same at every batch size) and its inputs prepared at each
     batch size, so that nothing but inference is left for the timed rounds; a backend that cannot run here is
     skipped, saying why."""
@@ -295,21 +294,20 @@ def _open_rows(run: RunInputs, specs: List[Spec], reasons: dict, graphs: dict, e
         for batch_size in run.batch_sizes:
             windows.append(Window(f'{spec.backend} {spec.precision} {spec.device} b{batch_size}', runner,
                                   runner.prepare(tile(run.x, batch_size))))
-            results.append({'backend': spec.backend, 'precision': spec.precision, 'device': spec.device,
-                            'batch_size': batch_size, **common})
+            results.append(make_row(spec.backend, spec.precision, spec.device, batch_size, **common))
         bar.update()
     return results, skipped, windows
 
 
-def _ceilings(run: RunInputs, results: List[dict], activations: dict) -> dict:
+def _ceilings(run: RunInputs, results: List[Row], activations: dict) -> dict:
     """The machine's ceilings, or why they are missing: they add to the report, and a failure there must not cost
     the timed rows."""
     try:
-        moved = [bytes_moved(r, activations['activation_bytes'] or 0) for r in results
-                 if r['device'] == 'cpu' and r['weight_bytes']]
+        moved = [bytes_moved(plain(r), activations['activation_bytes'] or 0) for r in results
+                 if r.device == 'cpu' and r.weight_bytes]
         return measure_ceilings(
             run.threads, cpu_features(), moved,
-            gpu=any(r['device'] != 'cpu' for r in results), quick=run.quick,
+            gpu=any(r.device != 'cpu' for r in results), quick=run.quick,
             openvino=importlib.util.find_spec('openvino') is not None)
     except Exception as e:
         return {'error': first_line(e)}
@@ -359,23 +357,22 @@ def _parity(runner: Runner, spec: Spec, x: np.ndarray, references: References, b
 TOP_LAYERS = 8
 
 
-def layer_profiles(rows: List[dict], windows: Sequence[Window], x: np.ndarray,
+def layer_profiles(rows: List[Row], windows: Sequence[Window], x: np.ndarray,
                    stages: Sequence[dict] = ()) -> List[dict]:
     """For the fastest row that passes its gates at each batch size, the time per layer from its runtime's own
     profiler (OpenVINO's performance counters, ONNX Runtime's profiling), top layers with their share, and every
     layer's time summed per stage of the model (``stages.stage_profile``)."""
     profiles = []
-    for batch_size in sorted({r['batch_size'] for r in rows}):
+    for batch_size in sorted({r.batch_size for r in rows}):
         passing = passing_by_latency(rows, batch_size)
         if not passing:
             continue
         row = passing[0]
         runner = windows[next(i for i, r in enumerate(rows) if r is row)].runner
         layers = runner.layer_times(tile(x, batch_size))
-        entry = {'batch_size': batch_size, 'backend': row['backend'], 'precision': row['precision'],
-                 'device': row['device']}
+        entry = {'batch_size': batch_size, 'backend': row.backend, 'precision': row.precision, 'device': row.device}
         if not layers:
-            profiles.append({**entry, 'layers': None, 'reason': f'{row["backend"]} has no per-layer profiler here'})
+            profiles.append({**entry, 'layers': None, 'reason': f'{row.backend} has no per-layer profiler here'})
             continue
         total = sum(layer['ms'] for layer in layers)
         profiles.append({**entry, 'total_ms': total, 'layer_count': len(layers),

@@ -1,5 +1,5 @@
 """A benchmark run's checked inputs (``RunInputs``, what every step of ``harness.run_benchmark`` reads), and
-report.json's dict: the sections that describe those inputs, then what the run measured.
+the report they begin: the sections that describe those inputs, then what the run measured, as a typed ``Report``.
 """
 import dataclasses
 from datetime import datetime, timezone
@@ -15,7 +15,7 @@ from export import parity
 
 from benchmarks.measure.environment import environment
 from benchmarks.measure.latency import TimingConfig, timing_dict
-from benchmarks.report.schema import SCHEMA_VERSION
+from benchmarks.report.schema import SCHEMA_VERSION, Report, typed
 from benchmarks.measure.uncertainty import median_ci_rank
 
 
@@ -40,12 +40,13 @@ class RunInputs:
     calibration_images: Optional[PathLike]
 
 
-def report_dict(run: RunInputs, command: Optional[str], references, activations: dict, stages: List[dict],
-                graphs_section: dict, measured: dict) -> dict:
-    """report.json's keys in the schema's order (``results``), the inputs' sections before what the run measured
-    (``measured``); ``references`` are the run's ``harness.References``."""
+def make_report(run: RunInputs, command: Optional[str], references, activations: dict, stages: List[dict],
+                graphs_section: dict, measured: dict) -> Report:
+    """The report before its summary: the inputs' sections, then what the run measured (``measured``: its typed
+    rows, what was skipped, the timing rounds, the ceilings, the per-layer profiles), checked by the schema;
+    ``references`` are the run's ``harness.References``."""
     labelled = run.labelled
-    return {
+    return typed(Report, {
         'schema_version': SCHEMA_VERSION,
         'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
         'command': command,
@@ -67,4 +68,4 @@ def report_dict(run: RunInputs, command: Optional[str], references, activations:
                      'gates': parity.GATES,
                      'accuracy_min_ratio': parity.ACCURACY_MIN_RATIO},
         **measured,
-    }
+    })
