@@ -189,6 +189,13 @@ def test_ranges_stretched_by_one_crop_are_repaired_by_another_range_estimate(as_
     (tmp_path / 'ranges.json').write_bytes(result.quantizer.calibration_file({'source': 'test', 'crops': 128}))
     assert read_calibration_record(tmp_path / 'ranges.json')['method'] == 'mean'
 
+    crops[0] *= 20  # now 1,000 times: every estimate fails, and the failure reports the most faithful graph
+    failed = make_int8(trained_model, export(trained_model), export, crops, views.judge_graph('int8', True), views.x,
+                       tmp_path / 'failed')
+    sqnr = {a['what']: a['sqnr_db'] for a in failed.attempts}
+    assert failed.figures['passed'] is False and failed.quantizer.method == 'mean' and failed.float_layers == [], sqnr
+    assert failed.figures['sqnr_db'] == sqnr['mean ranges'] == max(sqnr.values()) > sqnr['int8'] + 3, sqnr
+
 
 def test_without_a_remedy_the_outlier_fails_with_the_diagnosis(outlier_checkpoint, tmp_path, capsys):
     code, stdout, stderr = _run('--checkpoint', outlier_checkpoint, '--output-dir', tmp_path / 'out', '--precisions',

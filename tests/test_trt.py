@@ -770,7 +770,7 @@ def test_tensorrt_calls_type_check_against_the_published_stubs(tmp_path, monkeyp
     with one call misspelt and one argument too many does."""
     import shutil
     stubs = loadable_stubs(tmp_path)
-    cache = request.config.cache.mkdir('mypy') if request.config.cache else tmp_path / 'mypy-cache'
+    cache = request.config.cache.mkdir('mypy') if getattr(request.config, 'cache', None) else tmp_path / 'mypy-cache'
     code, out = mypy(TYPE_CHECKED, REPO, stubs, cache, monkeypatch)
     assert code == 0, out
     broken = tmp_path / 'broken'

@@ -40,6 +40,7 @@ class Int8Result:
     diagnosis: Optional[List[dict]] = None
     attempts: List[dict] = field(default_factory=list)  # every graph judged, in order: what, SQNR, top-1, passed
     plain: Optional[onnx.ModelProto] = None  # the first quantization, before any remedy
+    closest: Optional[tuple] = None  # (graph, figures, quantizer) of the full-int8 attempt nearest its gate
 
 
 def parse_fallback(text: Union[str, Sequence[str]]) -> Union[str, List[str]]:
@@ -93,7 +94,15 @@ def make_int8(
     repaired = _equalized(result, model, export, crops, reader, judge_graph, workdir, method, say)
     if repaired is None and cache is None:  # ranges read from --calibration-cache stay those ranges
         repaired = _other_ranges(result, fp32, reader, judge_graph, workdir, method, say)
-    return repaired or _float_layers(result, quantizer, reader, judge_graph, say)
+    final = repaired or _float_layers(result, quantizer, reader, judge_graph, say)
+    if final.figures['passed'] is False and result.closest and _sqnr(result.closest[1]) > _sqnr(final.figures):
+        final.graph, final.figures, final.quantizer = result.closest  # a failure reports its most faithful graph
+        final.float_layers = []
+    return final
+
+
+def _sqnr(figures: dict) -> float:
+    return figures.get('sqnr_db') if figures.get('sqnr_db') is not None else -math.inf
 
 
 def _equalized(result: Int8Result, model, export, crops, reader, judge_graph: Judge, workdir: Path, method: str,
@@ -126,6 +135,8 @@ def _other_ranges(result: Int8Result, fp32: onnx.ModelProto, reader, judge_graph
         if figures['passed']:
             result.graph, result.figures, result.quantizer = graph, figures, quantizer
             return result
+        if _sqnr(figures) > max(_sqnr(result.figures), _sqnr(result.closest[1]) if result.closest else -math.inf):
+            result.closest = (graph, figures, quantizer)
     return None
 
 
