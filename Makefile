@@ -57,8 +57,10 @@ zoo: $(VENV)/.installed
 	$(PY) -m benchmarks.zoo $(foreach m,$(ZOO_MODELS),$(call run_out,$(m))/report/report.json) \
 		--output $(OUT)/zoo.md
 
+# two processes, each pinned to its share of the CPUs (tests/conftest.py); one file's tests stay in one process; a
+# process that dies is a failure, not replaced (pytest-xdist's loadfile scheduling can wait forever after a replacement)
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --max-worker-restart 0
 
 # Every reader against 1,000 random hostile inputs (hypothesis), every writer killed at 20 random moments and run
 # into a full disk, a server killed under load (the tests marked faults, which make test leaves out), and the

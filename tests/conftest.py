@@ -10,10 +10,28 @@ The trained weights are cached between runs in pytest's cache folder (``.pytest_
 everything that decides them (torch and timm versions, the model, data and training code), behind a file lock
 so that parallel sessions train once; ``pytest --cache-clear`` retrains.
 """
-import hashlib
+import os
+
+
+def _pin_worker() -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), each worker process gets its own share of the CPUs, before
+    torch, ONNX Runtime or OpenVINO start a thread pool: every runtime sizes its pool from the CPUs a process may use
+    (``benchmarks.measure.environment.cpu_threads``), so two workers never run four spinning pools on two cores. The
+    processes a test starts inherit the share."""
+    worker, count = os.environ.get('PYTEST_XDIST_WORKER'), os.environ.get('PYTEST_XDIST_WORKER_COUNT')
+    if not worker or not count or not hasattr(os, 'sched_setaffinity'):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[int(worker.removeprefix('gw')) % int(count)::int(count)] or cpus
+    os.sched_setaffinity(0, share)
+    os.environ['OMP_NUM_THREADS'] = str(len(share))
+
+
+_pin_worker()
+
+import hashlib  # noqa: E402
 import importlib
 import inspect
-import os
 import shutil
 import subprocess
 import sys
