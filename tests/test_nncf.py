@@ -45,6 +45,8 @@ def test_a_failing_nncf_is_one_line_and_the_export_goes_on(tmp_path, monkeypatch
     lines = capsys.readouterr().out.splitlines()
     settings_line = next(line for line in lines if line.startswith('int8 settings: '))
     assert settings_line.startswith('int8 settings: onnxruntime ') and 'minmax over 128 crops' in settings_line
+    row, = result.rows  # the file as written beside the form the CPU runtimes run, both from the row
+    assert f'(symmetric, TensorRT\'s form): SQNR {row["symmetric_sqnr_db"]:.1f} dB' in lines[lines.index(settings_line) + 1]
     start = lines.index('int8 beside NNCF (same 128 crops, same 256 views, ONNX Runtime CPU)')
     assert lines[start + 2].startswith('ours ') and lines[start + 2].endswith('not judged')
     failed = lines[start + 3:start + 3 + len(nncf_int8.NNCF_SETTINGS)]

@@ -92,6 +92,9 @@ def _print_result(loaded: LoadedModel, result: ExportResult) -> None:
         print(f'int8 calibration: {result.calibration}')
     for row in (r for r in result.rows if r.get('int8_settings')):
         print('int8 settings: ' + settings_line(row['int8_settings']))
+        if row.get('symmetric_sqnr_db') is not None:  # the table's figures are the CPU runtimes' uint8 form
+            print(f'int8 file as written (symmetric, TensorRT\'s form): SQNR {row["symmetric_sqnr_db"]:.1f} dB; '
+                  f'ONNX Runtime and OpenVINO run it with uint8 activations: {sqnr_text(row)} dB')
     print(format_table(result))
     for row in (r for r in result.rows if r.get('compared')):
         print(format_comparison(row['compared']))
