@@ -172,6 +172,7 @@ def settings_line(settings: dict) -> str:
              f'Q/DQ on {", ".join(settings["op_types"])}']
     parts += [f'{key.replace("_", " ")}: {", ".join(settings[key])}' for key in ('float_layers', 'equalized')
               if settings.get(key)]
+    parts += [f'in float always: {settings["float_always"]}'] if settings.get('float_always') else []
     return '; '.join(parts)
 
 
