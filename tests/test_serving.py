@@ -741,3 +741,24 @@ def test_names_from_the_graph_cannot_leave_the_repository(exported_graphs, tmp_p
     (tmp_path / 'outside').mkdir()
     write_repository(graphs, repo, backends=('openvino',), precisions=('int8',))
     assert (tmp_path / 'outside').is_dir() and (repo / 'alexnet_bn_openvino_int8').is_dir()
+
+
+@pytest.mark.parametrize('words', ['No valid requests recorded within time interval',
+                                   'Failed to obtain stable measurement within 10 measurement windows'])
+def test_perf_analyzer_gets_one_longer_window_when_its_own_is_too_short(monkeypatch, words):
+    """perf_analyzer's two ways of saying its window was too short (no request finished; trials never agreed, on
+    a busy machine) get one more run at four times the window, as its message advises; other errors do not."""
+    import benchmarks.serve.perf_analyzer as perf_analyzer
+    windows = []
+
+    def run(binary, model, url, protocol, concurrency, shape, window_ms, token, timeout):
+        windows.append(window_ms)
+        return {'error': f'perf_analyzer failed (exit 1): {words}'} if len(windows) == 1 else {'throughput_ips': 9.0}
+    monkeypatch.setattr(perf_analyzer, 'find', lambda: Path('perf_analyzer'))
+    monkeypatch.setattr(perf_analyzer, '_run', run)
+    assert perf_analyzer.measure('m', 'localhost:1', 'grpc', 4, (3, 8, 8), window_ms=500) == {'throughput_ips': 9.0}
+    assert windows == [500, 2000]
+    windows.clear()
+    monkeypatch.setattr(perf_analyzer, '_run', lambda *args: windows.append(args[6]) or {'error': 'server gone'})
+    assert perf_analyzer.measure('m', 'localhost:1', 'grpc', 4, (3, 8, 8), window_ms=500) == {'error': 'server gone'}
+    assert windows == [500]
