@@ -136,6 +136,7 @@ class _Job:
     explain: bool
     cache: Optional[Path]
     crops: object = None
+    crop_source: str = ''  # where the calibration crops came from, in words
     calibration: dict = field(default_factory=dict)
     views: Optional[ParityViews] = None
     output_dir: Optional[Path] = None
@@ -160,8 +161,8 @@ def _check_arguments(opset: int, method: str, int8_fallback, calibration_cache, 
 
 def _calibration(job: _Job, images: Optional[PathLike], method: str):
     """The calibration crops and what the graph records of them (read from the cache's record when one is given)."""
-    crops, source = calibration_crops(job.model, images)
-    calibration = {'method': method, 'crops': len(crops), 'source': f'{source}, {method} calibration'}
+    crops, job.crop_source = calibration_crops(job.model, images)
+    calibration = _described(job.crop_source, method, len(crops))
     job.result.calibration = calibration['source']
     if job.cache is not None:  # the graph records how its ranges were computed, not where they were read
         record = read_calibration_record(job.cache)
@@ -201,11 +202,15 @@ def _make_int8(job: _Job, workdir: Path) -> Int8Result:
     bad = zero_point_problems(int8.graph)
     if bad:
         raise RuntimeError(f'int8 graph breaks TensorRT\'s Q/DQ rule: {bad[0]}')
-    method = int8.quantizer.method
-    if method != job.calibration['method']:  # the remedy's other range estimate made the graph
-        source = job.calibration['source'].replace(f'{job.calibration["method"]} calibration', f'{method} calibration')
-        job.calibration = {**job.calibration, 'method': method, 'source': source}
+    if int8.quantizer.method != job.calibration['method']:  # the remedy's other ranges (never with a cache)
+        job.calibration = _described(job.crop_source, int8.quantizer.method, len(job.crops))
+        job.result.calibration = job.calibration['source']
     return int8
+
+
+def _described(source: str, method: str, crops: int) -> dict:
+    """What the int8 graph records of its calibration: the method, the crops, and both in words."""
+    return {'method': method, 'crops': crops, 'source': f'{source}, {method} calibration'}
 
 
 def _int8_row(job: _Job, int8: Int8Result, row: dict) -> None:
