@@ -127,6 +127,7 @@ def judge(precision: str, figures: Dict[str, float], trained: bool) -> Dict[str,
 def gate_misses(precision: str, figures: Dict[str, float]) -> list:
     """Which figures missed ``precision``'s gate, each as a short phrase; empty when the gate passes."""
     gate, misses = GATES[precision], []
+    ref = figures.get('reference', 'torch fp32').split()[-1]  # a benchmark row has an fp64 reference too
     if figures.get('nonfinite'):
         misses.append(f'{figures["nonfinite"]} non-finite logits (NaN or Inf)')
         return misses
@@ -140,12 +141,12 @@ def gate_misses(precision: str, figures: Dict[str, float]) -> list:
     if decisive is None:
         sqnr = figures.get('sqnr_db')
         misses.append(f'0 of {figures["views"]} views decisive: the error'
-                      + (f' (SQNR {sqnr:.1f} dB)' if sqnr is not None else '') + ' reaches every one of fp32\'s margins')
+                      + (f' (SQNR {sqnr:.1f} dB)' if sqnr is not None else '') + f' reaches every one of {ref}\'s margins')
     elif reduced and counted < min_decisive(figures['views']):
         misses.append(f'{counted} of {figures["views"]} {"labelled " if by_labels else ""}'
                       f'views decisive (< '
                       f'{min_decisive(figures["views"])}): the error (SQNR {figures["sqnr_db"]:.1f} dB) reaches most '
-                      f'of fp32\'s margins')
+                      f'of {ref}\'s margins')
     elif decisive < gate['top1_min'] and not (reduced and reference_accuracy is not None):
         misses.append(f'top-1 {100 * decisive:.1f} % < {100 * gate["top1_min"]:.1f} % '
                       f'({figures.get("near_ties", 0)} near-ties set aside)')
@@ -156,7 +157,7 @@ def gate_misses(precision: str, figures: Dict[str, float]) -> list:
                       f'(an fp16 device computes Inf; a CPU computes through fp32, SQNR {figures["sqnr_db"]:.1f} dB)')
     if reference_accuracy is not None and figures['accuracy_top1'] < ACCURACY_MIN_RATIO * reference_accuracy:
         misses.append(f'accuracy {100 * figures["accuracy_top1"]:.1f} % < {100 * ACCURACY_MIN_RATIO:.0f} % of '
-                      f'fp32\'s {100 * reference_accuracy:.1f} % (on {figures.get("accuracy_views", "the")} decisive '
+                      f'{ref}\'s {100 * reference_accuracy:.1f} % (on {figures.get("accuracy_views", "the")} decisive '
                       f'views)')
     return misses
 

@@ -1,14 +1,14 @@
 """What the runners are made from: the ONNX graphs (reused from ``--onnx-dir`` or exported by ``export.onnx``, the
 project's one exporter) and the TensorRT engines built from them (``export.trt``)."""
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from alexnet_zoo.checkpoint import LoadedModel, weights_sha256
 from alexnet_zoo.cli import first_line
 from alexnet_zoo.files import PathLike
-from export.contract import read_metadata
+from export.contract import FILENAMES, read_metadata
 from export.export_manifest import exported_graphs
 from export.int8.calibration import calibration_crops
 from export.onnx import ParityGateError, export_onnx
@@ -42,6 +42,14 @@ def graphs_in(onnx_dir: PathLike, loaded: LoadedModel, precisions: Sequence[str]
             raise ValueError(f'--onnx-dir holds graphs of other weights: {path} was exported from {what}, this '
                              f'checkpoint is {weights[:12]}; delete the folder\'s graphs or choose another folder')
     return graphs
+
+
+def earlier_files(onnx_dir: PathLike, precisions: Sequence[str]) -> List[str]:
+    """The files an earlier export of ``precisions`` left in ``onnx_dir`` without their graph (an int8 export that
+    failed its gate keeps its ranges and per-layer diagnosis there): a benchmark that exports these precisions again
+    must not write over them."""
+    stems = [FILENAMES[p][:-len('.onnx')] for p in precisions if p != 'fp32']  # model.onnx's stem is everyone's
+    return sorted(f.name for stem in stems for f in Path(onnx_dir).glob(f'{stem}.*') if f.is_file())
 
 
 def export_graphs(loaded: LoadedModel, workdir: Path, precisions: Sequence[str],

@@ -74,7 +74,9 @@ def _graphs_line(graphs: dict) -> str:
     where = f'`{graphs["folder"]}`' if graphs.get('folder') else 'a temporary folder'
     parts = []
     if graphs.get('exported'):
-        parts.append(f'exported by export.onnx into {where} for this run ({", ".join(graphs["exported"])})')
+        apart = graphs.get('exported_apart')  # the folder keeps an earlier export's files: exported beside them
+        parts.append(f'exported by export.onnx into {"a temporary folder" if apart else where} for this run ('
+                     f'{", ".join(graphs["exported"])})' + (f': {where} keeps {", ".join(apart)}' if apart else ''))
     if graphs.get('reused'):
         parts.append(f'reused from {where} ({", ".join(graphs["reused"])})')
     return '- ONNX graphs: ' + ('; '.join(parts) if parts else 'none needed')

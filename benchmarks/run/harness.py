@@ -30,7 +30,7 @@ from export.contract import GRAPH_PRECISIONS, read_metadata
 from export.runner import BackendUnavailable, Runner
 from export.views import reference_logits
 
-from benchmarks.backends.artifacts import artifact_for, export_graphs, graphs_in
+from benchmarks.backends.artifacts import artifact_for, earlier_files, export_graphs, graphs_in
 from benchmarks.roofline.ceilings import bytes_moved
 from benchmarks.report.compare import compare_reports
 from benchmarks.measure.environment import cpu_features, cpu_threads
@@ -231,15 +231,19 @@ def _export_missing(run: RunInputs, graphs: dict, graphs_needed: List[str], work
     missing = [p for p in graphs_needed if p not in graphs]
     reused = sorted(graphs, key=GRAPH_PRECISIONS.index)
     export_failures = {}
+    kept = earlier_files(run.onnx_dir, missing) if run.onnx_dir else []
+    target = Path(run.onnx_dir) if run.onnx_dir and not kept else workdir
     if missing:
         bar.set_description(f'export {",".join(missing)}')
         exported, export_failures = export_graphs(
-            run.loaded, Path(run.onnx_dir) if run.onnx_dir else workdir, missing, run.calibration_images,
+            run.loaded, target, missing, run.calibration_images,
             workdir / 'failed', lambda message: bar.set_description(message.split(' (')[0]))
         graphs.update(exported)
     bar.update(bool(graphs_needed))
     section = {'folder': str(run.onnx_dir) if run.onnx_dir else None, 'reused': reused, 'exported': missing,
                'calibration_images': str(run.calibration_images) if run.calibration_images else None}
+    if missing and kept:  # an earlier export's ranges or diagnosis are the user's: exported beside, not over them
+        section['exported_apart'] = sorted(kept)
     return section, export_failures
 
 
@@ -314,7 +318,8 @@ def _ceilings(run: RunInputs, results: List[Row], activations: dict) -> dict:
 
 
 class References:
-    """PyTorch eager's logits on the views in fp32 and fp64, and on the labelled views its accuracy."""
+    """PyTorch eager's logits on the views in fp32 and fp64, and on the labelled views its accuracy: in both
+    precisions, so that the two references' gates judge the same task on the same labelled views."""
 
     def __init__(self, model: torch.nn.Module, x: np.ndarray, labelled=None):
         self.fp32 = reference_logits(model, x, torch.float32)
@@ -322,6 +327,7 @@ class References:
         self.labelled, self.accuracy = labelled, None
         if labelled is not None:
             self.labelled_fp32 = reference_logits(model, labelled[0], torch.float32)
+            self.labelled_fp64 = reference_logits(model, labelled[0], torch.float64)
             self.accuracy = parity.accuracy(self.labelled_fp32, labelled[1])
 
 
@@ -343,14 +349,17 @@ def _parity(runner: Runner, spec: Spec, x: np.ndarray, references: References, b
     """Parity against both references (and accuracy on the labelled views) of one runner: the same at every
     batch size."""
     logits = infer_in_batches(runner, x, batch_sizes)
-    common, accuracies = {}, None
+    common, accuracies = {}, {'fp32': None, 'fp64': None}
     if references.labelled is not None:
         views, labels = references.labelled[:2]
         labelled_logits = infer_in_batches(runner, views, batch_sizes)
         common['accuracy'] = parity.accuracy(labelled_logits, labels)  # on every labelled view
-        accuracies = parity.accuracy_figures(references.labelled_fp32, labelled_logits, labels)
-    common['parity'] = parity_figures(references.fp32, logits, 'torch fp32', spec.precision, trained, accuracies)
-    common['parity_fp64'] = parity_figures(references.fp64, logits, 'torch fp64', spec.precision, trained)
+        accuracies = {name: parity.accuracy_figures(reference, labelled_logits, labels) for name, reference in
+                      (('fp32', references.labelled_fp32), ('fp64', references.labelled_fp64))}
+    common['parity'] = parity_figures(references.fp32, logits, 'torch fp32', spec.precision, trained,
+                                      accuracies['fp32'])
+    common['parity_fp64'] = parity_figures(references.fp64, logits, 'torch fp64', spec.precision, trained,
+                                           accuracies['fp64'])
     return common
 
 
