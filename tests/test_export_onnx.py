@@ -166,7 +166,7 @@ def test_metadata_round_trips(exported, trained_model, precision):
     assert meta['version'] == alexnet_zoo.__version__ and meta['opset'] == DEFAULT_OPSET
     assert meta['trained'] is True and meta['softmax'] is False
     if precision == 'int8':
-        assert meta['calibration']['method'] == 'minmax' and meta['calibration']['crops'] >= 100
+        assert meta['calibration']['method'] == 'percentile' and meta['calibration']['crops'] >= 100
 
 
 @pytest.mark.slow
@@ -319,9 +319,9 @@ def test_torchscript_exporter_for_older_opsets(as_loaded, trained_model, views, 
 
 @pytest.mark.slow
 def test_percentile_calibration_clips_what_minmax_keeps(as_loaded, trained_model, exported, tmp_path):
-    """--calibration-method percentile: ranges no wider than minmax's on the same crops and narrower for some
-    tensor, recorded as such, and the graph still passes its int8 gate."""
-    result = export_onnx(as_loaded(trained_model), tmp_path, precisions=('int8',), calibration_method='percentile',
+    """The default percentile ranges are no wider than --calibration-method minmax's on the same crops and narrower
+    for some tensor, recorded as such, and both graphs pass their int8 gate."""
+    result = export_onnx(as_loaded(trained_model), tmp_path, precisions=('int8',), calibration_method='minmax',
                          int8_fallback='none')
     assert result.rows[0]['passed']
 
@@ -331,8 +331,8 @@ def test_percentile_calibration_clips_what_minmax_keeps(as_loaded, trained_model
             return float(np.ravel(v['data'] if isinstance(v, dict) else v)[0])
         return data['alexnet_zoo']['method'], {name: (value(t['lowest']), value(t['highest']))
                                                for name, t in data['data'].items()}
-    method, percentile = ranges(tmp_path)
-    minmax_method, minmax = ranges(exported[1])
+    minmax_method, minmax = ranges(tmp_path)
+    method, percentile = ranges(exported[1])
     assert (method, minmax_method) == ('percentile', 'minmax') and percentile.keys() == minmax.keys()
     widths = {name: (percentile[name][1] - percentile[name][0], minmax[name][1] - minmax[name][0]) for name in minmax}
     assert all(p <= m + 1e-6 for p, m in widths.values())

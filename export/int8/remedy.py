@@ -2,10 +2,10 @@
 
 Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the gate fails (or ``explain`` asks),
 diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
-(function-preserving, full int8 speed), then other range estimates (percentile, and NNCF's mean of each crop's
-min and max: full int8 speed too), then the most damaging tensors kept in float, one more at a time, re-judged
-each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted layers, at least
-MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
+(function-preserving, full int8 speed), then the range estimates it was not made with (percentile, minmax, NNCF's
+mean of each crop's min and max: full int8 speed too), then the most damaging tensors kept in float, one more at a
+time, re-judged each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted
+layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
 """
 import math
 from dataclasses import dataclass, field
@@ -21,11 +21,11 @@ from export.contract import INPUT_NAME
 from export.int8.diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from export.int8.equalize import equalize
 from export.parity import decisive_views, gate_misses
-from export.int8.quantizer import METHOD_WORDS, Int8Quantizer
+from export.int8.quantizer import DEFAULT_METHOD, METHOD_WORDS, Int8Quantizer
 
 MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
 FLOAT_SHARE = 0.1  # a 50-convolution network may keep 5 in float: most of its int8 speed is left
-RANGE_METHODS = ('percentile', 'mean')  # the remedy's other range estimates (export.int8.quantizer.CALIBRATION_METHODS)
+RANGE_METHODS = ('percentile', 'minmax', 'mean')  # the remedy tries those the graph was not made with, in order
 
 Judge = Callable[[onnx.ModelProto], dict]  # a graph -> its parity figures with 'judged' and 'passed'
 
@@ -63,7 +63,7 @@ def make_int8(
         judge_graph: Judge,
         views: np.ndarray,
         workdir: Path,
-        method: str = 'minmax',
+        method: str = DEFAULT_METHOD,
         fallback: Union[str, List[str]] = 'auto',
         explain: bool = False,
         cache: Optional[Path] = None,
@@ -172,6 +172,7 @@ def settings_line(settings: dict) -> str:
              f'Q/DQ on {", ".join(settings["op_types"])}']
     parts += [f'{key.replace("_", " ")}: {", ".join(settings[key])}' for key in ('float_layers', 'equalized')
               if settings.get(key)]
+    parts += [f'outputs in float: {", ".join(settings["float_outputs"])}'] if settings.get('float_outputs') else []
     parts += [f'in float always: {settings["float_always"]}'] if settings.get('float_always') else []
     return '; '.join(parts)
 

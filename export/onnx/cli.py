@@ -11,7 +11,7 @@ from export.int8.diagnose import table as diagnosis_table
 from export.int8.remedy import parse_fallback, settings_line
 from export.int8.nncf_int8 import format_comparison
 from export.parity import sqnr_text, verdict
-from export.int8.quantizer import CALIBRATION_METHODS
+from export.int8.quantizer import CALIBRATION_METHODS, DEFAULT_METHOD
 from export.onnx.graphs import ExportResult, ParityGateError, export_onnx, parse_precisions
 
 
@@ -46,9 +46,10 @@ def build_parser() -> ArgumentParser:
                              '<class>/<image> with the model\'s label names, accuracy is judged too')
     parser.add_argument('--calibration-images', metavar='DIR',
                         help='int8 calibration images (default: random crops of the sample photographs)')
-    parser.add_argument('--calibration-method', default='minmax', choices=list(CALIBRATION_METHODS),
-                        help='int8 activation ranges: minmax (the range seen), percentile (99.999th), or mean '
-                             '(NNCF\'s: each crop\'s min and max, averaged) (default: minmax)')
+    parser.add_argument('--calibration-method', default=DEFAULT_METHOD, choices=list(CALIBRATION_METHODS),
+                        help='int8 activation ranges: percentile (the 99.999th of |x|: the rare extremes clipped), '
+                             'minmax (the range seen), or mean (NNCF\'s: each crop\'s min and max, averaged) '
+                             '(default: %(default)s)')
     parser.add_argument('--calibration-cache', metavar='FILE',
                         help=f'int8 tensor ranges from an earlier export ({CALIBRATION_FILE}) instead of calibrating')
     parser.add_argument('--int8-fallback', default='auto', metavar='auto|none|LAYER[,LAYER...]',

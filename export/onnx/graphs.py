@@ -19,7 +19,7 @@ from export.contract import DEFAULT_OPSET, FILENAMES, GRAPH_PRECISIONS, MAX_OPSE
 from export.int8.remedy import Int8Result, int8_settings, make_int8, parse_fallback
 from export.int8.nncf_int8 import compare_with_nncf
 from export.parity import gate_failure
-from export.int8.quantizer import CALIBRATION_METHODS, read_calibration_record
+from export.int8.quantizer import CALIBRATION_METHODS, DEFAULT_METHOD, read_calibration_record
 from export.onnx.fp16 import to_fp16
 from export.onnx.torch_export import base_metadata, torch_to_onnx
 from export.trt.preflight import zero_point_problems
@@ -54,7 +54,7 @@ def export_onnx(
         output_dir: PathLike,
         precisions: Sequence[str] = GRAPH_PRECISIONS,
         calibration_images: Optional[PathLike] = None,
-        calibration_method: str = 'minmax',
+        calibration_method: str = DEFAULT_METHOD,
         opset: int = DEFAULT_OPSET,
         softmax: bool = False,
         progress: Progress = None,
