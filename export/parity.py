@@ -141,7 +141,8 @@ def gate_misses(precision: str, figures: Dict[str, float]) -> list:
     if decisive is None:
         sqnr = figures.get('sqnr_db')
         misses.append(f'0 of {figures["views"]} views decisive: the error'
-                      + (f' (SQNR {sqnr:.1f} dB)' if sqnr is not None else '') + f' reaches every one of {ref}\'s margins')
+                      + (f' (SQNR {sqnr:.1f} dB)' if sqnr is not None else '')
+                      + f' reaches every one of {ref}\'s margins')
     elif reduced and counted < min_decisive(figures['views']):
         misses.append(f'{counted} of {figures["views"]} {"labelled " if by_labels else ""}'
                       f'views decisive (< '

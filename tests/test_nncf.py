@@ -44,7 +44,8 @@ def test_a_failing_nncf_is_one_line_and_the_export_goes_on(tmp_path, monkeypatch
     _print_result(loaded, result)  # what python -m export.onnx prints
     lines = capsys.readouterr().out.splitlines()
     settings_line = next(line for line in lines if line.startswith('int8 settings: '))
-    assert settings_line.startswith('int8 settings: onnxruntime ') and 'percentile (99.999th) over 128 crops' in settings_line
+    assert settings_line.startswith('int8 settings: onnxruntime ')
+    assert 'percentile (99.999th) over 128 crops' in settings_line
     row, = result.rows  # the file as written beside the form the CPU runtimes run, both from the row
     assert f'(symmetric, TensorRT\'s form): SQNR {row["symmetric_sqnr_db"]:.1f} dB' in lines[lines.index(settings_line) + 1]
     start = lines.index('int8 beside NNCF (same 128 crops, same 256 views, ONNX Runtime CPU)')
