@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -20,6 +21,7 @@ import numpy as np
 
 from alexnet_zoo.cli import MAX_BATCH, ArgumentParser, positive, run_cli
 from export.contract import read_metadata
+from export.int8.uint8 import cpu_graph
 from export.timing import time_calls
 
 from benchmarks.measure.environment import cpu_threads
@@ -48,10 +50,10 @@ def graph_model(onnx_path: Path) -> Tuple[str, List[int]]:
     return name, size
 
 
-def run_benchmark_app(onnx_path: Path, batch_size: int, seconds: float) -> float:
-    """benchmark_app's median latency (ms) for ``onnx_path`` at ``batch_size`` (latency hint: one stream, a
-    thread per core, as the harness's runner)."""
-    shape = ','.join(str(d) for d in [batch_size, *graph_model(onnx_path)[1]])
+def run_benchmark_app(onnx_path: Path, batch_size: int, seconds: float, input_size: Sequence[int]) -> float:
+    """benchmark_app's median latency (ms) for ``onnx_path`` at ``batch_size`` and ``input_size`` (C, H, W)
+    (latency hint: one stream, a thread per core, as the harness's runner)."""
+    shape = ','.join(str(d) for d in [batch_size, *input_size])
     cmd = [benchmark_app_path(), '-m', str(onnx_path), '-d', 'CPU', '-shape', f'[{shape}]',
            '-hint', 'latency', '-api', 'sync', '-t', str(max(1, round(seconds)))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -80,11 +82,16 @@ def run_harness(onnx_path: Path, batch_size: int, seconds: float, threads: int) 
 
 def crosscheck(onnx_path: Path, batch_size: int = 1, rounds: int = 3, seconds: float = 10.0) -> List[Dict[str, float]]:
     threads = cpu_threads()
+    input_size = graph_model(onnx_path)[1]  # the user's file names its model, or the error names the file
     out = []
-    for _ in range(rounds):
-        app = run_benchmark_app(onnx_path, batch_size, seconds)
-        ours, overhead = run_harness(onnx_path, batch_size, seconds, threads)
-        out.append({'benchmark_app_ms': app, 'harness_ms': ours, 'ratio': ours / app, 'overhead_ms': overhead})
+    with tempfile.TemporaryDirectory(prefix='alexnet-zoo-crosscheck-') as tmp:
+        # benchmark_app gets the graph the harness's runner runs: the int8 file on uint8 activations (cpu_graph)
+        as_run = Path(tmp) / Path(onnx_path).name
+        as_run.write_bytes(cpu_graph(onnx_path, 'int8'))
+        for _ in range(rounds):
+            app = run_benchmark_app(as_run, batch_size, seconds, input_size)
+            ours, overhead = run_harness(onnx_path, batch_size, seconds, threads)
+            out.append({'benchmark_app_ms': app, 'harness_ms': ours, 'ratio': ours / app, 'overhead_ms': overhead})
     return out
 
 

@@ -439,10 +439,17 @@ def test_tensorrt_runner(graphs, photo_batch, reference, tmp_path):
         _check_runner(runner, photo_batch, reference, 'fp32')
 
 
-def test_crosscheck_against_benchmark_app(graphs):
-    """benchmark_app (from the openvino wheel) and the harness on the same int8 graph; both figures reported."""
-    from benchmarks.crosscheck import crosscheck
-    (row,) = crosscheck(graphs['int8'], batch_size=1, rounds=1, seconds=1)
+def test_crosscheck_against_benchmark_app(graphs, monkeypatch):
+    """benchmark_app (from the openvino wheel) and the harness on the same int8 graph, in the form the harness's
+    runner runs it (uint8 activations); both figures reported."""
+    from benchmarks import crosscheck as module
+    from export.int8.uint8 import cpu_graph
+    given = []
+    real = module.run_benchmark_app
+    monkeypatch.setattr(module, 'run_benchmark_app', lambda path, *args: given.append(path.read_bytes()) or real(
+        path, *args))
+    (row,) = module.crosscheck(graphs['int8'], batch_size=1, rounds=1, seconds=1)
+    assert given == [cpu_graph(graphs['int8'], 'int8')]
     assert row['benchmark_app_ms'] > 0 and row['harness_ms'] > 0
     assert row['ratio'] == pytest.approx(row['harness_ms'] / row['benchmark_app_ms'])
     assert 0 <= row['overhead_ms'] < row['harness_ms']
