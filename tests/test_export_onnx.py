@@ -284,11 +284,15 @@ BAD = {  # name: (arguments, exit code, the message's words, what the one line m
 
 
 @pytest.mark.parametrize('case', BAD)
-def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys):
+def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys, monkeypatch):
     """Each bad input is refused where it should be: its own message, naming the file, and exit code, through the
     command's own ``run_cli`` (the real process: tests/test_fuzz.py's pickle attack through the command); nothing
-    written."""
+    written. A file that is no calibration record is refused before any calibration crop is made."""
+    import export.onnx.graphs as graphs
     from export.onnx import main
+    crops_made = []
+    real_crops = graphs.calibration_crops
+    monkeypatch.setattr(graphs, 'calibration_crops', lambda *args: crops_made.append(1) or real_crops(*args))
     args, code, message, named = BAD[case]
     out = bad_inputs / 'a-file' / 'out' if 'writable' in case else bad_inputs / f'out-{case}'
     before = sorted(p.name for p in bad_inputs.iterdir())
@@ -299,6 +303,7 @@ def test_cli_bad_input_is_one_error_line(bad_inputs, case, capsys):
     assert named is None or named in lines[0], (case, named, lines)
     assert exit_.value.code == code, (case, exit_.value.code, lines)
     assert not out.exists() and sorted(p.name for p in bad_inputs.iterdir()) == before, case
+    assert not (case == 'calibration cache not a cache' and crops_made), 'the crops came before the cheap checks'
 
 
 # --- paths the default export does not take ------------------------------------------------------------------

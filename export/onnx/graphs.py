@@ -78,10 +78,12 @@ def export_onnx(
     say = progress or (lambda message: None)
     precisions = parse_precisions(precisions)
     fallback = _check_arguments(opset, calibration_method, int8_fallback, calibration_cache, output_dir)
+    # a file that is not a calibration record fails here, with the cheap checks, before the crops and views
+    record = read_calibration_record(calibration_cache) if calibration_cache and 'int8' in precisions else None
     job = _Job(loaded, loaded.model.eval(), say, ExportResult(trained=loaded.trained), fallback, explain,
                Path(calibration_cache) if calibration_cache else None)
     if 'int8' in precisions:
-        job.crops, job.calibration = _calibration(job, calibration_images, calibration_method)
+        job.crops, job.calibration = _calibration(job, calibration_images, calibration_method, record)
     job.views = ParityViews.of(loaded, parity_images)
     job.output_dir = ensure_writable_dir(output_dir)
     job.failed_dir = ensure_writable_dir(failed_dir) if failed_dir is not None else None
@@ -159,13 +161,12 @@ def _check_arguments(opset: int, method: str, int8_fallback, calibration_cache, 
     return fallback
 
 
-def _calibration(job: _Job, images: Optional[PathLike], method: str):
-    """The calibration crops and what the graph records of them (read from the cache's record when one is given)."""
+def _calibration(job: _Job, images: Optional[PathLike], method: str, record: Optional[dict]):
+    """The calibration crops and what the graph records of them (from the cache's ``record`` when one is given)."""
     crops, job.crop_source = calibration_crops(job.model, images)
     calibration = _described(job.crop_source, method, len(crops))
     job.result.calibration = calibration['source']
-    if job.cache is not None:  # the graph records how its ranges were computed, not where they were read
-        record = read_calibration_record(job.cache)
+    if record is not None:  # the graph records how its ranges were computed, not where they were read
         calibration = {key: record[key] for key in ('method', 'crops', 'source')}
         job.result.calibration = f'{calibration["source"]} (ranges read from {job.cache.name})'
     return crops, calibration
