@@ -2,6 +2,7 @@
 in Q/DQ form after its pre-processing step, with symmetric int8 activations and per-channel symmetric int8 weights,
 so every zero point is 0 (TensorRT's parser requires it)."""
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -90,11 +91,8 @@ class Int8Quantizer:
     nodes kept in float (``nodes_to_exclude``)."""
 
     def __init__(self, fp32: onnx.ModelProto, workdir: Path, method: str = DEFAULT_METHOD):
-        if method not in CALIBRATION_METHODS:
-            raise ValueError(f'unknown calibration method {method!r} (choose from {", ".join(CALIBRATION_METHODS)})')
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.method, self.workdir = method, workdir
-        self.prepared_path, self.cache = workdir / 'prepared.onnx', workdir / 'calibration.json'
+        self._calibrate_with(method, workdir)
+        self.prepared_path = workdir / 'prepared.onnx'
         with quiet():
             quant_pre_process(fp32, self.prepared_path)
         self.prepared = onnx.load(str(self.prepared_path))
@@ -103,6 +101,22 @@ class Int8Quantizer:
         self.graph_sha256 = hashlib.sha256(self.prepared_path.read_bytes()).hexdigest()
         self.op_types = int8_op_types(self.prepared)
         self.always_float = attention_value_products(self.prepared)
+        # a transformer's weighted layers hand on float outputs (TRANSFORMER_OP_TYPES' comment); a CNN's are
+        # quantized where the next op reads them
+        self.float_outputs = list(TRANSFORMER_OP_TYPES) if self.op_types == TRANSFORMER_OP_TYPES else []
+
+    def _calibrate_with(self, method: str, workdir: Path) -> None:
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(f'unknown calibration method {method!r} (choose from {", ".join(CALIBRATION_METHODS)})')
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.method, self.workdir, self.cache = method, workdir, workdir / 'calibration.json'
+
+    def with_method(self, method: str, workdir: Path) -> 'Int8Quantizer':
+        """This prepared graph, to be calibrated with ``method`` in ``workdir`` (ORT's pre-processing is not run
+        again)."""
+        other = copy.copy(self)
+        other._calibrate_with(method, workdir)
+        return other
 
     def use_cache(self, path: Path) -> None:
         """Ranges from an earlier export's calibration file instead of calibrating: it must be this graph's."""
@@ -134,16 +148,12 @@ class Int8Quantizer:
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=sorted({*exclude, *self.always_float}),
                 calibrate_method=CALIBRATION_METHODS[self.method],
-                extra_options={**INT8_OPTIONS, **METHOD_OPTIONS.get(self.method, {}), **self.output_options()},
+                extra_options={**INT8_OPTIONS, **METHOD_OPTIONS.get(self.method, {}),
+                               **({'OpTypesToExcludeOutputQuantization': self.float_outputs} if self.float_outputs
+                                  else {})},
                 calibration_cache_path=self.cache,
             )
         return onnx.load(str(output))
-
-    def output_options(self) -> dict:
-        """A transformer's weighted layers give float outputs (TRANSFORMER_OP_TYPES' comment); a CNN's are
-        quantized where the next op reads them."""
-        transformer = self.op_types == TRANSFORMER_OP_TYPES
-        return {'OpTypesToExcludeOutputQuantization': list(TRANSFORMER_OP_TYPES)} if transformer else {}
 
     def settings(self, crops: int) -> dict:
         """What makes this quantizer's graphs, in words (the record every int8 export keeps beside its graph): the
@@ -154,7 +164,7 @@ class Int8Quantizer:
                 'weights': f'int8, {symmetric[INT8_OPTIONS["WeightSymmetric"]]}, per channel',
                 'biases': 'int32' if INT8_OPTIONS['QuantizeBias'] else 'float',
                 'calibration': f'{METHOD_WORDS[self.method]} over {crops} crops', 'op_types': list(self.op_types),
-                **({'float_outputs': list(TRANSFORMER_OP_TYPES)} if self.output_options() else {}),
+                **({'float_outputs': self.float_outputs} if self.float_outputs else {}),
                 **({'float_always': 'MatMul reading a Softmax (attention x V)'} if self.always_float else {})}
 
     def calibration_file(self, about: dict) -> bytes:

@@ -93,7 +93,7 @@ def make_int8(
 
     repaired = _equalized(result, model, export, crops, reader, judge_graph, workdir, method, say)
     if repaired is None and cache is None:  # ranges read from --calibration-cache stay those ranges
-        repaired = _other_ranges(result, fp32, reader, judge_graph, workdir, method, say)
+        repaired = _other_ranges(result, reader, judge_graph, workdir, method, say)
     final = repaired or _float_layers(result, quantizer, reader, judge_graph, say)
     if final.figures['passed'] is False and result.closest and _sqnr(result.closest[1]) > _sqnr(final.figures):
         final.graph, final.figures, final.quantizer = result.closest  # a failure reports its most faithful graph
@@ -122,13 +122,13 @@ def _equalized(result: Int8Result, model, export, crops, reader, judge_graph: Ju
     return result
 
 
-def _other_ranges(result: Int8Result, fp32: onnx.ModelProto, reader, judge_graph: Judge, workdir: Path,
+def _other_ranges(result: Int8Result, reader, judge_graph: Judge, workdir: Path,
                   method: str, say) -> Optional[Int8Result]:
     """The second remedy: the same graph calibrated with the other range estimates (RANGE_METHODS), which clip
     what one outlying crop or value stretched; full int8 speed. ``result`` with the first that passes."""
     for other in (m for m in RANGE_METHODS if m != method):
         say(f'int8 missed its gate: trying {METHOD_WORDS[other]} ranges')
-        quantizer = Int8Quantizer(fp32, workdir / other, other)
+        quantizer = result.quantizer.with_method(other, workdir / other)  # the plain graph's, prepared once
         graph = quantizer.quantize(reader)
         figures = judge_graph(graph)
         _attempt(result, f'{other} ranges', figures)
