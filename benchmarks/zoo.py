@@ -51,7 +51,7 @@ def zoo_row(read: Report) -> dict:
             'int8_written': int8 is not None,
             'float_layers': (int8 or {}).get('float_layers', []), 'equalized': (int8 or {}).get('equalized', []),
             'fastest': [(f['batch_size'], f['backend'], f['precision'], _times_bound(report, f))
-                        for f in (report['summary'] or {}).get('fastest_passing', [])],
+                        for f in report['summary'].get('fastest_passing', [])],
             'cpu': report['environment'].get('cpu', {}).get('model') or report['environment'].get('cpu')}
 
 
@@ -82,8 +82,6 @@ def _timed_row(rows: List[dict], backend: str, precision: str, batch: Optional[i
     """The first timed row of ``backend`` and ``precision`` (at ``batch``, if given), or None."""
     return next((r for r in rows if (r['backend'], r['precision']) == (backend, precision)
                  and batch in (None, r['batch_size']) and r.get('median_ms')), None)
-
-
 
 
 def _params(report: dict) -> Optional[int]:

@@ -32,10 +32,7 @@ class OnnxRuntimeRunner(GraphRunner):
         # fp32 on the CUDA EP computes in fp32: its use_tf32 defaults to on (~1e-3 error, beyond the fp32 gate)
         cuda_options = {'device_id': self.device_id, **({'use_tf32': 0} if precision == 'fp32' else {})}
         providers = [(provider, cuda_options)] if self.ort_device == 'cuda' else [provider]
-        if precision == 'int8' and self.ort_device == 'cpu':
-            self.source = cpu_graph(onnx_path, precision)
-        else:
-            self.source = onnx_path
+        self.source = cpu_graph(onnx_path, precision) if self.ort_device == 'cpu' else onnx_path  # int8: on uint8
         self.session = ort_session(self.source, self.threads, providers)
         self.providers = providers
         self.outputs = self.session.get_outputs()

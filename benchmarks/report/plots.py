@@ -215,7 +215,7 @@ def _coinciding(ax, rows: List[dict], within_pt: float = 3.0) -> List[Tuple[Tupl
         if names is None:
             names = {}
             points.append((xy, names))
-        names.setdefault(f'{label(r)[len(r["backend"]) + 1:]} b{r["batch_size"]}', []).append(r['backend'])
+        names.setdefault(f'{r["precision"]} b{r["batch_size"]}', []).append(r['backend'])  # CPU rows only
     return [(xy, '; '.join(f'{", ".join(backends)} {rest}' for rest, backends in names.items()))
             for xy, names in points]
 

@@ -243,7 +243,7 @@ def _export_missing(run: RunInputs, graphs: dict, graphs_needed: List[str], work
     section = {'folder': str(run.onnx_dir) if run.onnx_dir else None, 'reused': reused, 'exported': missing,
                'calibration_images': str(run.calibration_images) if run.calibration_images else None}
     if missing and kept:  # an earlier export's ranges or diagnosis are the user's: exported beside, not over them
-        section['exported_apart'] = sorted(kept)
+        section['exported_apart'] = kept
     return section, export_failures
 
 
