@@ -7,17 +7,17 @@
          [--repository REPO]]
 
 PyTriton starts Triton's own server binary on localhost and binds the runner behind Triton's dynamic batcher
-(``serve_server``). The sample photographs are classified over HTTP and gRPC with ``tritonclient`` and each top-1
-compared with the runner's own answer; a request of the wrong shape and one of the wrong type must get Triton's
-error while the server goes on serving. Then, at each concurrency, a closed loop: that many clients, each sending
-one image and waiting for its answer, for ``--seconds``, every request with a timeout (``serve_load``); then
-Triton's own ``perf_analyzer`` at the same concurrency over HTTP and gRPC (``benchmarks.serve.perf_analyzer``: its
-stable windows, p50-p99, and the server's queue and compute times), and how far the two agree. Throughput,
-latency, the batch sizes Triton formed and the errors go to ``serve.json``, ``serve.md`` and ``serve.png``
-(``serve_report``); without perf_analyzer the report says why. With ``--sweep-max-batch``, a search over Triton's
-settings (``serve_sweep``): one more model per configuration in the same server, each measured by perf_analyzer
-(where it cannot run here, by the closed loop), the best within ``--p99-budget-ms`` written into ``--repository``'s
-config. A server that stops answering ends the
+(``benchmarks.serve.server``). The sample photographs are classified over HTTP and gRPC with ``tritonclient`` and
+each top-1 compared with the runner's own answer; a request of the wrong shape and one of the wrong type must get
+Triton's error while the server goes on serving. Then, at each concurrency, a closed loop: that many clients, each
+sending one image and waiting for its answer, for ``--seconds``, every request with a timeout
+(``benchmarks.serve.load``); then Triton's own ``perf_analyzer`` at the same concurrency over HTTP and gRPC
+(``benchmarks.serve.perf_analyzer``: its stable windows, p50-p99, and the server's queue and compute times), and how
+far the two agree. Throughput, latency, the batch sizes Triton formed and the errors go to ``serve.json``,
+``serve.md`` and ``serve.png`` (``benchmarks.serve.report``); without perf_analyzer the report says why. With
+``--sweep-max-batch``, a search over Triton's settings (``benchmarks.serve.sweep``): one more model per
+configuration in the same server, each measured by perf_analyzer (where it cannot run here, by the closed loop), the
+best within ``--p99-budget-ms`` written into ``--repository``'s config. A server that stops answering ends the
 run with one line and a ``serve.json`` marked incomplete.
 """
 import contextlib

@@ -4,10 +4,10 @@ Model Analyzer needs a server that can load our backends, which only NVIDIA's co
 our runner through PyTriton instead, one model per configuration (max batch, preferred batch = the max, queue
 delay, instance count: one runner per instance) bound in the same server, and measures each in turn with
 ``perf_analyzer`` at one concurrency over gRPC (where perf_analyzer cannot run here, with our own closed loop,
-``serve_load``: the same rows without the server's queue time). The best configuration is the one with the highest
-throughput whose p99 latency is within the budget; it is written into the repository's ``config.pbtxt`` files of that
-backend and precision (``export.triton.repository.update_batching``). A budget no configuration meets is said, and the
-repository keeps its configuration.
+``benchmarks.serve.load``: the same rows without the server's queue time). The best configuration is the one with
+the highest throughput whose p99 latency is within the budget; it is written into the repository's
+``config.pbtxt`` files of that backend and precision (``export.triton.repository.update_batching``). A budget no
+configuration meets is said, and the repository keeps its configuration.
 """
 import itertools
 from typing import Callable, List, Optional, Sequence, Tuple
