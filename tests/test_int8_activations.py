@@ -20,8 +20,12 @@ from timm.models._efficientnet_blocks import SqueezeExcite
 from alexnet_zoo.checkpoint import LoadedModel
 from alexnet_zoo.samples import PHOTOGRAPHS
 from conftest import trained_once
+from export.contract import INPUT_NAME
+from export.int8.calibration import PhotoCalibrationReader, calibration_crops
+from export.int8.quantizer import GATES, Int8Quantizer, squeeze_excitation_convs
 from export.onnx import ParityGateError, export_onnx
 from export.parity import ACCURACY_MIN_RATIO, MIN_DECISIVE_VIEWS
+from export.views import ParityViews
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +49,8 @@ SQNR_MIN_DB = {'relu6': 28.0, 'hard-swish': 20.0, 'silu-se': 20.0, 'gelu-attenti
 
 @pytest.fixture(scope='module', params=list(KINDS))
 def kind_int8(request, photos_data, tmp_path_factory):
-    """(kind, int8 graph, its parity row) of a small network of that kind, trained and exported as a user does."""
+    """(kind, int8 graph, its parity row, the export's folder, the model) of a small network of that kind, trained
+    and exported as a user does."""
     kind = request.param
     name, kwargs, _ = KINDS[kind]
     torch.manual_seed(0)
@@ -55,16 +60,17 @@ def kind_int8(request, photos_data, tmp_path_factory):
     out = tmp_path_factory.mktemp(kind)
     loaded = LoadedModel(model, name, len(PHOTOGRAPHS), True, 'test', list(PHOTOGRAPHS))
     try:
-        result = export_onnx(loaded, out, precisions=('int8',), int8_fallback='none', parity_images=photos_data)
+        result = export_onnx(loaded, out, precisions=('fp32', 'int8'), int8_fallback='none',
+                             parity_images=photos_data)
     except ParityGateError as e:
         result = e.result
-    row, = result.rows
+    row = next(r for r in result.rows if r['precision'] == 'int8')
     graph = onnx.load(str(out / 'model.int8.onnx')) if row['passed'] else None
-    return kind, graph, row
+    return kind, graph, row, out, loaded
 
 
 def test_int8_keeps_the_labelled_accuracy_and_sqnr(kind_int8):
-    kind, _, row = kind_int8
+    kind, _, row, *_ = kind_int8
     figures = {k: row.get(k) for k in ('sqnr_db', 'accuracy_top1', 'reference_accuracy_top1', 'accuracy_views')}
     assert row['reference_accuracy_top1'] >= 0.85, (kind, figures)  # the network learnt the photographs
     assert row['accuracy_top1'] >= ACCURACY_MIN_RATIO * row['reference_accuracy_top1'], (kind, figures)
@@ -75,7 +81,7 @@ def test_int8_keeps_the_labelled_accuracy_and_sqnr(kind_int8):
 def test_the_next_layer_reads_the_activation_quantized(kind_int8):
     """Every activation of the kind hands its output to a QuantizeLinear, and nothing else: the layers after it
     read int8 on the activation's own range."""
-    kind, graph, _ = kind_int8
+    kind, graph, *_ = kind_int8
     op = KINDS[kind][2]
     if op is None:
         pytest.skip('attention: its products checked below')
@@ -93,7 +99,7 @@ def test_the_next_layer_reads_the_activation_quantized(kind_int8):
 def test_relu6_is_quantized_on_its_clipped_range(kind_int8):
     """Both tensors around a Clip(0, 6) are quantized on [0, 6] (6/127 per step): the convolution's output is not
     quantized over its pre-activation range, which left ReLU6 networks a handful of steps."""
-    kind, graph, _ = kind_int8
+    kind, graph, *_ = kind_int8
     if kind != 'relu6':
         pytest.skip('the Clip case')
     init = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
@@ -115,7 +121,7 @@ def test_onnxruntime_runs_relu6_on_the_uint8_range_without_the_clip(kind_int8):
     import copy
     from export.int8.uint8 import uint8_activations
     from export.ort_session import ort_session
-    kind, graph, _ = kind_int8
+    kind, graph, *_ = kind_int8
     if kind != 'relu6':
         pytest.skip('the Clip case')
     clips = sum(n.op_type == 'Clip' for n in graph.graph.node)
@@ -134,7 +140,7 @@ def test_onnxruntime_runs_relu6_on_the_uint8_range_without_the_clip(kind_int8):
     assert 10 * np.log10((disk ** 2).sum() / ((disk - fast) ** 2).sum()) > 20
 
 def test_attention_runs_its_weighted_layers_and_products_in_int8_and_the_rest_in_float(kind_int8):
-    kind, graph, _ = kind_int8
+    kind, graph, *_ = kind_int8
     if kind != 'gelu-attention':
         pytest.skip('the attention case')
     producer = {o: n for n in graph.graph.node for o in n.output}
@@ -153,6 +159,36 @@ def test_attention_runs_its_weighted_layers_and_products_in_int8_and_the_rest_in
     for node in graph.graph.node:
         if node.op_type == 'LayerNormalization':  # its scale and bias are float weights, not dequantized int8
             assert all(initializers.get(name) == onnx.TensorProto.FLOAT for name in node.input[1:]), node.name
+
+
+def test_nncf_placement_reads_the_gates_float_and_keeps_squeeze_excitation_in_float(kind_int8, photos_data,
+                                                                                      tmp_path):
+    """The remedy's NNCF placement: hard-swish, SiLU and the gates read their convolution's output in float (it is
+    quantized nowhere); every other convolution reads int8; the squeeze-excitation's convolutions (two per SE module) stay
+    float. It keeps the labelled accuracy, and an export reading its calibration file back gets the same graph."""
+    kind, _, _, out, loaded = kind_int8
+    if kind not in ('hard-swish', 'silu-se'):
+        pytest.skip('the networks with gates')
+    placed = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path / 'plain').placed_like_nncf(tmp_path / 'p')
+    crops, _ = calibration_crops(loaded.model)
+    graph = placed.quantize(PhotoCalibrationReader(crops, input_name=INPUT_NAME))
+    se = squeeze_excitation_convs(placed.prepared)
+    assert len(se) == 2 * sum(isinstance(m, SqueezeExcite) for m in loaded.model.modules()) > 0, se
+    producers, consumers = {out: node for node in graph.graph.node for out in node.output}, _consumers(graph)
+    for node in graph.graph.node:
+        source = producers.get(node.input[0])
+        if node.op_type in GATES:
+            assert source.op_type != 'DequantizeLinear', (kind, node.name, 'a gate reads a rounded input')
+            readers = {c.op_type for c in consumers[source.output[0]]}  # the gate and SiLU's Mul read it float
+            assert 'QuantizeLinear' not in readers, (kind, source.name, readers)
+        elif node.op_type == 'Conv':
+            assert (source.op_type == 'DequantizeLinear') == (node.name not in se), (kind, node.name)
+    figures = ParityViews.of(loaded, photos_data).judge_graph('int8', True)(graph)
+    assert figures['passed'] and figures['sqnr_db'] >= SQNR_MIN_DB[kind], (kind, figures['sqnr_db'])
+    cache = tmp_path / 'calibration.json'
+    cache.write_bytes(placed.calibration_file({'crops': len(crops), 'source': 'photographs'}))
+    again = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path / 'again').use_cache(cache)
+    assert again.placement == 'nncf' and again.quantize() == graph
 
 
 def _consumers(graph: onnx.ModelProto) -> dict:

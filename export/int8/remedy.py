@@ -3,7 +3,9 @@
 Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the gate fails (or ``explain`` asks),
 diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
 (function-preserving, full int8 speed), then the range estimates it was not made with (percentile, minmax, NNCF's
-mean of each crop's min and max: full int8 speed too), then the most damaging tensors kept in float, one more at a
+mean of each crop's min and max: full int8 speed too), then, in a network with gates (hard-swish, SiLU,
+squeeze-excitation), NNCF's placement on the most faithful of those ranges (the activations read float and the
+squeeze-excitation's convolutions stay float: ``Int8Quantizer.placed_like_nncf``), then the most damaging tensors kept in float, one more at a
 time, re-judged each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted
 layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
 """
@@ -21,7 +23,7 @@ from export.contract import INPUT_NAME
 from export.int8.diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from export.int8.equalize import equalize
 from export.parity import decisive_views, gate_misses
-from export.int8.quantizer import DEFAULT_METHOD, METHOD_WORDS, Int8Quantizer
+from export.int8.quantizer import DEFAULT_METHOD, GATES, METHOD_WORDS, Int8Quantizer, squeeze_excitation_convs
 
 MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
 FLOAT_SHARE = 0.1  # a 50-convolution network may keep 5 in float: most of its int8 speed is left
@@ -40,7 +42,7 @@ class Int8Result:
     diagnosis: Optional[List[dict]] = None
     attempts: List[dict] = field(default_factory=list)  # every graph judged, in order: what, SQNR, top-1, passed
     plain: Optional[onnx.ModelProto] = None  # the first quantization, before any remedy
-    closest: Optional[tuple] = None  # (graph, figures, quantizer) of the full-int8 attempt nearest its gate
+    closest: Optional[tuple] = None  # (graph, figures, quantizer, float layers) of the most faithful failed remedy
 
 
 def parse_fallback(text: Union[str, Sequence[str]]) -> Union[str, List[str]]:
@@ -78,7 +80,7 @@ def make_int8(
     reader = PhotoCalibrationReader(crops, input_name=INPUT_NAME)
     quantizer = Int8Quantizer(fp32, workdir / 'plain', method)
     if cache is not None:
-        quantizer.use_cache(cache)
+        quantizer = quantizer.use_cache(cache)
     graph = quantizer.quantize(reader)
     result = Int8Result(graph, judge_graph(graph), quantizer, plain=graph)
     _attempt(result, 'int8', result.figures)
@@ -94,10 +96,11 @@ def make_int8(
     repaired = _equalized(result, model, export, crops, reader, judge_graph, workdir, method, say)
     if repaired is None and cache is None:  # ranges read from --calibration-cache stay those ranges
         repaired = _other_ranges(result, reader, judge_graph, workdir, method, say)
+        repaired = repaired or _placed_like_nncf(result, reader, judge_graph, workdir, say)
     final = repaired or _float_layers(result, quantizer, reader, judge_graph, say)
     if final.figures['passed'] is False and result.closest and _sqnr(result.closest[1]) > _sqnr(final.figures):
-        final.graph, final.figures, final.quantizer = result.closest  # a failure reports its most faithful graph
-        final.float_layers = []
+        # a failure reports its most faithful graph
+        final.graph, final.figures, final.quantizer, final.float_layers = result.closest
     return final
 
 
@@ -132,12 +135,35 @@ def _other_ranges(result: Int8Result, reader, judge_graph: Judge, workdir: Path,
         graph = quantizer.quantize(reader)
         figures = judge_graph(graph)
         _attempt(result, f'{other} ranges', figures)
-        if figures['passed']:
-            result.graph, result.figures, result.quantizer = graph, figures, quantizer
+        if _kept(result, graph, figures, quantizer, []):
             return result
-        if _sqnr(figures) > max(_sqnr(result.figures), _sqnr(result.closest[1]) if result.closest else -math.inf):
-            result.closest = (graph, figures, quantizer)
     return None
+
+
+def _placed_like_nncf(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -> Optional[Int8Result]:
+    """The third remedy, for a network with gates: NNCF's placement (``Int8Quantizer.placed_like_nncf``), the
+    squeeze-excitation's convolutions in float, on the most faithful range estimate tried."""
+    best = result.closest[2] if result.closest else result.quantizer
+    if not GATES & {n.op_type for n in best.prepared.graph.node} or best.float_outputs:
+        return None  # ReLU networks quantize after the activation already; a transformer is placed so already
+    say("int8 missed its gate: trying NNCF's placement (activations read float, squeeze-excitation in float)")
+    quantizer = best.placed_like_nncf(workdir / 'nncf-placement')
+    graph = quantizer.quantize(reader)
+    figures = judge_graph(graph)
+    _attempt(result, f"NNCF's placement, {quantizer.method} ranges", figures)
+    se = squeeze_excitation_convs(quantizer.prepared)
+    layers = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in se})
+    return result if _kept(result, graph, figures, quantizer, layers) else None
+
+
+def _kept(result: Int8Result, graph, figures: dict, quantizer: Int8Quantizer, float_layers: list) -> bool:
+    """Whether a remedy's graph passed: then it becomes ``result``'s; else the most faithful failure is kept."""
+    if figures['passed']:
+        result.graph, result.figures, result.quantizer, result.float_layers = graph, figures, quantizer, float_layers
+        return True
+    if _sqnr(figures) > max(_sqnr(result.figures), _sqnr(result.closest[1]) if result.closest else -math.inf):
+        result.closest = (graph, figures, quantizer, float_layers)
+    return False
 
 
 def _float_layers(result: Int8Result, quantizer: Int8Quantizer, reader, judge_graph: Judge, say) -> Int8Result:
@@ -174,6 +200,7 @@ def settings_line(settings: dict) -> str:
               if settings.get(key)]
     parts += [f'outputs in float: {", ".join(settings["float_outputs"])}'] if settings.get('float_outputs') else []
     parts += [f'in float always: {settings["float_always"]}'] if settings.get('float_always') else []
+    parts += [f'placement: {settings["placement"]}'] if settings.get('placement') else []
     return '; '.join(parts)
 
 
