@@ -5,9 +5,10 @@ diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheape
 (function-preserving, full int8 speed), then the range estimates it was not made with (percentile, minmax, NNCF's
 mean of each crop's min and max: full int8 speed too), then, in a network with gates (hard-swish, SiLU,
 squeeze-excitation), NNCF's placement on the most faithful of those ranges (the activations read float and the
-squeeze-excitation's convolutions stay float: ``Int8Quantizer.placed_like_nncf``), then the most damaging tensors kept in float, one more at a
-time, re-judged each time, up to a budget that grows with the model (``float_budget``: a tenth of its weighted
-layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
+squeeze-excitation's convolutions stay float: ``Int8Quantizer.placed_like_nncf``), then the most damaging tensors
+kept in float, one more at a time, re-judged each time, up to a budget that grows with the model (``float_budget``:
+a tenth of its weighted layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in
+float.
 """
 import math
 from dataclasses import dataclass, field
