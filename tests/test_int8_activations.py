@@ -21,9 +21,10 @@ from timm.models._efficientnet_blocks import SqueezeExcite
 from alexnet_zoo.checkpoint import LoadedModel
 from alexnet_zoo.samples import PHOTOGRAPHS
 from conftest import trained_once
+import export.int8.remedy as remedy
 from export.contract import INPUT_NAME
 from export.int8.calibration import PhotoCalibrationReader, calibration_crops
-from export.int8.quantizer import GATES, Int8Quantizer, squeeze_excitation_convs
+from export.int8.quantizer import GATES, Int8Quantizer, squeeze_excitation_nodes
 from export.int8.uint8 import uint8_activations
 from export.onnx import ParityGateError, export_onnx
 from export.parity import ACCURACY_MIN_RATIO, MIN_DECISIVE_VIEWS
@@ -182,18 +183,29 @@ def test_the_cpu_runtimes_read_hard_swish_and_silu_on_their_own_range(kind_int8)
 
 def test_nncf_placement_reads_the_gates_float_and_keeps_squeeze_excitation_in_float(kind_int8, photos_data,
                                                                                       tmp_path):
-    """The remedy's NNCF placement: hard-swish, SiLU and the gates read their convolution's output in float (it is
-    quantized nowhere); every other convolution reads int8; the squeeze-excitation's convolutions (two per SE
-    module) stay float. It keeps the labelled accuracy, and an export reading its calibration file back gets the
-    same graph."""
+    """The remedy's two placements for networks with gates. The squeeze-excitation in float: its convolutions,
+    gate and multiply read float, on ONNX Runtime's placement. NNCF's placement, the squeeze-excitation in float
+    too: hard-swish, SiLU and the gates read their convolution's output in float (it is quantized nowhere) and every
+    other convolution reads int8. It keeps the labelled accuracy, and an export reading its calibration file back
+    gets the same graph."""
     kind, _, _, out, loaded = kind_int8
     if kind not in ('hard-swish', 'silu-se'):
         pytest.skip('the networks with gates')
-    placed = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path / 'plain').placed_like_nncf(tmp_path / 'p')
+    plain = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path / 'plain')
+    placed = plain.placed_like_nncf(tmp_path / 'p').with_float_squeeze_excitation()
     crops, _ = calibration_crops(loaded.model)
-    graph = placed.quantize(PhotoCalibrationReader(crops, input_name=INPUT_NAME))
-    se = squeeze_excitation_convs(placed.prepared)
-    assert len(se) == 2 * sum(isinstance(m, SqueezeExcite) for m in loaded.model.modules()) > 0, se
+    reader = PhotoCalibrationReader(crops, input_name=INPUT_NAME)
+    se = squeeze_excitation_nodes(placed.prepared)
+    pooled = {n.input[0] for n in placed.prepared.graph.node if n.op_type in ('GlobalAveragePool', 'ReduceMean')}
+    nodes = [n for n in placed.prepared.graph.node if n.name in se]
+    scaling = [n.name for n in nodes if n.op_type == 'Mul' and pooled & set(n.input)]  # feature map x gate
+    blocks = sum(isinstance(m, SqueezeExcite) for m in loaded.model.modules())
+    assert (sum(n.op_type == 'Conv' for n in nodes), len(scaling)) == (2 * blocks, blocks) and blocks, se
+    se_float = plain.with_float_squeeze_excitation().quantize(reader)
+    readers = _consumers(se_float)
+    for node in (n for n in se_float.graph.node if n.name in se and n.name not in scaling):  # nothing rounded
+        assert not {c.op_type for c in readers.get(node.output[0], [])} & {'QuantizeLinear'}, (kind, node.name)
+    graph = placed.quantize(reader)
     producers, consumers = {out: node for node in graph.graph.node for out in node.output}, _consumers(graph)
     for node in graph.graph.node:
         source = producers.get(node.input[0])
@@ -208,7 +220,26 @@ def test_nncf_placement_reads_the_gates_float_and_keeps_squeeze_excitation_in_fl
     cache = tmp_path / 'calibration.json'
     cache.write_bytes(placed.calibration_file({'crops': len(crops), 'source': 'photographs'}))
     again = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path / 'again').use_cache(cache)
-    assert again.placement == 'nncf' and again.quantize() == graph
+    assert (again.placement, again.float_squeeze_excitation) == ('nncf', True) and again.quantize() == graph
+
+
+def test_the_remedy_tries_the_squeeze_excitation_in_float_first(kind_int8, photos_data, tmp_path):
+    """The remedy's third step, entered with the plain graph: the squeeze-excitation in float on ONNX Runtime's
+    placement passes on this network, so NNCF's placement is not tried, and the settings say what is float."""
+    kind, _, _, out, loaded = kind_int8
+    if kind != 'hard-swish':
+        pytest.skip("MobileNetV3's kind")
+    crops, _ = calibration_crops(loaded.model)
+    reader = PhotoCalibrationReader(crops, input_name=INPUT_NAME)
+    judge = ParityViews.of(loaded, photos_data).judge_graph('int8', True)
+    plain = Int8Quantizer(onnx.load(str(out / 'model.onnx')), tmp_path)
+    graph = plain.quantize(reader)
+    result = remedy._gated(remedy.Int8Result(graph, judge(graph), plain), reader, judge, tmp_path, lambda line: None)
+    assert [a['what'] for a in result.attempts] == ['squeeze-excitation in float, percentile ranges']
+    assert result.figures['passed'] and result.quantizer.float_squeeze_excitation, result.attempts
+    assert result.float_layers and all(layer.endswith('.se') or '.se.' in layer for layer in result.float_layers)
+    settings = remedy.int8_settings(result, len(crops))
+    assert 'squeeze-excitation nodes' in settings['float_always'] and 'placement' not in settings, settings
 
 
 def _consumers(graph: onnx.ModelProto) -> dict:

@@ -62,13 +62,14 @@ ATTENTION_OPS = frozenset({'Softmax', 'LayerNormalization'})
 TRANSFORMER_OP_TYPES = ('Conv', 'Gemm', 'MatMul')
 
 # NNCF's placement for a CNN with gates (hard-swish, SiLU, squeeze-excitation), which the remedy tries when the
-# graph above fails: Q/DQ only where a weighted layer or a residual add reads, and the squeeze-excitation's
-# convolutions in float (``squeeze_excitation_convs``). ONNX Runtime's Q/DQ convolution quantizes its own output,
-# so in the graph above every hard-swish and SiLU reads a rounded pre-activation (ORT sets this per op type only:
+# graph above fails, after keeping the squeeze-excitation in float alone: Q/DQ only where a weighted
+# layer or a residual add reads. ONNX Runtime's Q/DQ convolution quantizes its own output, so in the graph above
+# every hard-swish and SiLU reads a rounded pre-activation (ORT sets this per op type only:
 # ``OpTypesToExcludeOutputQuantization``); here the activations read float and the Q/DQ sit after them, as NNCF's
-# do. It costs ONNX Runtime its fused int8 convolution (the convolutions' outputs are float), so it is a remedy,
-# not the default. A random-init mobilenetv3_small_100, mean ranges: 11.7 -> 16.1 dB (NNCF's defaults 16.1); batch 1
-# in ONNX Runtime 6.2 ms against 2.3 (default placement) and 1.9 (fp32), in OpenVINO 1.5 against 1.7 and 0.8.
+# do. It costs ONNX Runtime its fused int8 convolutions (their outputs are float), so it is the remedy's last
+# placement, not the default. A random-init mobilenetv3_small_100, mean ranges (docs/export.md): 14.1 dB, 16.7
+# with the squeeze-excitation in float, 19.9 placed so as well (NNCF's own graphs 16.1 and 16.5); ONNX Runtime at
+# batch 1: 3.5, 3.8 and 6.5 ms (fp32 2.6).
 GATES = frozenset({'HardSigmoid', 'HardSwish', 'Sigmoid'})
 NNCF_PLACEMENT_OP_TYPES = ('Conv', 'Gemm', 'MatMul', 'Add')
 
@@ -83,26 +84,29 @@ def attention_value_products(graph: onnx.ModelProto) -> list:
             if node.op_type == 'MatMul' and softmax_outputs & set(node.input)]
 
 
-def squeeze_excitation_convs(graph: onnx.ModelProto) -> list:
-    """The convolutions of each squeeze-excitation (pooling, convolutions, gate, and the Mul that scales the
-    pooled feature map with it), which NNCF keeps in float: a per-tensor int8 step over a gate's logits moves every
-    channel's scale. A pooling that never reaches such a Mul (a classifier head) is no squeeze-excitation."""
+def squeeze_excitation_nodes(graph: onnx.ModelProto) -> list:
+    """The nodes of each squeeze-excitation after its pooling (convolutions, activation, gate, and the Mul that
+    scales the pooled feature map with the gate), which NNCF keeps in float: a per-tensor int8 step over a gate's
+    logits moves every channel's scale. A pooling that never reaches such a Mul (a classifier head) is no
+    squeeze-excitation."""
     readers: dict = {}
     for node in graph.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    convs = []
+    found = []
     for pool in (n for n in graph.graph.node if n.op_type in ('GlobalAveragePool', 'ReduceMean')):
         frontier, branch, scaled = list(pool.output), [], False
         while frontier:
             for node in readers.get(frontier.pop(), []):
+                if node in branch:
+                    continue
+                branch.append(node)
                 if pool.input[0] in node.input:  # the Mul scaling the feature map: the branch ends here
                     scaled = True
-                elif node not in branch:
-                    branch.append(node)
+                else:
                     frontier += list(node.output)
-        convs += [n.name for n in branch if n.op_type == 'Conv'] if scaled else []
-    return convs
+        found += [n.name for n in branch] if scaled else []
+    return found
 
 
 def int8_op_types(graph: onnx.ModelProto) -> tuple:
@@ -138,6 +142,7 @@ class Int8Quantizer:
         # quantized where the next op reads them
         self.float_outputs = list(TRANSFORMER_OP_TYPES) if self.op_types == TRANSFORMER_OP_TYPES else []
         self.placement = 'onnxruntime'  # or 'nncf' (``placed_like_nncf``)
+        self.float_squeeze_excitation = False  # (``with_float_squeeze_excitation``)
 
     def _calibrate_with(self, method: str, workdir: Path) -> None:
         if method not in CALIBRATION_METHODS:
@@ -152,19 +157,26 @@ class Int8Quantizer:
         other._calibrate_with(method, workdir)
         return other
 
+    def with_float_squeeze_excitation(self) -> 'Int8Quantizer':
+        """This quantizer, its ranges too, with each squeeze-excitation in float
+        (``squeeze_excitation_nodes``)."""
+        other = copy.copy(self)
+        other.always_float = [*self.always_float, *squeeze_excitation_nodes(self.prepared)]
+        other.float_squeeze_excitation = True
+        return other
+
     def placed_like_nncf(self, workdir: Path) -> 'Int8Quantizer':
-        """This prepared graph and range estimate with NNCF's placement (NNCF_PLACEMENT_OP_TYPES' comment) and the
-        squeeze-excitation's convolutions in float, to be calibrated in ``workdir`` (the tensors calibrated
-        differ)."""
+        """This prepared graph and range estimate with NNCF's placement (NNCF_PLACEMENT_OP_TYPES' comment), to be
+        calibrated in ``workdir`` (the tensors calibrated differ)."""
         other = self.with_method(self.method, workdir)
         other.op_types, other.float_outputs = NNCF_PLACEMENT_OP_TYPES, list(TRANSFORMER_OP_TYPES)
-        other.always_float = [*self.always_float, *squeeze_excitation_convs(self.prepared)]
         other.placement = 'nncf'
         return other
 
     def use_cache(self, path: Path) -> 'Int8Quantizer':
         """Ranges from an earlier export's calibration file instead of calibrating: it must be this graph's. The
-        quantizer to use: this one, or this one placed as the ranges were (``placed_like_nncf``)."""
+        quantizer to use: this one, or this one placed as the ranges were (``placed_like_nncf``,
+        ``with_float_squeeze_excitation``)."""
         record = read_calibration_record(path)
         made_for, method = record['graph_sha256'], record['method']
         if made_for != self.graph_sha256:
@@ -173,6 +185,7 @@ class Int8Quantizer:
         if method != self.method:
             raise ValueError(f'--calibration-cache {path} holds {method} ranges, not {self.method}')
         quantizer = self.placed_like_nncf(self.workdir) if record.get('placement') == 'nncf' else self
+        quantizer = quantizer.with_float_squeeze_excitation() if record.get('float_squeeze_excitation') else quantizer
         shutil.copyfile(path, quantizer.cache)
         return quantizer
 
@@ -219,15 +232,16 @@ class Int8Quantizer:
     def _float_always(self) -> str:
         names = set(self.always_float)
         kinds = {'MatMul reading a Softmax (attention x V)': attention_value_products(self.prepared),
-                 'squeeze-excitation convolutions': squeeze_excitation_convs(self.prepared)}
+                 'squeeze-excitation nodes': squeeze_excitation_nodes(self.prepared)}
         return ', '.join(f'{len(names & set(nodes))} {words}' for words, nodes in kinds.items() if names & set(nodes))
 
     def calibration_file(self, about: dict) -> bytes:
         """ORT's calibration cache (which ``--calibration-cache`` and ORT's own ``quantize_static`` read back), with
         what it was computed from: the method, the images, the graph."""
         saved = json.loads(self.cache.read_text())
-        saved['alexnet_zoo'] = {'method': self.method, 'placement': self.placement, 'graph_sha256': self.graph_sha256,
-                                **about}
+        saved['alexnet_zoo'] = {'method': self.method, 'placement': self.placement,
+                                'float_squeeze_excitation': self.float_squeeze_excitation,
+                                'graph_sha256': self.graph_sha256, **about}
         return (json.dumps(saved, indent=1, sort_keys=True) + '\n').encode()
 
 

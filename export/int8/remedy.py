@@ -4,11 +4,10 @@ Quantize (ONNX Runtime, Q/DQ, symmetric) and judge on the parity views. When the
 diagnose per tensor. With the ``auto`` remedy a failed graph is repaired, cheapest first: activation equalization
 (function-preserving, full int8 speed), then the range estimates it was not made with (percentile, minmax, NNCF's
 mean of each crop's min and max: full int8 speed too), then, in a network with gates (hard-swish, SiLU,
-squeeze-excitation), NNCF's placement on the most faithful of those ranges (the activations read float and the
-squeeze-excitation's convolutions stay float: ``Int8Quantizer.placed_like_nncf``), then the most damaging tensors
-kept in float, one more at a time, re-judged each time, up to a budget that grows with the model (``float_budget``:
-a tenth of its weighted layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in
-float.
+squeeze-excitation), on the most faithful of those ranges, the squeeze-excitation in float, then NNCF's placement
+too (the activations read float: ``Int8Quantizer.placed_like_nncf``), then the most damaging tensors kept in float,
+one more at a time, re-judged each time, up to a budget that grows with the model (``float_budget``: a tenth of its
+weighted layers, at least MIN_FLOAT_LAYERS). ``none`` only judges; a list of layers keeps those in float.
 """
 import math
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from export.contract import INPUT_NAME
 from export.int8.diagnose import WEIGHTED_OPS, diagnose, float_nodes, module_path, resolve_layers
 from export.int8.equalize import equalize
 from export.parity import decisive_views, gate_misses
-from export.int8.quantizer import DEFAULT_METHOD, GATES, METHOD_WORDS, Int8Quantizer, squeeze_excitation_convs
+from export.int8.quantizer import DEFAULT_METHOD, GATES, METHOD_WORDS, Int8Quantizer, squeeze_excitation_nodes
 
 MIN_FLOAT_LAYERS = 4  # AlexNet's 8 weighted layers: up to half of them
 FLOAT_SHARE = 0.1  # a 50-convolution network may keep 5 in float: most of its int8 speed is left
@@ -97,7 +96,7 @@ def make_int8(
     repaired = _equalized(result, model, export, crops, reader, judge_graph, workdir, method, say)
     if repaired is None and cache is None:  # ranges read from --calibration-cache stay those ranges
         repaired = _other_ranges(result, reader, judge_graph, workdir, method, say)
-        repaired = repaired or _placed_like_nncf(result, reader, judge_graph, workdir, say)
+        repaired = repaired or _gated(result, reader, judge_graph, workdir, say)
     final = repaired or _float_layers(result, quantizer, reader, judge_graph, say)
     if final.figures['passed'] is False and result.closest and _sqnr(result.closest[1]) > _sqnr(final.figures):
         # a failure reports its most faithful graph
@@ -141,20 +140,26 @@ def _other_ranges(result: Int8Result, reader, judge_graph: Judge, workdir: Path,
     return None
 
 
-def _placed_like_nncf(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -> Optional[Int8Result]:
-    """The third remedy, for a network with gates: NNCF's placement (``Int8Quantizer.placed_like_nncf``), the
-    squeeze-excitation's convolutions in float, on the most faithful range estimate tried."""
+def _gated(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -> Optional[Int8Result]:
+    """The third remedy, for a network with gates, on the most faithful range estimate tried: the squeeze-excitation
+    in float (ONNX Runtime keeps its fused int8 convolutions), then NNCF's placement too
+    (``Int8Quantizer.placed_like_nncf``: the activations read float)."""
     best = result.closest[2] if result.closest else result.quantizer
     if not GATES & {n.op_type for n in best.prepared.graph.node} or best.float_outputs:
         return None  # ReLU networks quantize after the activation already; a transformer is placed so already
-    say("int8 missed its gate: trying NNCF's placement (activations read float, squeeze-excitation in float)")
-    quantizer = best.placed_like_nncf(workdir / 'nncf-placement')
-    graph = quantizer.quantize(reader)
-    figures = judge_graph(graph)
-    _attempt(result, f"NNCF's placement, {quantizer.method} ranges", figures)
-    se = squeeze_excitation_convs(quantizer.prepared)
-    layers = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in se})
-    return result if _kept(result, graph, figures, quantizer, layers) else None
+    se = squeeze_excitation_nodes(best.prepared)
+    layers = sorted({module_path(n) or n.name for n in best.prepared.graph.node if n.name in se})
+    tries = [('squeeze-excitation in float', best.with_float_squeeze_excitation())] if se else []
+    placed = best.placed_like_nncf(workdir / 'nncf-placement')
+    tries.append(("NNCF's placement", placed.with_float_squeeze_excitation() if se else placed))
+    for what, quantizer in tries:
+        say(f'int8 missed its gate: trying {what}')
+        graph = quantizer.quantize(reader)
+        figures = judge_graph(graph)
+        _attempt(result, f'{what}, {quantizer.method} ranges', figures)
+        if _kept(result, graph, figures, quantizer, layers):
+            return result
+    return None
 
 
 def _kept(result: Int8Result, graph, figures: dict, quantizer: Int8Quantizer, float_layers: list) -> bool:
