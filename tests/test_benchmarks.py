@@ -724,6 +724,7 @@ def test_an_export_that_fails_its_gate_is_a_failed_row(trained_checkpoint, expor
     monkeypatch.setattr(export.int8.remedy, 'equalize', lambda model, crops: (model, []))  # the remedies fail as the plain
     monkeypatch.setattr(export.int8.remedy, 'float_budget', lambda graph: 0)  # graph does (tests/test_int8.py tries them for real)
     monkeypatch.setattr(export.int8.remedy, 'diagnose', lambda *args: [])  # the diagnosis: tests/test_int8.py
+    monkeypatch.setattr(export.int8.remedy, 'RANGE_METHODS', ())  # the other range estimates: tests/test_int8.py
     code = main(['--checkpoint', str(trained_checkpoint), '--quick', '--backends', 'onnxruntime', '--precisions',
                  'fp32,int8', '--onnx-dir', str(graphs), '--output-dir', str(tmp_path / 'out'), '--no-progress'])
     assert code == 1
