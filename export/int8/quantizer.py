@@ -87,12 +87,14 @@ def attention_value_products(graph: onnx.ModelProto) -> list:
 def squeeze_excitation_nodes(graph: onnx.ModelProto) -> list:
     """The nodes of each squeeze-excitation after its pooling (convolutions, activation, gate, and the Mul that
     scales the pooled feature map with the gate), which NNCF keeps in float: a per-tensor int8 step over a gate's
-    logits moves every channel's scale. A pooling that never reaches such a Mul (a classifier head) is no
-    squeeze-excitation."""
+    logits moves every channel's scale. A pooling that never reaches such a Mul (a classifier head, a decomposed
+    normalization's mean) is no squeeze-excitation."""
     readers: dict = {}
     for node in graph.graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    producer = {out: node for node in graph.graph.node for out in node.output}
+    gated = lambda mul: any(getattr(producer.get(name), 'op_type', None) in GATES for name in mul.input)  # noqa: E731
     found = []
     for pool in (n for n in graph.graph.node if n.op_type in ('GlobalAveragePool', 'ReduceMean')):
         frontier, branch, scaled = list(pool.output), [], False
@@ -101,8 +103,8 @@ def squeeze_excitation_nodes(graph: onnx.ModelProto) -> list:
                 if node in branch:
                     continue
                 branch.append(node)
-                if pool.input[0] in node.input:  # the Mul scaling the feature map: the branch ends here
-                    scaled = True
+                if pool.input[0] in node.input:  # the branch ends here: scaling the feature map with a gate?
+                    scaled = scaled or (node.op_type == 'Mul' and gated(node))
                 else:
                     frontier += list(node.output)
         found += [n.name for n in branch] if scaled else []

@@ -82,7 +82,7 @@ def make_int8(
     if cache is not None:
         quantizer = quantizer.use_cache(cache)
     graph = quantizer.quantize(reader)
-    result = Int8Result(graph, judge_graph(graph), quantizer, plain=graph)
+    result = Int8Result(graph, judge_graph(graph), quantizer, _squeeze_excitation_layers(quantizer), plain=graph)
     _attempt(result, 'int8', result.figures)
     failed = result.figures['passed'] is False
     if explain or failed:
@@ -148,7 +148,6 @@ def _gated(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -
     if not GATES & {n.op_type for n in best.prepared.graph.node} or best.float_outputs:
         return None  # ReLU networks quantize after the activation already; a transformer is placed so already
     se = squeeze_excitation_nodes(best.prepared)
-    layers = sorted({module_path(n) or n.name for n in best.prepared.graph.node if n.name in se})
     tries = [('squeeze-excitation in float', best.with_float_squeeze_excitation())] if se else []
     placed = best.placed_like_nncf(workdir / 'nncf-placement')
     tries.append(("NNCF's placement", placed.with_float_squeeze_excitation() if se else placed))
@@ -157,9 +156,17 @@ def _gated(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -
         graph = quantizer.quantize(reader)
         figures = judge_graph(graph)
         _attempt(result, f'{what}, {quantizer.method} ranges', figures)
-        if _kept(result, graph, figures, quantizer, layers):
+        if _kept(result, graph, figures, quantizer, _squeeze_excitation_layers(quantizer)):
             return result
     return None
+
+
+def _squeeze_excitation_layers(quantizer: Int8Quantizer) -> List[str]:
+    """The modules of the squeeze-excitation ``quantizer`` keeps in float (its ``float_layers``), if it does."""
+    if not quantizer.float_squeeze_excitation:
+        return []
+    se = set(squeeze_excitation_nodes(quantizer.prepared))
+    return sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in se})
 
 
 def _kept(result: Int8Result, graph, figures: dict, quantizer: Int8Quantizer, float_layers: list) -> bool:
@@ -227,7 +234,8 @@ def _with_float(result: Int8Result, quantizer: Int8Quantizer, reader, judge_grap
     _attempt(result, f'float: {", ".join(layers)}', figures)
     if figures['passed'] is False and not keep_failed:
         return None
-    names = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in nodes})
+    names = sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in nodes}
+                   | set(_squeeze_excitation_layers(quantizer)))
     result.graph, result.figures, result.float_layers = graph, figures, names
     return result
 
