@@ -132,10 +132,7 @@ def _other_ranges(result: Int8Result, reader, judge_graph: Judge, workdir: Path,
     for other in (m for m in RANGE_METHODS if m != method):
         say(f'int8 missed its gate: trying {METHOD_WORDS[other]} ranges')
         quantizer = result.quantizer.with_method(other, workdir / other)  # the plain graph's, prepared once
-        graph = quantizer.quantize(reader)
-        figures = judge_graph(graph)
-        _attempt(result, f'{other} ranges', figures)
-        if _kept(result, graph, figures, quantizer, []):
+        if _tried(result, quantizer, reader, judge_graph, f'{other} ranges'):
             return result
     return None
 
@@ -153,10 +150,7 @@ def _gated(result: Int8Result, reader, judge_graph: Judge, workdir: Path, say) -
     tries.append(("NNCF's placement", placed.with_float_squeeze_excitation() if se else placed))
     for what, quantizer in tries:
         say(f'int8 missed its gate: trying {what}')
-        graph = quantizer.quantize(reader)
-        figures = judge_graph(graph)
-        _attempt(result, f'{what}, {quantizer.method} ranges', figures)
-        if _kept(result, graph, figures, quantizer, _squeeze_excitation_layers(quantizer)):
+        if _tried(result, quantizer, reader, judge_graph, f'{what}, {quantizer.method} ranges'):
             return result
     return None
 
@@ -169,8 +163,13 @@ def _squeeze_excitation_layers(quantizer: Int8Quantizer) -> List[str]:
     return sorted({module_path(n) or n.name for n in quantizer.prepared.graph.node if n.name in se})
 
 
-def _kept(result: Int8Result, graph, figures: dict, quantizer: Int8Quantizer, float_layers: list) -> bool:
-    """Whether a remedy's graph passed: then it becomes ``result``'s; else the most faithful failure is kept."""
+def _tried(result: Int8Result, quantizer: Int8Quantizer, reader, judge_graph: Judge, what: str) -> bool:
+    """Whether ``quantizer``'s graph passes: quantized, judged, and recorded as ``what`` among the attempts; then it
+    becomes ``result``'s, else the most faithful failure is kept."""
+    graph = quantizer.quantize(reader)
+    figures = judge_graph(graph)
+    _attempt(result, what, figures)
+    float_layers = _squeeze_excitation_layers(quantizer)
     if figures['passed']:
         result.graph, result.figures, result.quantizer, result.float_layers = graph, figures, quantizer, float_layers
         return True

@@ -60,7 +60,7 @@ def uint8_activations(model):
         if node.op_type != 'QuantizeLinear' or len(node.input) != 3 or not int8_zero(node.input[2]):
             continue
         out, scale = node.output[0], constant(node.input[1])
-        node.input[2] = quantized[out] = ZERO_POINTS[out in lowest and lowest[out] == 0]
+        node.input[2] = quantized[out] = ZERO_POINTS[lowest.get(out) == 0]
         if out in lowest and scale is not None and not scale.ndim:
             edge = 127 * float(scale)  # the symmetric grid's: never a coarser grid than the file's
             top, low = min(tops.get(out) or edge, edge), max(lowest[out], -edge)
